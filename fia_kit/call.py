@@ -1,0 +1,91 @@
+"""Parse a call's keywords once, in any of the op's forms, into one canonical description (spec 1).
+
+``FIACall`` holds the arguments exactly as given, keyed by the kit's canonical (v1) names, with the form's
+defaults filled in. ``fia_kit.problem.build_problem`` then validates it and resolves its geometry.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import FIAArgumentError
+from .signatures import V1_TO_V2, V2_ALIASES, V2_TO_V1, Form, canonical_name, keyword_defaults
+
+
+@dataclass(frozen=True)
+class FIACall:
+    """One call of the op, as the user wrote it.
+
+    Attributes:
+        form: "v1" (npu_fused_infer_attention_score) or "v2" (..._v2).
+        query, key, value: the three positional tensors.
+        options: every keyword of the form, by canonical (v1) name where v1 has the parameter, else by its v2
+            name; keywords not passed hold the schema's default.
+        given: the canonical names the caller actually passed.
+    """
+
+    form: Form
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    options: Mapping[str, Any]
+    given: frozenset[str] = field(default_factory=frozenset)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.options[name]
+
+    def keywords(self, form: Form | None = None) -> dict[str, Any]:
+        """The keywords that were given, spelled as ``form`` (default: the call's own form) spells them."""
+        form = form or self.form
+        out = {}
+        for canon in self.options:
+            if canon not in self.given:
+                continue
+            name = V1_TO_V2.get(canon, canon) if form == "v2" else canon
+            if name not in keyword_defaults(form):
+                raise FIAArgumentError(canon, f"has no equivalent in the {form} signature (spec 1.6)",
+                                       self.options[canon])
+            out[name] = self.options[canon]
+        return out
+
+
+def parse_call(form: Form, query: Any, key: Any, value: Any, kwargs: Mapping[str, Any]) -> FIACall:
+    """Map the keywords of a v1 or v2 call onto canonical names, rejecting unknown or doubled keywords.
+
+    v2 also accepts the founding TorchAir page's ``actual_seq_lengths`` / ``actual_seq_lengths_kv`` as aliases of
+    ``actual_seq_qlen`` / ``actual_seq_kvlen`` (spec 1.3); giving both spellings is an error.
+    """
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(tensor, torch.Tensor):
+            raise FIAArgumentError(name, "must be a torch.Tensor", tensor)
+    defaults = keyword_defaults(form)
+    spelled: dict[str, str] = {}  # form name -> the keyword the caller used
+    for name in kwargs:
+        target = V2_ALIASES.get(name, name) if form == "v2" else name
+        if target not in defaults:
+            raise FIAArgumentError(name, f"is not a keyword of the {form} op", kwargs[name],
+                                   hint=_keyword_hint(name, form, defaults))
+        if target in spelled:
+            raise FIAArgumentError(f"{spelled[target]} + {name}", f"both name the v2 keyword '{target}' "
+                                   "(actual_seq_lengths[_kv] is the old TorchAir page's spelling): give one",
+                                   kwargs[name])
+        spelled[target] = name
+    options = {canonical_name(n): kwargs[spelled[n]] if n in spelled else d for n, d in defaults.items()}
+    given = frozenset(canonical_name(n) for n in spelled)
+    return FIACall(form, query, key, value, options, given)
+
+
+def _keyword_hint(name: str, form: Form, defaults: Mapping[str, Any]) -> str | None:
+    other = "v1" if form == "v2" else "v2"
+    translated = V1_TO_V2.get(name) if form == "v2" else V2_TO_V1.get(name)
+    if translated:
+        return f"that is the {other} name; the {form} op calls it '{translated}'"
+    if name in keyword_defaults(other):
+        return f"only the {other} op has '{name}'"
+    close = difflib.get_close_matches(name, list(defaults), n=1)
+    return f"did you mean '{close[0]}'?" if close else None

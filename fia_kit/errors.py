@@ -1,0 +1,37 @@
+"""The one error type the kit raises for bad arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["FIAArgumentError", "describe_value"]
+
+
+def describe_value(value: Any) -> str:
+    """A short, readable description of an argument value for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={str(value.dtype).removeprefix('torch.')}, device={value.device})"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class FIAArgumentError(ValueError):
+    """An argument breaks one of the op's rules (raised before any compute).
+
+    Attributes:
+        parameter: the keyword (or keywords, joined by " + ") that broke the rule.
+        rule: the rule, in words, with the spec section where it comes from.
+        got: a description of the value received.
+    """
+
+    def __init__(self, parameter: str, rule: str, got: Any = None, *, hint: str | None = None) -> None:
+        self.parameter = parameter
+        self.rule = rule
+        self.got = got if isinstance(got, str) else describe_value(got)
+        self.hint = hint
+        message = f"{parameter}: {rule} (got {self.got})"
+        if hint:
+            message += f". Hint: {hint}"
+        super().__init__(message)

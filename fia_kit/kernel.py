@@ -1,0 +1,221 @@
+"""The reference computation of a validated ``FIAProblem`` (spec 3, 7, 8, 13).
+
+Per batch b and kv head h, with the G query heads of h stacked as one matrix (no repeated K/V):
+scores = scale * Q K^T (+ pse); positions outside the sparse-mode band get -inf and positions the user mask hides
+get -1e12, as the kernel writes; softmax in the compute dtype (float32, or float64 for golden checks), with the
+learnable sink in the denominator; O = P V. Query rows are processed in tiles, and each tile multiplies only the
+key columns its band can reach, so causal and band modes skip the keys they cannot see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+from . import paged
+from .layouts import from_canonical
+from .masks import MASK_FILL
+from .problem import BatchPlan, FIAProblem
+
+TILE_ROWS = 256
+TILE_BYTES = 64 * 2**20  # cap on one tile's score matrix
+
+_compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Compute in ``dtype`` (torch.float32 as the op, or torch.float64 for golden checks) inside the block.
+
+    Without it the reference computes in float32, or in float64 when the inputs are float64.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {dtype}")
+    token = _compute_dtype.set(dtype)
+    try:
+        yield
+    finally:
+        _compute_dtype.reset(token)
+
+
+class RowStatus(IntEnum):
+    """What the op does with each query row of the canonical query (spec 5.4, 7)."""
+
+    PADDING = 0  # not a valid query row (beyond L_q, or beyond the last cumulative length): written as 0
+    COMPUTED = 1  # has at least one visible key
+    OUT_OF_BAND = 2  # no key inside the sparse-mode band, or no keys at all: not computed, written as 0
+    FULLY_MASKED = 3  # keys in the band, all hidden by atten_mask: uniform mean (inner_precise 0/1) or 0 (2/3)
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """The reference's outputs plus what it knows about each row.
+
+    Attributes:
+        attention_out: in the output layout, the op's dtype.
+        softmax_lse: (B, N_q, S_q, 1) or (T, N_q, 1) float32 (float64 for float64 inputs), natural log; +inf on
+            rows that are not COMPUTED (except FULLY_MASKED with inner_precise 0/1: -1e12 + ln(count), [inferred]);
+            always filled, even when the call did not ask for it.
+        row_status: (B, S_q) or (1, T) int8 ``RowStatus`` per canonical query row.
+    """
+
+    attention_out: torch.Tensor
+    softmax_lse: torch.Tensor
+    row_status: torch.Tensor
+
+
+def resolve_compute_dtype(problem: FIAProblem) -> torch.dtype:
+    chosen = _compute_dtype.get()
+    if chosen is not None:
+        return chosen
+    return torch.float64 if problem.query.dtype == torch.float64 else torch.float32
+
+
+def run_problem(problem: FIAProblem) -> ReferenceResult:
+    """Compute attention_out, the full LSE and the row status of a validated problem."""
+    dtype = resolve_compute_dtype(problem)
+    q4 = problem.query
+    device = q4.device
+    rows_shape = (q4.shape[0], q4.shape[2])
+    out4 = torch.zeros(*rows_shape[:1], problem.num_heads, rows_shape[1], problem.value_dim, dtype=dtype,
+                       device=device)
+    lse_dtype = torch.float64 if q4.dtype == torch.float64 else torch.float32
+    lse4 = torch.full((rows_shape[0], problem.num_heads, rows_shape[1]), float("inf"), dtype=lse_dtype,
+                      device=device)
+    status = torch.full(rows_shape, int(RowStatus.PADDING), dtype=torch.int8, device=device)
+    for b, plan in enumerate(problem.batches):
+        if plan.q_len == 0:
+            continue
+        rows = slice(plan.q_start, plan.q_start + plan.q_len)
+        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype)
+        out4[plan.q_index, :, rows] = out_b
+        lse4[plan.q_index, :, rows] = lse_b.to(lse_dtype)
+        status[plan.q_index, rows] = status_b
+    out = from_canonical(out4.to(problem.out_dtype), problem.layout.out)
+    if problem.layout.packed:
+        lse = lse4[0].transpose(0, 1).unsqueeze(-1).contiguous()
+    else:
+        lse = lse4.unsqueeze(-1)
+    return ReferenceResult(out, lse, status)
+
+
+def batch_queries(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
+    """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
+    rows = slice(plan.q_start, plan.q_start + plan.q_len)
+    q = problem.query[plan.q_index, :, rows].to(dtype)
+    if problem.query_rope is not None:
+        q = torch.cat([q, problem.query_rope[plan.q_index, :, rows].to(dtype)], dim=-1)
+    return q
+
+
+def batch_keys_values(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first."""
+    key = _kv_rows(problem, problem.key, plan).to(dtype)
+    value = _kv_rows(problem, problem.value, plan).to(dtype)
+    if problem.key_rope is not None:
+        key = torch.cat([key, _kv_rows(problem, problem.key_rope, plan).to(dtype)], dim=-1)
+    if problem.prefix_key is not None and problem.prefix_len:
+        p = problem.prefix_len
+        key = torch.cat([problem.prefix_key[0, :, :p].to(dtype), key], dim=1)
+        value = torch.cat([problem.prefix_value[0, :, :p].to(dtype), value], dim=1)
+    return key, value
+
+
+def _kv_rows(problem: FIAProblem, tensor: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+    if problem.paged:
+        return paged.gather_sequence(tensor, problem.block_table[plan.kv_index], plan.kv_len, problem.num_kv_heads)
+    return tensor[plan.kv_index, :, plan.kv_start:plan.kv_start + plan.kv_len]
+
+
+def user_mask_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor | None:
+    """(rows, cols) bool, True = hidden by atten_mask, for batch-local rows [r0, r1) and keys [c0, c1)."""
+    mask = problem.atten_mask
+    if mask is None:
+        return None
+    plane = mask[b if mask.shape[0] > 1 else 0]
+    if problem.decode:
+        return plane[c0:c1].unsqueeze(0).expand(r1 - r0, c1 - c0)
+    return plane[r0:r1, c0:c1]
+
+
+def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,)."""
+    q = batch_queries(problem, plan, dtype)
+    key, value = batch_keys_values(problem, plan, dtype)
+    n_kv, group = problem.num_kv_heads, problem.group_size
+    num_keys, q_len, device = key.shape[1], plan.q_len, q.device
+    out = torch.zeros(problem.num_heads, q_len, problem.value_dim, dtype=dtype, device=device)
+    lse = torch.full((problem.num_heads, q_len), float("inf"), dtype=dtype, device=device)
+    status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
+    qg = q.view(n_kv, group, q_len, q.shape[-1])
+    sink = problem.learnable_sink.to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
+        if problem.learnable_sink is not None else None
+    step = _tile_rows(problem.num_heads, num_keys, dtype)
+    for r0 in range(0, q_len, step):
+        r1 = min(q_len, r0 + step)
+        c0, c1 = plan.band.key_range(r0, r1, num_keys)
+        if c1 <= c0:
+            continue
+        rows = r1 - r0
+        scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key[:, c0:c1].transpose(1, 2))
+        scores = scores.view(n_kv, group, rows, c1 - c0).mul_(problem.scale)
+        if problem.pse is not None:
+            pse = problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0:r1, c0:c1]
+            scores += pse.to(dtype).view(n_kv, group, rows, c1 - c0)
+        in_band = plan.band.tile(r0, r1, c0, c1, device)
+        hidden = user_mask_tile(problem, b, r0, r1, c0, c1)
+        if hidden is not None:
+            scores.masked_fill_(hidden.to(device), MASK_FILL)
+        if in_band is not None:
+            scores.masked_fill_(~in_band, float("-inf"))
+        band_count = in_band.sum(-1) if in_band is not None else torch.full((rows,), c1 - c0, device=device)
+        visible = in_band if in_band is not None else torch.ones(rows, c1 - c0, dtype=torch.bool, device=device)
+        if hidden is not None:
+            visible = visible & ~hidden.to(device)
+        visible_count = visible.sum(-1)
+        out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink)
+        tile_status = torch.where(band_count == 0, int(RowStatus.OUT_OF_BAND),
+                                  torch.where(visible_count == 0, int(RowStatus.FULLY_MASKED),
+                                              int(RowStatus.COMPUTED))).to(torch.int8)
+        fully_masked = tile_status == RowStatus.FULLY_MASKED
+        invalid = tile_status == RowStatus.OUT_OF_BAND
+        if problem.inner_precise & 2:
+            invalid = invalid | fully_masked  # "row invalid correction" zeroes fully masked rows (spec 7)
+        out_t = out_t.reshape(problem.num_heads, rows, -1).masked_fill(invalid.view(1, rows, 1), 0.0)
+        lse_t = lse_t.reshape(problem.num_heads, rows).masked_fill(invalid.view(1, rows), float("inf"))
+        out[:, r0:r1] = out_t
+        lse[:, r0:r1] = lse_t
+        status[r0:r1] = tile_status
+    return out, lse, status
+
+
+def _softmax_values(scores: torch.Tensor, value: torch.Tensor,
+                    sink: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
+
+    scores: (N_kv, G, rows, keys); value: (N_kv, keys, Dv); sink: (N_kv, G, 1, 1) or None.
+    Returns (N_kv, G, rows, Dv) and the LSE (N_kv, G, rows), which excludes the sink ([inferred], spec 8).
+    """
+    n_kv, group, rows, keys = scores.shape
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    probs = torch.exp(scores - row_max)
+    total = probs.sum(-1, keepdim=True)
+    lse = (row_max + torch.log(total)).squeeze(-1)
+    if sink is not None:
+        total = total + torch.exp(sink - row_max)
+    weighted = torch.bmm(probs.view(n_kv, group * rows, keys), value).view(n_kv, group, rows, -1)
+    out = weighted / torch.where(total > 0, total, torch.ones_like(total))
+    return out, lse
+
+
+def _tile_rows(num_heads: int, num_keys: int, dtype: torch.dtype) -> int:
+    per_row = max(1, num_heads * num_keys * torch.finfo(dtype).bits // 8)
+    return max(16, min(TILE_ROWS, TILE_BYTES // per_row))

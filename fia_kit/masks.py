@@ -1,0 +1,103 @@
+"""Which keys a query row sees: sparse modes 0-4, pre/next tokens, the compressed 2048 mask (spec 6, 7).
+
+Coordinates are local to one batch: query row ``i`` counts from the batch's first valid query row, key ``j`` from its
+first key, where the shared prefix (if any) comes first. A position is visible when it lies inside the mode's *band*
+and the user's explicit mask (modes 0 and 1) does not mask it. The band is a pair of offsets on ``j - i``; this
+module computes it, and the kit never reads the compressed 2048x2048 template, which only encodes the band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+INT_MAX = 2147483647
+MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
+COMPRESSED_MASK_SIZE = 2048
+SPARSE_MODES = {0: "defaultMask", 1: "allMask", 2: "leftUpCausal", 3: "rightDownCausal", 4: "band"}
+
+
+@dataclass(frozen=True)
+class Band:
+    """Keys ``j`` visible from query row ``i`` satisfy ``lo <= j - i <= hi`` (None: unbounded on that side)."""
+
+    lo: int | None = None
+    hi: int | None = None
+
+    def key_range(self, row_start: int, row_stop: int, num_keys: int) -> tuple[int, int]:
+        """The smallest column range [start, stop) that holds every visible key of rows [row_start, row_stop)."""
+        start = 0 if self.lo is None else max(0, row_start + self.lo)
+        stop = num_keys if self.hi is None else min(num_keys, row_stop - 1 + self.hi + 1)
+        return start, max(start, stop)
+
+    def tile(self, row_start: int, row_stop: int, col_start: int, col_stop: int,
+             device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Boolean (rows, cols) visibility of a tile, or None where the whole tile is inside the band."""
+        if self.lo is None and self.hi is None:
+            return None
+        rows = torch.arange(row_start, row_stop, device=device).unsqueeze(1)
+        cols = torch.arange(col_start, col_stop, device=device).unsqueeze(0)
+        diff = cols - rows
+        inside = torch.ones_like(diff, dtype=torch.bool)
+        if self.lo is not None:
+            inside &= diff >= self.lo
+        if self.hi is not None:
+            inside &= diff <= self.hi
+        return inside
+
+    def computed_rows(self, num_rows: int, num_keys: int) -> torch.Tensor:
+        """Boolean (num_rows,): rows with at least one key inside the band (the others are written as 0)."""
+        i = torch.arange(num_rows)
+        first = torch.zeros_like(i) if self.lo is None else (i + self.lo).clamp(min=0)
+        last = torch.full_like(i, num_keys - 1) if self.hi is None else (i + self.hi).clamp(max=num_keys - 1)
+        return first <= last
+
+
+def sparse_band(sparse_mode: int, pre_tokens: int, next_tokens: int, delta: int, has_mask: bool,
+                decode: bool) -> Band:
+    """The band of one batch (spec 6.3, 6.5).
+
+    Args:
+        sparse_mode: 0-4.
+        pre_tokens, next_tokens: as passed to the op.
+        delta: the right-down offset P + L_kv - L_q of this batch.
+        has_mask: whether atten_mask was given (mode 0 without a mask ignores pre/next).
+        decode: S_q == 1 without rope: sparse_mode, pre and next are ignored.
+    """
+    if decode or sparse_mode == 1 or (sparse_mode == 0 and not has_mask):
+        return Band()
+    if sparse_mode == 0:
+        return Band(_bound(-pre_tokens), _bound(next_tokens))
+    if sparse_mode == 2:
+        return Band(None, 0)
+    if sparse_mode == 3:
+        return Band(None, delta)
+    if sparse_mode == 4:
+        return Band(_bound(delta - pre_tokens), _bound(delta + next_tokens))
+    raise AssertionError(sparse_mode)
+
+
+def _bound(offset: int) -> int | None:
+    """Offsets at or beyond +/- INT_MAX mean "no limit" (the op's default pre/next)."""
+    return None if abs(offset) >= INT_MAX else offset
+
+
+@cache
+def _template_cpu() -> torch.Tensor:
+    return torch.triu(torch.ones(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE, dtype=torch.bool), diagonal=1)
+
+
+def compressed_causal_mask(dtype: torch.dtype = torch.bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 2048x2048 template modes 2-4 require: 1 strictly above the diagonal (spec 6.4).
+
+    It is ``torch.triu(torch.ones(2048, 2048), diagonal=1)``; the docs' "lower-triangular" wording names the kept part.
+    """
+    return _template_cpu().to(device=device, dtype=dtype)
+
+
+def is_compressed_causal_mask(mask: torch.Tensor) -> bool:
+    """Whether ``mask`` (2048x2048 after dropping leading 1-dims) holds exactly the template's values."""
+    plane = mask.reshape(mask.shape[-2], mask.shape[-1])
+    return bool(torch.equal(plane.to(device="cpu", dtype=torch.bool), _template_cpu()))

@@ -1,0 +1,664 @@
+"""Validate a parsed call and resolve its geometry into an ``FIAProblem`` (spec 4-14, 18).
+
+Every rule the op enforces is checked here, before any compute, and a broken rule raises ``FIAArgumentError``
+naming the parameter, the rule and the value. The resulting problem holds canonical (B, N, S, D) views of the
+tensors and, per batch, where its query rows and keys are and which band of keys each row may see.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import paged
+from .call import FIACall
+from .errors import FIAArgumentError
+from .layouts import Layout, parse_layout, to_canonical
+from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
+from .masks import COMPRESSED_MASK_SIZE, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OP_FLOAT_DTYPES = (torch.float16, torch.bfloat16)  # what the NPU op takes; float32/64 are the kit's extension
+MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
+ROPE_DIM = 64
+
+# Quantisation and left padding: not in the reference yet (a separate issue); rejected by name.
+UNSUPPORTED_TENSORS = (
+    "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2", "quant_offset2",
+    "antiquant_scale", "antiquant_offset", "key_antiquant_scale", "key_antiquant_offset",
+    "value_antiquant_scale", "value_antiquant_offset", "key_rope_antiquant_scale",
+    "dequant_scale_query", "quant_scale_p", "query_padding_size", "kv_padding_size",
+)
+UNSUPPORTED_MODES = ("antiquant_mode", "key_antiquant_mode", "value_antiquant_mode", "query_quant_mode")
+RESERVED_DTYPE_HINTS = ("query_dtype", "key_dtype", "value_dtype", "query_rope_dtype", "key_rope_dtype",
+                        "key_shared_prefix_dtype", "value_shared_prefix_dtype", "dequant_scale_query_dtype",
+                        "dequant_scale_key_dtype", "dequant_scale_value_dtype", "dequant_scale_key_rope_dtype",
+                        "out_dtype")
+MLA_LAYOUTS = {
+    512: {"BSH", "BSND", "BNSD", "BNSD_NBSD", "BSND_NBSD", "BSH_NBSD", "TND", "TND_NTD"},
+    128: {"BSH", "BSND", "TND", "BNSD", "NTD", "BSH_BNSD", "BSND_BNSD", "BNSD_BSND", "NTD_TND"},
+}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Where batch b's data lies, in canonical coordinates, and which keys its rows see.
+
+    Attributes:
+        q_index, q_start, q_len: query rows are ``query[q_index, :, q_start:q_start+q_len]`` (canonical).
+        kv_index, kv_start, kv_len: dense keys are ``key[kv_index, :, kv_start:kv_start+kv_len]``; with a paged
+            cache, ``kv_index`` is the block_table row and kv_start is 0.
+        band: the sparse-mode band over (row i, key j) in batch-local coordinates (prefix keys first).
+    """
+
+    q_index: int
+    q_start: int
+    q_len: int
+    kv_index: int
+    kv_start: int
+    kv_len: int
+    band: Band
+
+
+@dataclass(frozen=True)
+class FIAProblem:
+    """A validated call with its geometry resolved; what the kernel, the figures and the tests read.
+
+    Tensors are canonical views: query (B, N_q, S_q, D) or (1, N_q, T_q, D) for packed layouts; key/value likewise
+    with N_kv, or the paged cache as given; prefix (1, N_kv, P_S, D); pse (B|1, N_q, S_q', S_kv'); atten_mask as
+    (B|1, S_q', S_kv') for prefill or (B|1, S_kv') for decode, bool, True = masked.
+    """
+
+    form: str
+    layout: Layout
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    query_rope: torch.Tensor | None
+    key_rope: torch.Tensor | None
+    prefix_key: torch.Tensor | None
+    prefix_value: torch.Tensor | None
+    prefix_len: int
+    block_table: torch.Tensor | None
+    block_size: int
+    pse: torch.Tensor | None
+    atten_mask: torch.Tensor | None
+    learnable_sink: torch.Tensor | None
+    batch: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    value_dim: int
+    scale: float
+    sparse_mode: int
+    pre_tokens: int
+    next_tokens: int
+    inner_precise: int
+    return_lse: bool
+    decode: bool
+    batches: tuple[BatchPlan, ...]
+    out_dtype: torch.dtype
+    out_shape: tuple[int, ...]
+    lse_shape: tuple[int, ...]
+
+    @property
+    def paged(self) -> bool:
+        return self.block_table is not None
+
+    @property
+    def group_size(self) -> int:
+        """G = N_q / N_kv: query heads n uses kv head n // G (spec 10)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def q_len(self) -> tuple[int, ...]:
+        return tuple(p.q_len for p in self.batches)
+
+    @property
+    def kv_len(self) -> tuple[int, ...]:
+        return tuple(p.kv_len for p in self.batches)
+
+    @property
+    def uses_user_mask(self) -> bool:
+        """Whether atten_mask is read element-wise (modes 0/1, and decode), not as the compressed template."""
+        return self.atten_mask is not None
+
+
+def build_problem(call: FIACall) -> FIAProblem:
+    """Check every rule of the op on ``call`` and resolve its geometry. Raises FIAArgumentError."""
+    o = call.options
+    _reject_unsupported(call)
+    layout = parse_layout(o["input_layout"])
+    query, key, value = call.query, call.key, call.value
+    _check_float_dtypes(query, key, value)
+    paged_kv = o["block_table"] is not None
+    _check_ranks(layout, query, key, value, paged_kv)
+    num_heads, num_kv_heads = _head_counts(call, layout, paged_kv)
+    q4 = to_canonical(query, layout.query, num_heads)
+    rope = o["query_rope"] is not None or o["key_rope"] is not None
+    if paged_kv:
+        k4, v4 = key, value
+        head_dim = paged.cache_head_dim(key, num_kv_heads)
+        value_dim = paged.cache_head_dim(value, num_kv_heads)
+    else:
+        k4, v4 = to_canonical(key, layout.query, num_kv_heads), to_canonical(value, layout.query, num_kv_heads)
+        head_dim, value_dim = k4.shape[-1], v4.shape[-1]
+        if not layout.packed and k4.shape[0] != q4.shape[0]:
+            raise FIAArgumentError("key", f"batch size must equal the query's ({q4.shape[0]})", key)
+    if head_dim != q4.shape[-1]:
+        raise FIAArgumentError("key", f"head dim must equal the query's ({q4.shape[-1]})", key)
+    _check_key_value_shapes(layout, k4, v4, paged_kv, head_dim, value_dim, o["sparse_mode"])
+    decode = not layout.packed and q4.shape[2] == 1 and not rope  # with rope, S_q == 1 keeps modes 0/3/4 (6.5)
+
+    block_table, block_size = _check_paging(call, num_kv_heads) if paged_kv else (None, 0)
+    capacity = block_table.shape[1] * block_size if paged_kv else None
+    batch, plans_q, plans_kv = _resolve_lengths(call, layout, q4, k4, capacity, decode)
+    if paged_kv:
+        _check_block_table(block_table, batch, block_size, [kv[2] for kv in plans_kv], key.shape[0])
+
+    query_rope, key_rope = _check_rope(call, layout, q4, k4, num_heads, num_kv_heads, paged_kv) if rope \
+        else (None, None)
+    prefix_key, prefix_value, prefix_len = _check_prefix(call, layout, num_kv_heads, head_dim, value_dim,
+                                                         paged_kv, rope)
+    kv_axis = capacity if paged_kv else (max((kv[2] for kv in plans_kv), default=0) if layout.packed
+                                         else k4.shape[2])
+    q_axis = max((q[2] for q in plans_q), default=0) if layout.packed else q4.shape[2]
+    sparse_mode, pre_tokens, next_tokens = _check_sparse(call, rope, head_dim, decode)
+    atten_mask = _check_mask(call, layout, batch, q_axis, kv_axis + prefix_len, decode, rope, head_dim,
+                             value_dim, paged_kv)
+    pse = _check_pse(call, layout, batch, num_heads, q_axis, kv_axis + prefix_len, decode, rope)
+    sink = _check_sink(call, layout, num_heads, value_dim, pse)
+    inner_precise = _check_inner_precise(o["inner_precise"], decode)
+    scale = _check_scale(o["scale"])
+    return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim)
+
+    batches = []
+    for (qi, qs, ql), (ki, ks, kl) in zip(plans_q, plans_kv):
+        delta = prefix_len + kl - ql
+        band = sparse_band(sparse_mode, pre_tokens, next_tokens, delta, atten_mask is not None, decode)
+        _check_band_per_batch(sparse_mode, pre_tokens, next_tokens, ql, kl + prefix_len, atten_mask is not None,
+                              decode, len(batches))
+        batches.append(BatchPlan(qi, qs, ql, ki, ks, kl, band))
+
+    out_shape = _out_shape(layout, query, num_heads, value_dim)
+    lse_shape = _lse_shape(layout, q4, num_heads) if return_lse else (0,)
+    return FIAProblem(
+        form=call.form, layout=layout, query=q4, key=k4, value=v4, query_rope=query_rope, key_rope=key_rope,
+        prefix_key=prefix_key, prefix_value=prefix_value, prefix_len=prefix_len, block_table=block_table,
+        block_size=block_size, pse=pse, atten_mask=atten_mask, learnable_sink=sink, batch=batch,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, value_dim=value_dim, scale=scale,
+        sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
+        return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=query.dtype,
+        out_shape=out_shape, lse_shape=lse_shape,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+
+def _reject_unsupported(call: FIACall) -> None:
+    o = call.options
+    for name in UNSUPPORTED_TENSORS:
+        if o.get(name) is not None:
+            raise FIAArgumentError(_spelled(call, name), "quantisation and left padding are not in the "
+                                   "reference yet (spec 15, 16)", o[name])
+    for name in UNSUPPORTED_MODES:
+        if o.get(name, 0) != 0:
+            raise FIAArgumentError(_spelled(call, name), "only applies to quantised inputs, which the reference "
+                                   "does not take yet (spec 16)", o[name])
+    for name in RESERVED_DTYPE_HINTS:
+        if o.get(name) is not None:
+            raise FIAArgumentError(name, "is a reserved storage-reinterpretation hint (spec 1.2): pass None",
+                                   o[name])
+
+
+def _spelled(call: FIACall, canonical: str) -> str:
+    from .signatures import V1_TO_V2
+
+    return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
+
+
+def _check_float_dtypes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    if query.dtype not in FLOAT_DTYPES:
+        raise FIAArgumentError("query", "dtype must be float16 or bfloat16 (float32/float64 as the kit's "
+                               "extension); int8 queries are full quantisation, not in the reference yet", query)
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype in (torch.int8, torch.int32):
+            raise FIAArgumentError(name, "int8/int4 key/value (antiquant) are not in the reference yet "
+                                   "(spec 16.3)", t)
+        if t.dtype != query.dtype:
+            raise FIAArgumentError(name, f"a float {name} must have the query's dtype {query.dtype} (spec 17)", t)
+
+
+def _check_ranks(layout: Layout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 paged_kv: bool) -> None:
+    if query.dim() != layout.rank:
+        raise FIAArgumentError("query", f"input_layout {layout.name} needs a {layout.rank}-D query "
+                               f"({layout.query}) (spec 4.2)", query)
+    if paged_kv:
+        if key.dim() not in paged.CACHE_LAYOUTS:
+            raise FIAArgumentError("key", "a paged cache (block_table given) must be 3-D (BnBsH), 4-D (BnNBsD) "
+                                   "or 5-D (NZ) (spec 11)", key)
+    elif key.dim() != layout.rank:
+        raise FIAArgumentError("key", f"must have the query's rank {layout.rank} ({layout.query}) unless paged "
+                               "(spec 4.2)", key)
+    if value.dim() != key.dim():
+        raise FIAArgumentError("value", f"must have the key's rank {key.dim()} (spec 4.2)", value)
+
+
+def _head_counts(call: FIACall, layout: Layout, paged_kv: bool) -> tuple[int, int]:
+    o = call.options
+    heads_name = _spelled(call, "num_heads")
+    num_heads, num_kv = o["num_heads"], o["num_key_value_heads"]
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise FIAArgumentError(heads_name, "must be an int >= 1", num_heads)
+    if not isinstance(num_kv, int) or num_kv < 0:
+        raise FIAArgumentError("num_key_value_heads", "must be an int >= 0 (0 means num_heads)", num_kv)
+    num_kv = num_kv or num_heads
+    query, key = call.query, call.key
+    if layout.heads_explicit:
+        n_axis = layout.query.index("N")
+        if query.shape[n_axis] != num_heads:
+            raise FIAArgumentError(heads_name, f"must equal the query's N axis ({query.shape[n_axis]}) for "
+                                   f"{layout.query} (spec 10)", num_heads)
+    elif query.shape[2] % num_heads:
+        raise FIAArgumentError(heads_name, f"must divide the query's H ({query.shape[2]}) for BSH (spec 10)",
+                               num_heads)
+    if num_heads % num_kv:
+        raise FIAArgumentError("num_key_value_heads", f"must divide {heads_name}={num_heads} (GQA, spec 10)",
+                               num_kv)
+    key_heads = paged.cache_num_heads(key) if paged_kv else (
+        key.shape[layout.query.index("N")] if layout.heads_explicit else None)
+    if key_heads is not None and key_heads != num_kv:
+        hint = "set num_key_value_heads (0 means 'same as the query heads')" if o["num_key_value_heads"] == 0 \
+            else None
+        raise FIAArgumentError("num_key_value_heads", f"the key has {key_heads} heads; num_key_value_heads "
+                               f"(or {heads_name} when it is 0) must equal that (spec 10)",
+                               o["num_key_value_heads"], hint=hint)
+    h_axis = key.shape[-1] if (key_heads is None) else None
+    if h_axis is not None and h_axis % num_kv:
+        raise FIAArgumentError("num_key_value_heads", f"must divide the key's H ({h_axis}) (spec 10)", num_kv)
+    return num_heads, num_kv
+
+
+def _check_key_value_shapes(layout: Layout, k4: torch.Tensor, v4: torch.Tensor, paged_kv: bool, head_dim: int,
+                            value_dim: int, sparse_mode: int) -> None:
+    if _shape_without_head_dim(k4, paged_kv) != _shape_without_head_dim(v4, paged_kv):
+        raise FIAArgumentError("value", f"must have the key's shape {tuple(k4.shape)} except the head dim "
+                               "(spec 4.2)", v4)
+    if value_dim == head_dim:
+        return
+    packed_192 = layout.packed and head_dim == 192 and value_dim == 128
+    small = head_dim <= 128 and value_dim <= 128 and sparse_mode in (0, 2, 3)
+    if not (packed_192 or small):
+        raise FIAArgumentError("value", f"head dim {value_dim} differs from the key's {head_dim}: allowed only "
+                               "for TND-family Q/K D=192 with V D=128, or all D <= 128 with sparse_mode 0/2/3 "
+                               "(spec 12, 18.5)", v4)
+
+
+def _shape_without_head_dim(t: torch.Tensor, paged_kv: bool) -> tuple[int, ...]:
+    """Axes that key and value must share: all but D (for an NZ cache, all but D/c and c)."""
+    if paged_kv and t.dim() == 5:
+        return (t.shape[0], t.shape[1], t.shape[3])
+    return tuple(t.shape[:-1])
+
+
+def _check_paging(call: FIACall, num_kv_heads: int) -> tuple[torch.Tensor, int]:
+    o = call.options
+    block_table, block_size = o["block_table"], o["block_size"]
+    if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32:
+        raise FIAArgumentError("block_table", "must be a 2-D int32 tensor (B, max_blocks_per_seq) (spec 11)",
+                               block_table)
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise FIAArgumentError("block_size", "must be > 0 when block_table is given (spec 11)", block_size)
+    if block_size % 16 or block_size > 1024:
+        raise FIAArgumentError("block_size", "must be a multiple of 16 and at most 1024 (the widest rule across "
+                               "op versions; prefill on older CANN needs 128..512 in steps of 128) (spec 11)",
+                               block_size)
+    if o["actual_seq_lengths_kv"] is None:
+        raise FIAArgumentError(_spelled(call, "actual_seq_lengths_kv"), "is required with paged attention "
+                               "(block_table) (spec 5.1, 11)", None)
+    key = call.key
+    if paged.cache_block_size(key) != block_size:
+        raise FIAArgumentError("block_size", f"must equal the cache's block axis "
+                               f"({paged.cache_block_size(key)}) for a {key.dim()}-D cache (spec 11)", block_size)
+    if key.dim() == 3 and key.shape[2] > 65535:
+        raise FIAArgumentError("key", "a 3-D (BnBsH) cache needs N_kv*D <= 65535 (spec 11)", key)
+    if key.dim() == 3 and key.shape[2] % num_kv_heads:
+        raise FIAArgumentError("num_key_value_heads", f"must divide the cache's H ({key.shape[2]})", num_kv_heads)
+    return block_table, block_size
+
+
+def _check_block_table(block_table: torch.Tensor, batch: int, block_size: int, kv_lens: list[int],
+                       num_blocks: int) -> None:
+    if block_table.shape[0] != batch:
+        raise FIAArgumentError("block_table", f"needs one row per batch ({batch}) (spec 11)", block_table)
+    needed = max((-(-n // block_size) for n in kv_lens), default=0)
+    if block_table.shape[1] < needed:
+        raise FIAArgumentError("block_table", f"needs at least ceil(max kv length / block_size) = {needed} "
+                               "columns (spec 11)", block_table)
+    table = block_table.cpu()
+    for b, n in enumerate(kv_lens):
+        used = table[b, : -(-n // block_size)]
+        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
+            raise FIAArgumentError("block_table", f"row {b} reads block ids {used.tolist()}, but the cache has "
+                                   f"{num_blocks} blocks (ids must lie in [0, {num_blocks}))", block_table)
+
+
+def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tensor, capacity: int | None,
+                     decode: bool) -> tuple[int, list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Per batch: (q_index, q_start, q_len) and (kv_index, kv_start, kv_len)."""
+    o = call.options
+    q_name, kv_name = _spelled(call, "actual_seq_lengths"), _spelled(call, "actual_seq_lengths_kv")
+    q_values = read_lengths(q_name, o["actual_seq_lengths"])
+    kv_values = read_lengths(kv_name, o["actual_seq_lengths_kv"])
+    if layout.packed:
+        q_starts, q_lens = cumulative_lengths(q_name, q_values, q4.shape[2], "T_q")
+        batch = len(q_lens)
+        if kv_values is None:
+            raise FIAArgumentError(kv_name, "is required for packed layouts (cumulative without paging, "
+                                   "per-batch with paging) (spec 5.2)", None)
+        if len(kv_values) != batch:
+            raise FIAArgumentError(kv_name, f"packed layouts need as many kv lengths as query lengths ({batch}) "
+                                   "(spec 5.2)", list(kv_values))
+        if capacity is not None:
+            kv_lens = per_batch_lengths(kv_name, kv_values, batch, capacity, "block capacity")
+            kv_plans = [(b, 0, n) for b, n in enumerate(kv_lens)]
+        else:
+            kv_starts, kv_lens = cumulative_lengths(kv_name, kv_values, k4.shape[2], "T_kv")
+            kv_plans = [(0, s, n) for s, n in zip(kv_starts, kv_lens)]
+        return batch, [(0, s, n) for s, n in zip(q_starts, q_lens)], kv_plans
+    batch, s_q = q4.shape[0], q4.shape[2]
+    if batch > 65536:
+        raise FIAArgumentError("query", "batch size must be at most 65536 (spec 18.2)", q4.shape[0])
+    q_lens = (1,) * batch if decode else per_batch_lengths(q_name, q_values, batch, s_q, "S_q")
+    limit = capacity if capacity is not None else k4.shape[2]
+    kv_lens = per_batch_lengths(kv_name, kv_values, batch, limit, "block capacity" if capacity else "S_kv")
+    if decode and q_values is not None:
+        read_lengths(q_name, q_values)  # still type-checked; the values are ignored for S_q == 1 (spec 5.1)
+    return batch, [(b, 0, n) for b, n in enumerate(q_lens)], [(b, 0, n) for b, n in enumerate(kv_lens)]
+
+
+def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tensor, num_heads: int,
+                num_kv_heads: int, paged_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    o = call.options
+    q_rope, k_rope = o["query_rope"], o["key_rope"]
+    if q_rope is None or k_rope is None:
+        missing = "key_rope" if k_rope is None else "query_rope"
+        raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None)
+    if q_rope.dtype != call.query.dtype:
+        raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope)
+    if k_rope.dtype != call.key.dtype:
+        raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope)
+    d = q4.shape[-1]
+    if d not in MLA_LAYOUTS:
+        raise FIAArgumentError("query", "with query_rope the query head dim must be 512 (decode MLA) or 128 "
+                               "(prefill MLA) (spec 12)", call.query)
+    if layout.name not in MLA_LAYOUTS[d]:
+        raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
+                               layout.name)
+    if d == 512 and num_kv_heads != 1:
+        raise FIAArgumentError("num_key_value_heads", "MLA with D=512 needs one kv head (spec 12)", num_kv_heads)
+    if d == 512 and layout.packed and not paged_kv:
+        raise FIAArgumentError("block_table", "MLA D=512 with TND needs a paged cache (spec 12)", None)
+    if q_rope.dim() != layout.rank:
+        raise FIAArgumentError("query_rope", f"must be laid out as the query ({layout.query})", q_rope)
+    qr4 = to_canonical(q_rope, layout.query, num_heads)
+    if qr4.shape[:-1] != q4.shape[:-1] or qr4.shape[-1] != ROPE_DIM:
+        raise FIAArgumentError("query_rope", f"must have the query's shape with head dim {ROPE_DIM} (spec 12)",
+                               q_rope)
+    if paged_kv:
+        expected = _rope_shape_of(call.key, num_kv_heads)
+        if tuple(k_rope.shape) != expected:
+            raise FIAArgumentError("key_rope", f"must be the paged key cache's shape with head dim {ROPE_DIM}: "
+                                   f"{expected} (spec 11, 12)", k_rope)
+        return qr4, k_rope
+    if k_rope.dim() != layout.rank:
+        raise FIAArgumentError("key_rope", f"must be laid out as the key ({layout.query})", k_rope)
+    kr4 = to_canonical(k_rope, layout.query, num_kv_heads)
+    if kr4.shape[:-1] != k4.shape[:-1] or kr4.shape[-1] != ROPE_DIM:
+        raise FIAArgumentError("key_rope", f"must have the key's shape with head dim {ROPE_DIM} (spec 12)", k_rope)
+    return qr4, kr4
+
+
+def _rope_shape_of(cache: torch.Tensor, num_kv_heads: int) -> tuple[int, ...]:
+    s = tuple(cache.shape)
+    if cache.dim() == 3:
+        return (s[0], s[1], num_kv_heads * ROPE_DIM)
+    if cache.dim() == 4:
+        return (*s[:3], ROPE_DIM)
+    return (s[0], s[1], ROPE_DIM // s[4], s[3], s[4])
+
+
+def _check_prefix(call: FIACall, layout: Layout, num_kv_heads: int, head_dim: int, value_dim: int,
+                  paged_kv: bool, rope: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    o = call.options
+    kp, vp, plen = o.get("key_shared_prefix"), o.get("value_shared_prefix"), o.get("actual_shared_prefix_len")
+    if kp is None and vp is None:
+        if plen is not None:
+            raise FIAArgumentError("actual_shared_prefix_len", "needs key_shared_prefix and value_shared_prefix "
+                                   "(spec 14)", plen)
+        return None, None, 0
+    if kp is None or vp is None:
+        missing = "key_shared_prefix" if kp is None else "value_shared_prefix"
+        raise FIAArgumentError(missing, "key_shared_prefix and value_shared_prefix come together (spec 14)", None)
+    for other, bad in (("block_table", paged_kv), ("input_layout", layout.packed), ("query_rope", rope)):
+        if bad:
+            raise FIAArgumentError(f"key_shared_prefix + {other}", "a shared prefix cannot be combined with "
+                                   "paging, packed (TND-family) layouts or MLA rope (spec 14)",
+                                   layout.name if other == "input_layout" else "given")
+    for name, t in (("key_shared_prefix", kp), ("value_shared_prefix", vp)):
+        if t.dtype != call.key.dtype or t.dim() != call.key.dim():
+            raise FIAArgumentError(name, f"must have the key's dtype and rank ({call.key.dtype}, "
+                                   f"{call.key.dim()}-D) (spec 14)", t)
+    kp4, vp4 = to_canonical(kp, layout.query, num_kv_heads), to_canonical(vp, layout.query, num_kv_heads)
+    if kp4.shape[0] != 1 or kp4.shape[1] != num_kv_heads or kp4.shape[3] != head_dim:
+        raise FIAArgumentError("key_shared_prefix", f"must have batch 1 and the key's N/D "
+                               f"({num_kv_heads}, {head_dim}) in layout {layout.query} (spec 14)", kp)
+    if vp4.shape[:3] != kp4.shape[:3] or vp4.shape[3] != value_dim:
+        raise FIAArgumentError("value_shared_prefix", "must have key_shared_prefix's batch, heads and length "
+                               f"and the value's head dim {value_dim} (spec 14)", vp)
+    prefix_s = kp4.shape[2]
+    values = read_lengths("actual_shared_prefix_len", plen)
+    if values is None:
+        return kp4, vp4, prefix_s
+    if len(values) != 1 or not 0 <= values[0] <= prefix_s:
+        raise FIAArgumentError("actual_shared_prefix_len", f"must hold one value in [0, {prefix_s}] (the "
+                               "prefix's S) (spec 14)", list(values))
+    return kp4, vp4, values[0]
+
+
+def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tuple[int, int, int]:
+    o = call.options
+    mode, pre, nxt = o["sparse_mode"], o["pre_tokens"], o["next_tokens"]
+    for name, v in (("sparse_mode", mode), ("pre_tokens", pre), ("next_tokens", nxt)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise FIAArgumentError(name, "must be an int", v)
+    if mode not in SPARSE_MODES:
+        extra = " (9, the tree mask, is v2 MLA-only and not in the reference: spec 6.6 is [inferred])" \
+            if mode == 9 else ""
+        raise FIAArgumentError("sparse_mode", f"must be 0-4 (modes 5-8 are not supported by FIA){extra} "
+                               "(spec 6.3)", mode)
+    if rope and head_dim == 512 and mode not in (0, 3, 4):
+        raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3 or 4 (spec 6.5, 12)", mode)
+    if mode != 0 and o["atten_mask"] is None:
+        raise FIAArgumentError("atten_mask", f"should not be null when sparse_mode is {mode} (modes 1-4 need a "
+                               "mask; 2-4 the compressed 2048x2048 template) (spec 6.3)", None)
+    uses_band = not decode and (mode == 4 or (mode == 0 and o["atten_mask"] is not None))
+    if uses_band:
+        if pre < 0 and nxt < 0:
+            raise FIAArgumentError("pre_tokens + next_tokens", "cannot both be negative (spec 6.3)", (pre, nxt))
+        if nxt < -pre:
+            raise FIAArgumentError("pre_tokens + next_tokens", "next_tokens < -pre_tokens leaves no band "
+                                   "(spec 6.3)", (pre, nxt))
+    return mode, pre, nxt
+
+
+def _check_band_per_batch(mode: int, pre: int, nxt: int, q_len: int, kv_len: int, has_mask: bool,
+                          decode: bool, b: int) -> None:
+    """Per-batch pre/next rules of spec 6.3 (kv_len includes the prefix)."""
+    if decode or q_len == 0:
+        return
+    if mode == 0 and has_mask:
+        if pre <= -kv_len:
+            raise FIAArgumentError("pre_tokens", f"with sparse_mode 0 and a mask, must be > -(L_kv + P) = "
+                                   f"{-kv_len} (batch {b}) (spec 6.3)", pre)
+        if nxt < 0 and -nxt >= q_len:
+            raise FIAArgumentError("next_tokens", f"a negative next_tokens must satisfy |next| < L_q = {q_len} "
+                                   f"(batch {b}) (spec 6.3)", nxt)
+    if mode == 4:
+        if pre <= -q_len:
+            raise FIAArgumentError("pre_tokens", f"sparse_mode 4 needs pre_tokens > -L_q = {-q_len} (batch {b}) "
+                                   "(spec 6.3)", pre)
+        if nxt <= -kv_len:
+            raise FIAArgumentError("next_tokens", f"sparse_mode 4 needs next_tokens > -(L_kv + P) = {-kv_len} "
+                                   f"(batch {b}) (spec 6.3)", nxt)
+        if pre + nxt < 0:
+            raise FIAArgumentError("pre_tokens + next_tokens", "sparse_mode 4 needs pre + next >= 0 (spec 6.3)",
+                                   (pre, nxt))
+
+
+def _check_mask(call: FIACall, layout: Layout, batch: int, q_axis: int, kv_axis: int, decode: bool, rope: bool,
+                head_dim: int, value_dim: int, paged_kv: bool) -> torch.Tensor | None:
+    """Validate atten_mask; return it as (B|1, S_q', S_kv') or, for decode, (B|1, S_kv') bool, or None."""
+    o = call.options
+    mask, mode = o["atten_mask"], o["sparse_mode"]
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype not in MASK_DTYPES:
+        raise FIAArgumentError("atten_mask", "dtype must be bool, int8 or uint8 (True/1 = masked out) "
+                               "(spec 6.1)", mask)
+    if mask.dtype != torch.bool and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise FIAArgumentError("atten_mask", "int8/uint8 masks must hold only 0 and 1 (spec 6.1)", mask)
+    if mode in (2, 3, 4):
+        size = COMPRESSED_MASK_SIZE
+        if tuple(mask.shape) not in ((size, size), (1, size, size), (1, 1, size, size)):
+            raise FIAArgumentError("atten_mask", f"sparse_mode {mode} needs the compressed ({size}, {size}) mask, "
+                                   f"optionally with leading 1-dims (spec 6.4)", mask,
+                                   hint="use fia_kit.masks.compressed_causal_mask()")
+        if not is_compressed_causal_mask(mask):
+            raise FIAArgumentError("atten_mask", f"sparse_mode {mode} needs exactly "
+                                   f"torch.triu(torch.ones({size}, {size}), diagonal=1) (1 above the diagonal) "
+                                   "(spec 6.4)", mask, hint="use fia_kit.masks.compressed_causal_mask()")
+        return None
+    mask = mask.to(torch.bool)
+    if decode:
+        plane = _decode_mask(mask, batch)
+    else:
+        plane = _prefill_mask(mask, layout, batch, rope, head_dim, value_dim)
+        if plane.shape[1] < q_axis:
+            raise FIAArgumentError("atten_mask", f"its query axis must be at least S_q = {q_axis} (spec 6.2)", mask)
+    if plane.shape[-1] < kv_axis:
+        what = "block_table.shape[1] * block_size" if paged_kv else "S_kv (+ prefix length)"
+        raise FIAArgumentError("atten_mask", f"its key axis must be at least {what} = {kv_axis} (spec 6.2)", mask)
+    return plane
+
+
+def _prefill_mask(mask: torch.Tensor, layout: Layout, batch: int, rope: bool, head_dim: int,
+                  value_dim: int) -> torch.Tensor:
+    if mask.dim() == 4:
+        if mask.shape[1] != 1:
+            raise FIAArgumentError("atten_mask", "a 4-D mask is (B or 1, 1, S_q, S_kv): the mask has no head "
+                                   "axis (spec 6.1)", mask)
+        mask = mask[:, 0]
+    if mask.dim() == 2:
+        two_d_ok = layout.name in ("BSH", "BSND", "BNSD", "BNSD_BSND") and not rope and head_dim == value_dim
+        if not two_d_ok:
+            raise FIAArgumentError("atten_mask", "a 2-D (S_q, S_kv) mask is only accepted for BSH/BSND/BNSD/"
+                                   "BNSD_BSND without rope and with equal Q/K/V D; use (B, S_q, S_kv) or "
+                                   "(B, 1, S_q, S_kv) (spec 6.2)", mask)
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 3 or mask.shape[0] not in (1, batch):
+        raise FIAArgumentError("atten_mask", f"must be (B, 1, S_q, S_kv), (1, 1, S_q, S_kv), (B, S_q, S_kv) or "
+                               f"(1, S_q, S_kv) with B = {batch} (spec 6.2)", mask)
+    return mask
+
+
+def _decode_mask(mask: torch.Tensor, batch: int) -> torch.Tensor:
+    if mask.dim() not in (2, 3, 4) or mask.shape[0] not in (1, batch) or any(s != 1 for s in mask.shape[1:-1]):
+        raise FIAArgumentError("atten_mask", f"with S_q == 1 the mask is (B, S_kv), (B, 1, S_kv) or "
+                               f"(B, 1, 1, S_kv), with B = {batch} or 1; it has no head axis (spec 6.2, 6.5)", mask)
+    return mask.reshape(mask.shape[0], mask.shape[-1])
+
+
+def _check_pse(call: FIACall, layout: Layout, batch: int, num_heads: int, q_axis: int, kv_axis: int,
+               decode: bool, rope: bool) -> torch.Tensor | None:
+    pse = call.options["pse_shift"]
+    if pse is None:
+        return None
+    if layout.packed or rope:
+        raise FIAArgumentError("pse_shift", "cannot be combined with packed (TND-family) layouts or MLA rope "
+                               "(spec 9)", layout.name)
+    q = call.query
+    ok = (pse.dtype == q.dtype) if (decode or q.dtype not in OP_FLOAT_DTYPES) else \
+        (pse.dtype in OP_FLOAT_DTYPES and pse.dtype == q.dtype)
+    if not ok:
+        raise FIAArgumentError("pse_shift", f"dtype must match the query's ({q.dtype}): float16 pse with a float16 "
+                               "query, bfloat16 with bfloat16 (spec 9)", pse)
+    if pse.dim() != 4 or pse.shape[0] not in (1, batch) or pse.shape[1] != num_heads:
+        raise FIAArgumentError("pse_shift", f"must be (B or 1, N_q={num_heads}, S_q, S_kv): it has a per-head "
+                               "axis and is not broadcast over heads (spec 9)", pse)
+    if pse.shape[2] < (1 if decode else q_axis) or pse.shape[3] < kv_axis:
+        raise FIAArgumentError("pse_shift", f"its last two axes must be at least ({1 if decode else q_axis}, "
+                               f"{kv_axis}) (S_q, S_kv + prefix, or the paged capacity) (spec 9)", pse)
+    return pse
+
+
+def _check_sink(call: FIACall, layout: Layout, num_heads: int, value_dim: int,
+                pse: torch.Tensor | None) -> torch.Tensor | None:
+    sink = call.options.get("learnable_sink")
+    if sink is None:
+        return None
+    if layout.name not in ("TND", "NTD_TND"):
+        raise FIAArgumentError("learnable_sink", "needs input_layout TND or NTD_TND (spec 13)", layout.name)
+    allowed = (torch.bfloat16, torch.float16) if call.query.dtype in OP_FLOAT_DTYPES else (call.query.dtype,)
+    if not isinstance(sink, torch.Tensor) or sink.shape != (num_heads,) or sink.dtype not in allowed:
+        raise FIAArgumentError("learnable_sink", f"must be a ({num_heads},) bfloat16 (or float16) tensor, one "
+                               "logit per query head (spec 13)", sink)
+    if value_dim > 128:
+        raise FIAArgumentError("learnable_sink", "needs value head dim <= 128 (spec 13)", value_dim)
+    if pse is not None:
+        raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given")
+    return sink
+
+
+def _check_inner_precise(value: object, decode: bool) -> int:
+    allowed = (0, 1) if decode else (0, 1, 2, 3)
+    if not isinstance(value, int) or value not in allowed:
+        raise FIAArgumentError("inner_precise", f"must be one of {allowed}"
+                               + (" when S_q == 1" if decode else "") + " (spec 7)", value)
+    return value
+
+
+def _check_scale(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FIAArgumentError("scale", "must be a finite float (pass 1/sqrt(D) yourself: the default is 1.0) "
+                               "(spec 18.5)", value)
+    return float(value)
+
+
+def _check_lse_flag(value: object, rope: bool, head_dim: int) -> bool:
+    if not isinstance(value, bool):
+        raise FIAArgumentError("softmax_lse_flag", "must be a bool", value)
+    if value and rope and head_dim == 512:
+        raise FIAArgumentError("softmax_lse_flag", "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
+    return value
+
+
+def _out_shape(layout: Layout, query: torch.Tensor, num_heads: int, value_dim: int) -> tuple[int, ...]:
+    """attention_out's shape (spec 4.3): the query's, in the output layout, with the value head dim."""
+    q4 = to_canonical(query, layout.query, num_heads)
+    b, n, s, _ = q4.shape
+    d = value_dim or q4.shape[-1]
+    return {
+        "BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
+        "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d),
+    }[layout.out]
+
+
+def _lse_shape(layout: Layout, q4: torch.Tensor, num_heads: int) -> tuple[int, ...]:
+    """softmax_lse's shape (spec 4.3): (T, N_q, 1) for the TND family, else (B, N_q, S_q, 1) from the query."""
+    if layout.packed:
+        return (q4.shape[2], num_heads, 1)
+    return (q4.shape[0], num_heads, q4.shape[2], 1)
