@@ -4,6 +4,7 @@ The kit's reference implementation (``fia_kit.reference``) is the op on any mach
 box the same calls run torch_npu's op and compare it with the reference.
 """
 
+from . import environment  # noqa: F401  (first: sets TORCH_DEVICE_BACKEND_AUTOLOAD=0 before torch loads)
 from .errors import FIAArgumentError
 from .reference import (
     compute_dtype,

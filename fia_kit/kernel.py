@@ -22,7 +22,7 @@ from .layouts import from_canonical
 from .masks import MASK_FILL
 from .problem import BatchPlan, FIAProblem
 
-TILE_ROWS = 256
+TILE_ROWS = 128
 TILE_BYTES = 64 * 2**20  # cap on one tile's score matrix
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
@@ -169,53 +169,121 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
         if problem.pse is not None:
             pse = problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0:r1, c0:c1]
             scores += pse.to(dtype).view(n_kv, group, rows, c1 - c0)
-        in_band = plan.band.tile(r0, r1, c0, c1, device)
         hidden = user_mask_tile(problem, b, r0, r1, c0, c1)
         if hidden is not None:
-            scores.masked_fill_(hidden.to(device), MASK_FILL)
-        if in_band is not None:
-            scores.masked_fill_(~in_band, float("-inf"))
-        band_count = in_band.sum(-1) if in_band is not None else torch.full((rows,), c1 - c0, device=device)
-        visible = in_band if in_band is not None else torch.ones(rows, c1 - c0, dtype=torch.bool, device=device)
-        if hidden is not None:
-            visible = visible & ~hidden.to(device)
-        visible_count = visible.sum(-1)
+            hidden = hidden.to(device)
+            scores.masked_fill_(hidden, MASK_FILL)
+        outside = plan.band.outside_tile(r0, r1, c0, c1, device)
+        if outside is not None:
+            scores.masked_fill_(outside, float("-inf"))
+        tile_status = _tile_status(plan.band.key_counts(r0, r1, num_keys).to(device), hidden, outside)
         out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink)
-        tile_status = torch.where(band_count == 0, int(RowStatus.OUT_OF_BAND),
-                                  torch.where(visible_count == 0, int(RowStatus.FULLY_MASKED),
-                                              int(RowStatus.COMPUTED))).to(torch.int8)
         fully_masked = tile_status == RowStatus.FULLY_MASKED
         invalid = tile_status == RowStatus.OUT_OF_BAND
         if problem.inner_precise & 2:
             invalid = invalid | fully_masked  # "row invalid correction" zeroes fully masked rows (spec 7)
-        out_t = out_t.reshape(problem.num_heads, rows, -1).masked_fill(invalid.view(1, rows, 1), 0.0)
-        lse_t = lse_t.reshape(problem.num_heads, rows).masked_fill(invalid.view(1, rows), float("inf"))
+        out_t = out_t.reshape(problem.num_heads, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
+        lse_t = lse_t.reshape(problem.num_heads, rows).masked_fill_(invalid.view(1, rows), float("inf"))
         out[:, r0:r1] = out_t
         lse[:, r0:r1] = lse_t
         status[r0:r1] = tile_status
     return out, lse, status
 
 
+def _tile_status(band_counts: torch.Tensor, hidden: torch.Tensor | None,
+                 outside: torch.Tensor | None) -> torch.Tensor:
+    """(rows,) int8 RowStatus of a tile from its band key counts and the user-mask / out-of-band tiles."""
+    status = torch.full_like(band_counts, int(RowStatus.COMPUTED), dtype=torch.int8)
+    if hidden is not None:
+        visible = ~hidden if outside is None else ~(hidden | outside)
+        status[~visible.any(-1)] = RowStatus.FULLY_MASKED
+    status[band_counts == 0] = RowStatus.OUT_OF_BAND
+    return status
+
+
 def _softmax_values(scores: torch.Tensor, value: torch.Tensor,
                     sink: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
 
-    scores: (N_kv, G, rows, keys); value: (N_kv, keys, Dv); sink: (N_kv, G, 1, 1) or None.
+    scores: (N_kv, G, rows, keys), overwritten with the unnormalised probabilities; value: (N_kv, keys, Dv);
+    sink: (N_kv, G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13).
     Returns (N_kv, G, rows, Dv) and the LSE (N_kv, G, rows), which excludes the sink ([inferred], spec 8).
     """
     n_kv, group, rows, keys = scores.shape
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    probs = torch.exp(scores - row_max)
+    probs = scores.sub_(row_max).exp_()
     total = probs.sum(-1, keepdim=True)
     lse = (row_max + torch.log(total)).squeeze(-1)
     if sink is not None:
         total = total + torch.exp(sink - row_max)
     weighted = torch.bmm(probs.view(n_kv, group * rows, keys), value).view(n_kv, group, rows, -1)
-    out = weighted / torch.where(total > 0, total, torch.ones_like(total))
-    return out, lse
+    return weighted.div_(torch.where(total > 0, total, torch.ones_like(total))), lse
 
 
 def _tile_rows(num_heads: int, num_keys: int, dtype: torch.dtype) -> int:
     per_row = max(1, num_heads * num_keys * torch.finfo(dtype).bits // 8)
     return max(16, min(TILE_ROWS, TILE_BYTES // per_row))
+
+
+def batch_visibility(problem: FIAProblem, b: int) -> torch.Tensor:
+    """(L_q, P + L_kv) bool of batch b: True where query row i sees key j (prefix keys first).
+
+    A key is visible when it lies inside the batch's sparse-mode band and atten_mask (modes 0/1, decode) does not
+    hide it; the same rules ``attend_batch`` applies.
+    """
+    plan = problem.batches[b]
+    num_keys = problem.prefix_len + plan.kv_len
+    visible = torch.ones(plan.q_len, num_keys, dtype=torch.bool)
+    outside = plan.band.outside_tile(0, plan.q_len, 0, num_keys)
+    if outside is not None:
+        visible &= ~outside
+    hidden = user_mask_tile(problem, b, 0, plan.q_len, 0, num_keys)
+    if hidden is not None:
+        visible &= ~hidden.to("cpu")
+    return visible
+
+
+def batch_probabilities(problem: FIAProblem, b: int, heads: list[int] | None = None) -> torch.Tensor:
+    """(len(heads), L_q, P + L_kv) softmax probabilities of batch b for the given query heads (default: all).
+
+    p[n, i, j] = exp(s[i, j] - lse[n, i]) / (1 + exp(sink[n] - lse[n, i])), with the masked scores s and the LSE of
+    ``attend_batch`` (the sink term only with learnable_sink). Rows the op writes as zero (not computed, or fully
+    masked with inner_precise 2/3) are all zero; fully masked rows with inner_precise 0/1 are uniform (spec 7).
+    """
+    dtype = resolve_compute_dtype(problem)
+    plan = problem.batches[b]
+    heads = list(range(problem.num_heads)) if heads is None else list(heads)
+    q = batch_queries(problem, plan, dtype)
+    key, _ = batch_keys_values(problem, plan, dtype)
+    n_kv, group, q_len, num_keys = problem.num_kv_heads, problem.group_size, plan.q_len, key.shape[1]
+    probs = torch.zeros(len(heads), q_len, num_keys, dtype=dtype)
+    if q_len == 0 or num_keys == 0:
+        return probs
+    qg = q.view(n_kv, group, q_len, q.shape[-1])
+    sink = problem.learnable_sink.to(dtype).view(n_kv, group, 1, 1) if problem.learnable_sink is not None else None
+    step = _tile_rows(problem.num_heads, num_keys, dtype)
+    for r0 in range(0, q_len, step):
+        r1, rows = min(q_len, r0 + step), min(q_len, r0 + step) - r0
+        scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key.transpose(1, 2))
+        scores = scores.view(n_kv, group, rows, num_keys).mul_(problem.scale)
+        if problem.pse is not None:
+            pse = problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0:r1, :num_keys]
+            scores += pse.to(dtype).view(n_kv, group, rows, num_keys)
+        hidden = user_mask_tile(problem, b, r0, r1, 0, num_keys)
+        if hidden is not None:
+            scores.masked_fill_(hidden, MASK_FILL)
+        outside = plan.band.outside_tile(r0, r1, 0, num_keys)
+        if outside is not None:
+            scores.masked_fill_(outside, float("-inf"))
+        status = _tile_status(plan.band.key_counts(r0, r1, num_keys), hidden, outside)
+        _, lse = _softmax_values(scores.clone(), torch.zeros(n_kv, num_keys, 1, dtype=dtype), sink)
+        tile = torch.exp(scores - lse.unsqueeze(-1))
+        if sink is not None:
+            tile = tile / (1 + torch.exp(sink - lse.unsqueeze(-1)))
+        invalid = status == RowStatus.OUT_OF_BAND
+        if problem.inner_precise & 2:
+            invalid = invalid | (status == RowStatus.FULLY_MASKED)
+        tile = tile.reshape(problem.num_heads, rows, num_keys).masked_fill_(invalid.view(1, rows, 1), 0.0)
+        probs[:, r0:r1] = tile[heads]
+    return probs

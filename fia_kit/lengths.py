@@ -93,7 +93,7 @@ def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int,
         raise FIAArgumentError(name, f"the last cumulative length must be at most {total_name}={total} "
                                "(spec 5.2)", list(values))
     starts = (0, *values[:-1])
-    return starts, tuple(e - s for s, e in zip(starts, values))
+    return starts, tuple(e - s for s, e in zip(starts, values, strict=True))
 
 
 def _running_sum(values: tuple[int, ...]) -> tuple[int, ...]:

@@ -35,24 +35,35 @@ class Band:
     def tile(self, row_start: int, row_stop: int, col_start: int, col_stop: int,
              device: torch.device | str = "cpu") -> torch.Tensor | None:
         """Boolean (rows, cols) visibility of a tile, or None where the whole tile is inside the band."""
-        if self.lo is None and self.hi is None:
+        outside = self.outside_tile(row_start, row_stop, col_start, col_stop, device)
+        return None if outside is None else ~outside
+
+    def outside_tile(self, row_start: int, row_stop: int, col_start: int, col_stop: int,
+                     device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Boolean (rows, cols), True outside the band, or None where the whole tile is inside it."""
+        shift = col_start - row_start  # j - i = (c - a) + shift for tile coordinates (a, c)
+        cuts_low = self.lo is not None and col_start - (row_stop - 1) < self.lo
+        cuts_high = self.hi is not None and (col_stop - 1) - row_start > self.hi
+        if not (cuts_low or cuts_high):
             return None
-        rows = torch.arange(row_start, row_stop, device=device).unsqueeze(1)
-        cols = torch.arange(col_start, col_stop, device=device).unsqueeze(0)
-        diff = cols - rows
-        inside = torch.ones_like(diff, dtype=torch.bool)
-        if self.lo is not None:
-            inside &= diff >= self.lo
-        if self.hi is not None:
-            inside &= diff <= self.hi
-        return inside
+        ones = torch.ones(row_stop - row_start, col_stop - col_start, dtype=torch.bool, device=device)
+        outside = torch.zeros_like(ones)
+        if cuts_high:
+            outside |= ones.triu(self.hi - shift + 1)
+        if cuts_low:
+            outside |= ones.tril(self.lo - shift - 1)
+        return outside
+
+    def key_counts(self, row_start: int, row_stop: int, num_keys: int) -> torch.Tensor:
+        """(rows,) number of keys inside the band for each row of [row_start, row_stop)."""
+        i = torch.arange(row_start, row_stop)
+        first = torch.zeros_like(i) if self.lo is None else (i + self.lo).clamp(min=0)
+        last = torch.full_like(i, num_keys - 1) if self.hi is None else (i + self.hi).clamp(max=num_keys - 1)
+        return (last - first + 1).clamp(min=0)
 
     def computed_rows(self, num_rows: int, num_keys: int) -> torch.Tensor:
         """Boolean (num_rows,): rows with at least one key inside the band (the others are written as 0)."""
-        i = torch.arange(num_rows)
-        first = torch.zeros_like(i) if self.lo is None else (i + self.lo).clamp(min=0)
-        last = torch.full_like(i, num_keys - 1) if self.hi is None else (i + self.hi).clamp(max=num_keys - 1)
-        return first <= last
+        return self.key_counts(0, num_rows, num_keys) > 0
 
 
 def sparse_band(sparse_mode: int, pre_tokens: int, next_tokens: int, delta: int, has_mask: bool,

@@ -175,7 +175,7 @@ def build_problem(call: FIACall) -> FIAProblem:
     return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim)
 
     batches = []
-    for (qi, qs, ql), (ki, ks, kl) in zip(plans_q, plans_kv):
+    for (qi, qs, ql), (ki, ks, kl) in zip(plans_q, plans_kv, strict=True):
         delta = prefix_len + kl - ql
         band = sparse_band(sparse_mode, pre_tokens, next_tokens, delta, atten_mask is not None, decode)
         _check_band_per_batch(sparse_mode, pre_tokens, next_tokens, ql, kl + prefix_len, atten_mask is not None,
@@ -367,8 +367,8 @@ def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.
             kv_plans = [(b, 0, n) for b, n in enumerate(kv_lens)]
         else:
             kv_starts, kv_lens = cumulative_lengths(kv_name, kv_values, k4.shape[2], "T_kv")
-            kv_plans = [(0, s, n) for s, n in zip(kv_starts, kv_lens)]
-        return batch, [(0, s, n) for s, n in zip(q_starts, q_lens)], kv_plans
+            kv_plans = [(0, s, n) for s, n in zip(kv_starts, kv_lens, strict=True)]
+        return batch, [(0, s, n) for s, n in zip(q_starts, q_lens, strict=True)], kv_plans
     batch, s_q = q4.shape[0], q4.shape[2]
     if batch > 65536:
         raise FIAArgumentError("query", "batch size must be at most 65536 (spec 18.2)", q4.shape[0])

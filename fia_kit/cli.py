@@ -1,0 +1,37 @@
+"""Command line of fia-kit (``fia-kit COMMAND`` or ``python -m fia_kit.cli COMMAND``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fia_kit.environment import detect  # first: sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Print the environment report and which backends are usable, and why not."""
+    report = detect()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser; each subcommand sets ``handler`` (args -> exit code)."""
+    parser = argparse.ArgumentParser(
+        prog="fia-kit", description="Toolkit for Ascend's fused inference attention operator."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    doctor = commands.add_parser("doctor", help="report the environment and which backends are usable")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(handler=_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fia-kit command line and return its exit code."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
