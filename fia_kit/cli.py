@@ -15,6 +15,18 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Run the founding example on the chosen backends and print the comparison with the reference."""
+    import torch
+
+    from fia_kit.backends import compare, founding_example
+
+    call = founding_example(args.form, getattr(torch, args.dtype))
+    table = compare(call, args.backend or None)
+    print(table.table())
+    return 0 if table.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser; each subcommand sets ``handler`` (args -> exit code)."""
     parser = argparse.ArgumentParser(
@@ -24,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="report the environment and which backends are usable")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(handler=_doctor)
+    check = commands.add_parser("check", help="compare backends with the reference on the founding example")
+    check.add_argument("--backend", action="append", choices=["reference", "compiled", "npu", "npu-graph"],
+                       help="backend to compare (repeatable; default: npu and npu-graph if usable, else compiled)")
+    check.add_argument("--form", choices=["v1", "v2"], default="v1")
+    check.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    check.set_defaults(handler=_check)
     return parser
 
 

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 import torch
 
-from . import paged
+from . import paged, quant
 from .layouts import from_canonical
 from .masks import MASK_FILL
 from .problem import BatchPlan, FIAProblem
@@ -97,7 +97,9 @@ def run_problem(problem: FIAProblem) -> ReferenceResult:
         out4[plan.q_index, :, rows] = out_b
         lse4[plan.q_index, :, rows] = lse_b.to(lse_dtype)
         status[plan.q_index, rows] = status_b
-    out = from_canonical(out4.to(problem.out_dtype), problem.layout.out)
+    output_quant = problem.quant.output if problem.quant is not None else None
+    out4 = quant.quantize_output(out4, output_quant) if output_quant is not None else out4.to(problem.out_dtype)
+    out = from_canonical(out4, problem.layout.out)
     if problem.layout.packed:
         lse = lse4[0].transpose(0, 1).unsqueeze(-1).contiguous()
     else:
@@ -109,21 +111,34 @@ def batch_queries(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> t
     """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
     rows = slice(plan.q_start, plan.q_start + plan.q_len)
     q = problem.query[plan.q_index, :, rows].to(dtype)
+    if problem.quant is not None and problem.quant.query_scale is not None:
+        q = quant.dequantize_query(q, problem.quant.query_scale, plan.q_index, plan.q_start, dtype)
     if problem.query_rope is not None:
         q = torch.cat([q, problem.query_rope[plan.q_index, :, rows].to(dtype)], dim=-1)
     return q
 
 
 def batch_keys_values(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first."""
-    key = _kv_rows(problem, problem.key, plan).to(dtype)
-    value = _kv_rows(problem, problem.value, plan).to(dtype)
+    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first.
+
+    int8/int4 K/V (and an int8 prefix) are dequantised here (spec 16.3); v1 full quant keeps them as integers
+    (spec 16.2).
+    """
+    key_dq, value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None else (None, None)
+    block_ids = problem.block_table[plan.kv_index] if problem.paged else None
+
+    def floats(rows: torch.Tensor, dq: quant.KVDequant | None) -> torch.Tensor:
+        return rows.to(dtype) if dq is None else \
+            quant.dequantize_kv(rows, dq, plan.kv_index, plan.kv_start, block_ids, dtype)
+
+    key = floats(_kv_rows(problem, problem.key, plan), key_dq)
+    value = floats(_kv_rows(problem, problem.value, plan), value_dq)
     if problem.key_rope is not None:
         key = torch.cat([key, _kv_rows(problem, problem.key_rope, plan).to(dtype)], dim=-1)
     if problem.prefix_key is not None and problem.prefix_len:
         p = problem.prefix_len
-        key = torch.cat([problem.prefix_key[0, :, :p].to(dtype), key], dim=1)
-        value = torch.cat([problem.prefix_value[0, :, :p].to(dtype), value], dim=1)
+        key = torch.cat([floats(problem.prefix_key[0, :, :p], key_dq), key], dim=1)
+        value = torch.cat([floats(problem.prefix_value[0, :, :p], value_dq), value], dim=1)
     return key, value
 
 
@@ -139,9 +154,23 @@ def user_mask_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: i
     if mask is None:
         return None
     plane = mask[b if mask.shape[0] > 1 else 0]
+    row0, col0 = problem.batches[b].mask_origin  # left padding: physical coordinates (spec 15)
+    r0, r1, c0, c1 = r0 + row0, r1 + row0, c0 + col0, c1 + col0
     if problem.decode:
         return plane[c0:c1].unsqueeze(0).expand(r1 - r0, c1 - c0)
     return plane[r0:r1, c0:c1]
+
+
+def pse_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    """(N_q, rows, cols) pse_shift for batch-local rows [r0, r1) and keys [c0, c1), shifted by left padding."""
+    row0, col0 = problem.batches[b].mask_origin
+    return problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0 + row0:r1 + row0, c0 + col0:c1 + col0]
+
+
+def _score_scale(problem: FIAProblem) -> float:
+    """scale, times dequant_scale1 for v1 full quant, whose Q K^T is the int8 product (spec 16.2)."""
+    full = problem.quant.full if problem.quant is not None else None
+    return problem.scale * (full.dequant_scale1 if full is not None else 1.0)
 
 
 def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
@@ -164,20 +193,10 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
         if c1 <= c0:
             continue
         rows = r1 - r0
-        scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key[:, c0:c1].transpose(1, 2))
-        scores = scores.view(n_kv, group, rows, c1 - c0).mul_(problem.scale)
-        if problem.pse is not None:
-            pse = problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0:r1, c0:c1]
-            scores += pse.to(dtype).view(n_kv, group, rows, c1 - c0)
-        hidden = user_mask_tile(problem, b, r0, r1, c0, c1)
-        if hidden is not None:
-            hidden = hidden.to(device)
-            scores.masked_fill_(hidden, MASK_FILL)
-        outside = plan.band.outside_tile(r0, r1, c0, c1, device)
-        if outside is not None:
-            scores.masked_fill_(outside, float("-inf"))
+        scores, hidden, outside = _masked_scores(problem, b, qg, key, (r0, r1, c0, c1), dtype)
         tile_status = _tile_status(plan.band.key_counts(r0, r1, num_keys).to(device), hidden, outside)
-        out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink)
+        full = problem.quant.full if problem.quant is not None else None
+        out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink, full)
         fully_masked = tile_status == RowStatus.FULLY_MASKED
         invalid = tile_status == RowStatus.OUT_OF_BAND
         if problem.inner_precise & 2:
@@ -188,6 +207,30 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
         lse[:, r0:r1] = lse_t
         status[r0:r1] = tile_status
     return out, lse, status
+
+
+def _masked_scores(problem: FIAProblem, b: int, qg: torch.Tensor, key: torch.Tensor,
+                   tile: tuple[int, int, int, int], dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Scaled scores (+ pse) of rows [r0, r1) over keys [c0, c1), masked as the kernel masks them.
+
+    qg: (N_kv, G, L_q, D) queries; key: (N_kv, P + L_kv, D). Returns the scores (N_kv, G, rows, cols), with
+    MASK_FILL where atten_mask hides a key and -inf outside the band, and the (rows, cols) hidden / outside tiles.
+    """
+    r0, r1, c0, c1 = tile
+    n_kv, group, rows, device = qg.shape[0], qg.shape[1], r1 - r0, qg.device
+    scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key[:, c0:c1].transpose(1, 2))
+    scores = scores.view(n_kv, group, rows, c1 - c0).mul_(_score_scale(problem))
+    if problem.pse is not None:
+        scores += pse_tile(problem, b, r0, r1, c0, c1).to(dtype).view(n_kv, group, rows, c1 - c0)
+    hidden = user_mask_tile(problem, b, r0, r1, c0, c1)
+    if hidden is not None:
+        hidden = hidden.to(device)
+        scores.masked_fill_(hidden, MASK_FILL)
+    outside = problem.batches[b].band.outside_tile(r0, r1, c0, c1, device)
+    if outside is not None:
+        scores.masked_fill_(outside, float("-inf"))
+    return scores, hidden, outside
 
 
 def _tile_status(band_counts: torch.Tensor, hidden: torch.Tensor | None,
@@ -201,13 +244,14 @@ def _tile_status(band_counts: torch.Tensor, hidden: torch.Tensor | None,
     return status
 
 
-def _softmax_values(scores: torch.Tensor, value: torch.Tensor,
-                    sink: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _softmax_values(scores: torch.Tensor, value: torch.Tensor, sink: torch.Tensor | None,
+                    full: quant.FullQuant | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
 
     scores: (N_kv, G, rows, keys), overwritten with the unnormalised probabilities; value: (N_kv, keys, Dv);
     sink: (N_kv, G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13).
     Returns (N_kv, G, rows, Dv) and the LSE (N_kv, G, rows), which excludes the sink ([inferred], spec 8).
+    With v1 full quant, P V uses the int8-quantised probabilities times dequant_scale2 (spec 16.2).
     """
     n_kv, group, rows, keys = scores.shape
     row_max = scores.amax(-1, keepdim=True)
@@ -217,7 +261,10 @@ def _softmax_values(scores: torch.Tensor, value: torch.Tensor,
     lse = (row_max + torch.log(total)).squeeze(-1)
     if sink is not None:
         total = total + torch.exp(sink - row_max)
-    weighted = torch.bmm(probs.view(n_kv, group * rows, keys), value).view(n_kv, group, rows, -1)
+    pv = probs if full is None else quant.quantize_probs(probs, full)
+    weighted = torch.bmm(pv.view(n_kv, group * rows, keys), value).view(n_kv, group, rows, -1)
+    if full is not None:
+        weighted.mul_(full.dequant_scale2)
     return weighted.div_(torch.where(total > 0, total, torch.ones_like(total))), lse
 
 
@@ -265,17 +312,7 @@ def batch_probabilities(problem: FIAProblem, b: int, heads: list[int] | None = N
     step = _tile_rows(problem.num_heads, num_keys, dtype)
     for r0 in range(0, q_len, step):
         r1, rows = min(q_len, r0 + step), min(q_len, r0 + step) - r0
-        scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key.transpose(1, 2))
-        scores = scores.view(n_kv, group, rows, num_keys).mul_(problem.scale)
-        if problem.pse is not None:
-            pse = problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0:r1, :num_keys]
-            scores += pse.to(dtype).view(n_kv, group, rows, num_keys)
-        hidden = user_mask_tile(problem, b, r0, r1, 0, num_keys)
-        if hidden is not None:
-            scores.masked_fill_(hidden, MASK_FILL)
-        outside = plan.band.outside_tile(r0, r1, 0, num_keys)
-        if outside is not None:
-            scores.masked_fill_(outside, float("-inf"))
+        scores, hidden, outside = _masked_scores(problem, b, qg, key, (r0, r1, 0, num_keys), dtype)
         status = _tile_status(plan.band.key_counts(r0, r1, num_keys), hidden, outside)
         _, lse = _softmax_values(scores.clone(), torch.zeros(n_kv, num_keys, 1, dtype=dtype), sink)
         tile = torch.exp(scores - lse.unsqueeze(-1))

@@ -17,21 +17,16 @@ from .call import FIACall
 from .errors import FIAArgumentError
 from .layouts import Layout, parse_layout, to_canonical
 from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
-from .masks import COMPRESSED_MASK_SIZE, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
+from .masks import COMPRESSED_MASK_SIZE, INT_MAX, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
+from .quant import QuantSpec
+from .quant_checks import QuantContext, check_input_dtypes, check_output_quant_rows, check_quant, int4_factor
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OP_FLOAT_DTYPES = (torch.float16, torch.bfloat16)  # what the NPU op takes; float32/64 are the kit's extension
 MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
 ROPE_DIM = 64
 
-# Quantisation and left padding: not in the reference yet (a separate issue); rejected by name.
-UNSUPPORTED_TENSORS = (
-    "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2", "quant_offset2",
-    "antiquant_scale", "antiquant_offset", "key_antiquant_scale", "key_antiquant_offset",
-    "value_antiquant_scale", "value_antiquant_offset", "key_rope_antiquant_scale",
-    "dequant_scale_query", "quant_scale_p", "query_padding_size", "kv_padding_size",
-)
-UNSUPPORTED_MODES = ("antiquant_mode", "key_antiquant_mode", "value_antiquant_mode", "query_quant_mode")
+# Reserved (key_rope_antiquant_scale, spec 1.6) or Ascend950-only (quant_scale_p, spec 1.6): rejected by name.
+UNSUPPORTED_TENSORS = ("key_rope_antiquant_scale", "quant_scale_p")
 RESERVED_DTYPE_HINTS = ("query_dtype", "key_dtype", "value_dtype", "query_rope_dtype", "key_rope_dtype",
                         "key_shared_prefix_dtype", "value_shared_prefix_dtype", "dequant_scale_query_dtype",
                         "dequant_scale_key_dtype", "dequant_scale_value_dtype", "dequant_scale_key_rope_dtype",
@@ -51,6 +46,8 @@ class BatchPlan:
         kv_index, kv_start, kv_len: dense keys are ``key[kv_index, :, kv_start:kv_start+kv_len]``; with a paged
             cache, ``kv_index`` is the block_table row and kv_start is 0.
         band: the sparse-mode band over (row i, key j) in batch-local coordinates (prefix keys first).
+        mask_origin: (row, col) of the batch's first query row / key in atten_mask and pse_shift; non-zero only
+            with left padding, where they are addressed in physical coordinates (spec 15).
     """
 
     q_index: int
@@ -60,6 +57,7 @@ class BatchPlan:
     kv_start: int
     kv_len: int
     band: Band
+    mask_origin: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,7 @@ class FIAProblem:
     out_dtype: torch.dtype
     out_shape: tuple[int, ...]
     lse_shape: tuple[int, ...]
+    quant: QuantSpec | None = None  # quantised inputs/outputs (spec 16); None when nothing is quantised
 
     @property
     def paged(self) -> bool:
@@ -132,7 +131,7 @@ def build_problem(call: FIACall) -> FIAProblem:
     _reject_unsupported(call)
     layout = parse_layout(o["input_layout"])
     query, key, value = call.query, call.key, call.value
-    _check_float_dtypes(query, key, value)
+    check_input_dtypes(query, key, value)
     paged_kv = o["block_table"] is not None
     _check_ranks(layout, query, key, value, paged_kv)
     num_heads, num_kv_heads = _head_counts(call, layout, paged_kv)
@@ -140,11 +139,11 @@ def build_problem(call: FIACall) -> FIAProblem:
     rope = o["query_rope"] is not None or o["key_rope"] is not None
     if paged_kv:
         k4, v4 = key, value
-        head_dim = paged.cache_head_dim(key, num_kv_heads)
-        value_dim = paged.cache_head_dim(value, num_kv_heads)
+        head_dim = paged.cache_head_dim(key, num_kv_heads) * int4_factor(key)
+        value_dim = paged.cache_head_dim(value, num_kv_heads) * int4_factor(value)
     else:
         k4, v4 = to_canonical(key, layout.query, num_kv_heads), to_canonical(value, layout.query, num_kv_heads)
-        head_dim, value_dim = k4.shape[-1], v4.shape[-1]
+        head_dim, value_dim = k4.shape[-1] * int4_factor(key), v4.shape[-1] * int4_factor(value)
         if not layout.packed and k4.shape[0] != q4.shape[0]:
             raise FIAArgumentError("key", f"batch size must equal the query's ({q4.shape[0]})", key)
     if head_dim != q4.shape[-1]:
@@ -157,6 +156,7 @@ def build_problem(call: FIACall) -> FIAProblem:
     batch, plans_q, plans_kv = _resolve_lengths(call, layout, q4, k4, capacity, decode)
     if paged_kv:
         _check_block_table(block_table, batch, block_size, [kv[2] for kv in plans_kv], key.shape[0])
+    plans_q, plans_kv, left_padded = _apply_left_padding(call, layout, q4, k4, plans_q, plans_kv, decode)
 
     query_rope, key_rope = _check_rope(call, layout, q4, k4, num_heads, num_kv_heads, paged_kv) if rope \
         else (None, None)
@@ -171,8 +171,15 @@ def build_problem(call: FIACall) -> FIAProblem:
     pse = _check_pse(call, layout, batch, num_heads, q_axis, kv_axis + prefix_len, decode, rope)
     sink = _check_sink(call, layout, num_heads, value_dim, pse)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
-    scale = _check_scale(o["scale"])
-    return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim)
+    scale = _check_scale(o["scale"], _spelled(call, "scale"))
+    return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, _spelled(call, "softmax_lse_flag"))
+    quant = check_quant(call, QuantContext(
+        layout, batch, num_heads, num_kv_heads, head_dim, value_dim, kv_axis, decode, paged_kv,
+        key.shape[0] if paged_kv else 0, block_size, rope, _left_padding_given(call), return_lse))
+    if left_padded and sparse_mode == 0:
+        pre_tokens = next_tokens = INT_MAX  # spec 15, 6.3
+    check_output_quant_rows(call, sparse_mode, pre_tokens, next_tokens, atten_mask is not None, decode,
+                            [(q[2], kv[2] + prefix_len) for q, kv in zip(plans_q, plans_kv, strict=True)])
 
     batches = []
     for (qi, qs, ql), (ki, ks, kl) in zip(plans_q, plans_kv, strict=True):
@@ -180,7 +187,8 @@ def build_problem(call: FIACall) -> FIAProblem:
         band = sparse_band(sparse_mode, pre_tokens, next_tokens, delta, atten_mask is not None, decode)
         _check_band_per_batch(sparse_mode, pre_tokens, next_tokens, ql, kl + prefix_len, atten_mask is not None,
                               decode, len(batches))
-        batches.append(BatchPlan(qi, qs, ql, ki, ks, kl, band))
+        origin = (qs, ks) if left_padded else (0, 0)
+        batches.append(BatchPlan(qi, qs, ql, ki, ks, kl, band, origin))
 
     out_shape = _out_shape(layout, query, num_heads, value_dim)
     lse_shape = _lse_shape(layout, q4, num_heads) if return_lse else (0,)
@@ -190,8 +198,8 @@ def build_problem(call: FIACall) -> FIAProblem:
         block_size=block_size, pse=pse, atten_mask=atten_mask, learnable_sink=sink, batch=batch,
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, value_dim=value_dim, scale=scale,
         sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
-        return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=query.dtype,
-        out_shape=out_shape, lse_shape=lse_shape,
+        return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
+        out_shape=out_shape, lse_shape=lse_shape, quant=quant,
     )
 
 
@@ -201,12 +209,8 @@ def _reject_unsupported(call: FIACall) -> None:
     o = call.options
     for name in UNSUPPORTED_TENSORS:
         if o.get(name) is not None:
-            raise FIAArgumentError(_spelled(call, name), "quantisation and left padding are not in the "
-                                   "reference yet (spec 15, 16)", o[name])
-    for name in UNSUPPORTED_MODES:
-        if o.get(name, 0) != 0:
-            raise FIAArgumentError(_spelled(call, name), "only applies to quantised inputs, which the reference "
-                                   "does not take yet (spec 16)", o[name])
+            raise FIAArgumentError(_spelled(call, name), "is reserved (key rope antiquant) or Ascend950-only "
+                                   "(quant_scale_p) and not modelled by the reference (spec 1.2, 1.6)", o[name])
     for name in RESERVED_DTYPE_HINTS:
         if o.get(name) is not None:
             raise FIAArgumentError(name, "is a reserved storage-reinterpretation hint (spec 1.2): pass None",
@@ -219,16 +223,59 @@ def _spelled(call: FIACall, canonical: str) -> str:
     return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
 
 
-def _check_float_dtypes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-    if query.dtype not in FLOAT_DTYPES:
-        raise FIAArgumentError("query", "dtype must be float16 or bfloat16 (float32/float64 as the kit's "
-                               "extension); int8 queries are full quantisation, not in the reference yet", query)
-    for name, t in (("key", key), ("value", value)):
-        if t.dtype in (torch.int8, torch.int32):
-            raise FIAArgumentError(name, "int8/int4 key/value (antiquant) are not in the reference yet "
-                                   "(spec 16.3)", t)
-        if t.dtype != query.dtype:
-            raise FIAArgumentError(name, f"a float {name} must have the query's dtype {query.dtype} (spec 17)", t)
+def _out_dtype(call: FIACall, quant: QuantSpec | None) -> torch.dtype:
+    """int8 with output quantisation; float16 (v1) or the rope's dtype (v2 MLA) for an int8 query (spec 4.3)."""
+    if quant is not None and quant.output is not None:
+        return torch.int8
+    if call.query.dtype == torch.int8:
+        rope = call.options["query_rope"]
+        return rope.dtype if rope is not None else torch.float16
+    return call.query.dtype
+
+
+def _left_padding_given(call: FIACall) -> bool:
+    o = call.options
+    return o.get("query_padding_size") is not None or o.get("kv_padding_size") is not None
+
+
+def _apply_left_padding(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tensor,
+                        plans_q: list[tuple[int, int, int]], plans_kv: list[tuple[int, int, int]], decode: bool,
+                        ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], bool]:
+    """Right-align each batch's valid rows/keys before ``padding`` trailing pad rows (v1 only, spec 15).
+
+    Valid query rows [S_q - qpad - L_q, S_q - qpad), keys [S_kv - kvpad - L_kv, S_kv - kvpad). Only element [0] of
+    each int64 padding tensor is read, negative counts as 0, and each takes effect only with its actual-length
+    argument (query padding only for S_q > 1). Returns the shifted plans and whether any shift applies.
+    """
+    o = call.options
+    if not _left_padding_given(call):
+        return plans_q, plans_kv, False
+    for other, bad in (("block_table", o["block_table"] is not None), ("input_layout", layout.packed),
+                       ("query_rope", o["query_rope"] is not None),
+                       ("key_shared_prefix", o.get("key_shared_prefix") is not None)):
+        if bad:
+            raise FIAArgumentError(f"query_padding_size/kv_padding_size + {other}", "left padding cannot be "
+                                   "combined with paging, packed (TND-family) layouts, MLA rope or a shared "
+                                   "prefix (spec 14, 15)", layout.name if other == "input_layout" else "given")
+    shifted = False
+    for name, lengths, plans, s in (("query_padding_size", "actual_seq_lengths", plans_q, q4.shape[2]),
+                                    ("kv_padding_size", "actual_seq_lengths_kv", plans_kv, k4.shape[2])):
+        pad = o[name]
+        if pad is None:
+            continue
+        if not isinstance(pad, torch.Tensor) or pad.dtype != torch.int64 or pad.numel() < 1:
+            raise FIAArgumentError(name, "must be a non-empty int64 tensor; only element [0] is read (spec 15)", pad)
+        if o[lengths] is None or (name == "query_padding_size" and decode):
+            continue  # no effect without the actual lengths (or for S_q == 1): right padding (spec 15)
+        pad_value = max(0, int(pad.reshape(-1)[0]))
+        for b, (index, _, length) in enumerate(plans):
+            start = s - pad_value - length
+            if start < 0:
+                raise FIAArgumentError(f"{name} + {lengths}", f"batch {b}: S - padding - length = {s} - "
+                                       f"{pad_value} - {length} < 0 (spec 15)", pad_value)
+            plans[b] = (index, start, length)
+            shifted = True
+    return plans_q, plans_kv, shifted
 
 
 def _check_ranks(layout: Layout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -387,9 +434,9 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     if q_rope is None or k_rope is None:
         missing = "key_rope" if k_rope is None else "query_rope"
         raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None)
-    if q_rope.dtype != call.query.dtype:
+    if q_rope.dtype != call.query.dtype and call.query.dtype != torch.int8:  # int8: bf16 rope (spec 16.4)
         raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope)
-    if k_rope.dtype != call.key.dtype:
+    if k_rope.dtype != call.key.dtype and call.query.dtype != torch.int8:
         raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope)
     d = q4.shape[-1]
     if d not in MLA_LAYOUTS:
@@ -591,7 +638,8 @@ def _check_pse(call: FIACall, layout: Layout, batch: int, num_heads: int, q_axis
         raise FIAArgumentError("pse_shift", "cannot be combined with packed (TND-family) layouts or MLA rope "
                                "(spec 9)", layout.name)
     q = call.query
-    ok = (pse.dtype == q.dtype) if (decode or q.dtype not in OP_FLOAT_DTYPES) else \
+    ok = (pse.dtype == torch.float16) if q.dtype == torch.int8 else \
+        (pse.dtype == q.dtype) if (decode or q.dtype not in OP_FLOAT_DTYPES) else \
         (pse.dtype in OP_FLOAT_DTYPES and pse.dtype == q.dtype)
     if not ok:
         raise FIAArgumentError("pse_shift", f"dtype must match the query's ({q.dtype}): float16 pse with a float16 "
@@ -631,18 +679,18 @@ def _check_inner_precise(value: object, decode: bool) -> int:
     return value
 
 
-def _check_scale(value: object) -> float:
+def _check_scale(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise FIAArgumentError("scale", "must be a finite float (pass 1/sqrt(D) yourself: the default is 1.0) "
+        raise FIAArgumentError(name, "must be a finite float (pass 1/sqrt(D) yourself: the default is 1.0) "
                                "(spec 18.5)", value)
     return float(value)
 
 
-def _check_lse_flag(value: object, rope: bool, head_dim: int) -> bool:
+def _check_lse_flag(value: object, rope: bool, head_dim: int, name: str) -> bool:
     if not isinstance(value, bool):
-        raise FIAArgumentError("softmax_lse_flag", "must be a bool", value)
+        raise FIAArgumentError(name, "must be a bool", value)
     if value and rope and head_dim == 512:
-        raise FIAArgumentError("softmax_lse_flag", "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
+        raise FIAArgumentError(name, "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
     return value
 
 

@@ -1,0 +1,84 @@
+"""Output metadata of the op without computing it: spec 4.3's shape inference, in one place.
+
+This is what torch_npu's and TorchAir's Meta kernels do (and ``_npu_fused_infer_attention_score_infer_output``).
+It runs on fake tensors, so it reads only shapes and dtypes and validates nothing: the reference validates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import paged
+from ..layouts import parse_layout, to_canonical
+
+# v2's storage-reinterpretation dtype codes (spec 1.2) that the output dtype may take.
+DTYPE_CODES: dict[int, torch.dtype] = {5: torch.float16, 15: torch.bfloat16, 23: torch.float8_e5m2,
+                                       24: torch.float8_e4m3fn}
+
+
+@dataclass(frozen=True)
+class OutputMeta:
+    """Shapes and dtypes of (attention_out, softmax_lse)."""
+
+    out_shape: tuple[int, ...]
+    out_dtype: torch.dtype
+    lse_shape: tuple[int, ...]
+    lse_dtype: torch.dtype
+
+
+def value_head_dim(value: torch.Tensor, query_part: str, num_kv_heads: int, paged_kv: bool) -> int:
+    """Spec 4.3 value_d: paged ranks 3/4/5 as ``fia_kit.paged``; else BSH: size(2)/N_kv, others the last axis.
+
+    A packed int4 value (int32 storage, 8 values per element) multiplies it by 8.
+    """
+    if paged_kv:
+        d = paged.cache_head_dim(value, num_kv_heads)
+    else:
+        d = value.shape[-1] // num_kv_heads if query_part == "BSH" else value.shape[-1]
+    return d * 8 if value.dtype == torch.int32 else d
+
+
+def infer_output(query: torch.Tensor, value: torch.Tensor, options: Mapping[str, Any]) -> OutputMeta:
+    """attention_out and softmax_lse metadata of a call (spec 4.3).
+
+    Args:
+        query, value: the call's tensors (real or fake).
+        options: canonical (v1-named) options, as ``FIACall.options``: input_layout, num_heads,
+            num_key_value_heads, block_table, quant_scale2, query_rope, softmax_lse_flag, and v2's out_dtype.
+    Returns:
+        attention_out: the query's (B, N_q, S_q) in the output layout with D = value_d (query D where value_d is
+        0); dtype int8 with quant_scale2, else (int8 query) out_dtype / query_rope's dtype / float16, else the
+        query's. softmax_lse: float32 (T, N_q, 1) for the TND family or (B, N_q, S_q, 1), or (0,) without the flag
+        (float64 for float64 queries: the kit's extension, as its reference). torch_npu before 7.2.0 returned (1,)
+        instead of (0,) (spec 4.3).
+    """
+    layout = parse_layout(options["input_layout"])
+    num_heads = options["num_heads"]
+    num_kv_heads = options["num_key_value_heads"] or num_heads
+    q4 = to_canonical(query, layout.query, num_heads)
+    b, n, s, dq = q4.shape
+    d = value_head_dim(value, layout.query, num_kv_heads, options["block_table"] is not None) or dq
+    out_shape = {"BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
+                 "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d)}[layout.out]
+    if options["softmax_lse_flag"]:
+        lse_shape = (s, n, 1) if layout.packed else (b, n, s, 1)
+    else:
+        lse_shape = (0,)
+    lse_dtype = torch.float64 if query.dtype == torch.float64 and lse_shape != (0,) else torch.float32
+    return OutputMeta(out_shape, _out_dtype(query, options), lse_shape, lse_dtype)
+
+
+def _out_dtype(query: torch.Tensor, options: Mapping[str, Any]) -> torch.dtype:
+    code = options.get("out_dtype")
+    if options["quant_scale2"] is not None:
+        return DTYPE_CODES.get(code, torch.int8) if code is not None else torch.int8
+    if query.dtype == torch.int8:
+        if code is not None:
+            return DTYPE_CODES[code]
+        rope = options["query_rope"]
+        return rope.dtype if rope is not None else torch.float16
+    return query.dtype
