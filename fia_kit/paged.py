@@ -48,13 +48,13 @@ def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, n
     Returns:
         (N_kv, length, D), a copy in the cache's dtype.
     """
-    block_size = cache_block_size(cache)
+    block_size, head_dim = cache_block_size(cache), cache_head_dim(cache, num_kv_heads)
     used = -(-length // block_size)
     blocks = cache.index_select(0, block_ids[:used].to(device=cache.device, dtype=torch.long))
     if cache.dim() == 3:
-        tokens = blocks.view(used, block_size, num_kv_heads, -1).permute(2, 0, 1, 3)
+        tokens = blocks.view(used, block_size, num_kv_heads, head_dim).permute(2, 0, 1, 3)
     elif cache.dim() == 4:
         tokens = blocks.permute(1, 0, 2, 3)
     else:
         tokens = blocks.permute(1, 0, 3, 2, 4)  # (N, blocks, bs, D/c, c)
-    return tokens.reshape(num_kv_heads, used * block_size, -1)[:, :length]
+    return tokens.reshape(num_kv_heads, used * block_size, head_dim)[:, :length]  # explicit D: length may be 0
