@@ -1,0 +1,160 @@
+"""Builders: from sequences, heads and lengths to the op's exact tensors (layouts, lengths, masks, paged caches).
+
+Each helper stands alone; ``fia_kit.case.Case`` combines them. Masks follow FIA's convention: True = masked out.
+
+    >>> from fia_kit import builders
+    >>> builders.cumulative([3, 0, 5])
+    [3, 3, 8]
+    >>> builders.causal_mask(2, 4, align="right-down").int().tolist()
+    [[0, 0, 0, 1], [0, 0, 0, 0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .errors import FIAArgumentError
+from .layouts import convert_layout, from_canonical, to_canonical
+from .masks import compressed_causal_mask
+from .paged import gather_sequence
+
+__all__ = [
+    "band_mask", "causal_mask", "compressed_causal_mask", "convert_layout", "cumulative", "custom_mask",
+    "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask", "per_batch", "to_paged",
+    "unpack_sequences",
+]
+
+
+def cumulative(lengths: Sequence[int]) -> list[int]:
+    """Per-batch lengths -> the cumulative form packed layouts take (spec 5.2): [3, 0, 5] -> [3, 3, 8]."""
+    out, total = [], 0
+    for n in lengths:
+        total += int(n)
+        out.append(total)
+    return out
+
+
+def per_batch(cumulative_lengths: Sequence[int]) -> list[int]:
+    """Cumulative lengths -> per-batch lengths: [3, 3, 8] -> [3, 0, 5]."""
+    values = [int(v) for v in cumulative_lengths]
+    return [b - a for a, b in zip([0, *values[:-1]], values, strict=True)]
+
+
+def length_tensor(values: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(len(values),) int64 tensor on ``device``: how TorchAir's graph-mode ops take actual lengths (spec 1.4)."""
+    return torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+
+
+def pack_sequences(sequences: Sequence[torch.Tensor], part: str = "TND") -> tuple[torch.Tensor, list[int]]:
+    """Pack ragged per-batch sequences into TND or NTD with their cumulative lengths.
+
+    Args:
+        sequences: B tensors of shape (N, L_b, D) (same N and D).
+        part: "TND" -> (T, N, D) or "NTD" -> (N, T, D), T = sum L_b.
+    Returns:
+        (packed tensor, cumulative lengths).
+    """
+    if part not in ("TND", "NTD"):
+        raise FIAArgumentError("part", "must be TND or NTD", part)
+    joined = torch.cat(list(sequences), dim=1).unsqueeze(0)  # (1, N, T, D)
+    return from_canonical(joined, part), cumulative(s.shape[1] for s in sequences)
+
+
+def unpack_sequences(packed: torch.Tensor, cumulative_lengths: Sequence[int], part: str = "TND") -> list[torch.Tensor]:
+    """Inverse of ``pack_sequences``: B tensors (N, L_b, D) from a TND/NTD tensor and cumulative lengths."""
+    canonical = to_canonical(packed, part, 0)[0]
+    starts = [0, *cumulative_lengths[:-1]]
+    return [canonical[:, s:e] for s, e in zip(starts, cumulative_lengths, strict=True)]
+
+
+def causal_mask(s_q: int, s_kv: int, align: str = "right-down") -> torch.Tensor:
+    """(s_q, s_kv) bool causal mask, True = masked. "left-up": j <= i visible (sparse_mode 2's geometry);
+    "right-down": j <= i + s_kv - s_q visible (sparse_mode 3's, the last query sees the last key)."""
+    return band_mask(s_q, s_kv, pre_tokens=2147483647, next_tokens=0, align=align)
+
+
+def band_mask(s_q: int, s_kv: int, pre_tokens: int, next_tokens: int, align: str = "right-down") -> torch.Tensor:
+    """(s_q, s_kv) bool band mask: visible iff -pre <= j - i - offset <= next, offset 0 (left-up) or s_kv - s_q
+    (right-down, sparse_mode 4's geometry). True = masked."""
+    if align not in ("left-up", "right-down"):
+        raise FIAArgumentError("align", "must be 'left-up' or 'right-down'", align)
+    offset = s_kv - s_q if align == "right-down" else 0
+    diff = torch.arange(s_kv).unsqueeze(0) - torch.arange(s_q).unsqueeze(1) - offset
+    return (diff < -pre_tokens) | (diff > next_tokens)
+
+
+def padding_mask(q_lens: Sequence[int], kv_lens: Sequence[int], s_q: int, s_kv: int) -> torch.Tensor:
+    """(B, 1, s_q, s_kv) bool mask hiding keys beyond each batch's kv length (and all keys of padded query rows)."""
+    rows = torch.arange(s_q).view(1, 1, s_q, 1)
+    cols = torch.arange(s_kv).view(1, 1, 1, s_kv)
+    q = torch.tensor(list(q_lens)).view(-1, 1, 1, 1)
+    kv = torch.tensor(list(kv_lens)).view(-1, 1, 1, 1)
+    return (rows >= q) | (cols >= kv)
+
+
+def custom_mask(mask_mod: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], s_q: int, s_kv: int) -> torch.Tensor:
+    """(s_q, s_kv) bool mask from ``mask_mod(i, j) -> visible`` (flex_attention's convention), turned into FIA's
+    True = masked."""
+    i = torch.arange(s_q).view(-1, 1)
+    j = torch.arange(s_kv).view(1, -1)
+    return ~mask_mod(i, j).expand(s_q, s_kv).to(torch.bool)
+
+
+def nz_block(dtype: torch.dtype) -> int:
+    """c of an NZ cache (num_blocks, N_kv, D/c, block_size, c): 32 bytes of ``dtype`` (16 for fp16/bf16, 32 int8)."""
+    return 32 // torch.empty(0, dtype=dtype).element_size()
+
+
+def to_paged(sequences: Sequence[torch.Tensor], block_size: int, cache_rank: int = 4, extra_blocks: int = 0,
+             shuffle: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write per-batch K (or V) into a paged cache with a (shuffled) block table (spec 11).
+
+    Args:
+        sequences: B tensors (N_kv, L_b, D).
+        block_size: tokens per block.
+        cache_rank: 3 (num_blocks, bs, N_kv*D), 4 (num_blocks, N_kv, bs, D) or 5 NZ (num_blocks, N_kv, D/c, bs, c).
+        extra_blocks: spare blocks (filled with garbage) to make the cache larger than needed.
+        shuffle: place blocks at random physical ids, as a real allocator does.
+    Returns:
+        (cache, block_table): block_table is (B, max_b ceil(L_b / bs)) int32; unused entries are 0.
+    """
+    if cache_rank not in (3, 4, 5):
+        raise FIAArgumentError("cache_rank", "must be 3 (BnBsH), 4 (BnNBsD) or 5 (NZ) (spec 11)", cache_rank)
+    if block_size <= 0:
+        raise FIAArgumentError("block_size", "must be > 0", block_size)
+    n, d = sequences[0].shape[0], sequences[0].shape[-1]
+    counts = [-(-s.shape[1] // block_size) for s in sequences]
+    total = sum(counts) + extra_blocks
+    order = torch.randperm(total, generator=generator) if shuffle else torch.arange(total)
+    blocks = torch.full((total, n, block_size, d), 1000.0, dtype=sequences[0].dtype)  # garbage where unused
+    table = torch.zeros(len(sequences), max(counts, default=0), dtype=torch.int32)
+    next_id = 0
+    for b, seq in enumerate(sequences):
+        for k in range(counts[b]):
+            chunk = seq[:, k * block_size:(k + 1) * block_size]
+            block_id = int(order[next_id])
+            blocks[block_id, :, :chunk.shape[1]] = chunk
+            table[b, k] = block_id
+            next_id += 1
+    return _cache_from_blocks(blocks, cache_rank), table
+
+
+def _cache_from_blocks(blocks: torch.Tensor, cache_rank: int) -> torch.Tensor:
+    """(num_blocks, N, bs, D) -> the cache of ``cache_rank``."""
+    nb, n, bs, d = blocks.shape
+    if cache_rank == 4:
+        return blocks.contiguous()
+    if cache_rank == 3:
+        return blocks.permute(0, 2, 1, 3).reshape(nb, bs, n * d)
+    c = nz_block(blocks.dtype)
+    if d % c:
+        raise FIAArgumentError("head_dim", f"an NZ cache needs D divisible by {c} for {blocks.dtype}", d)
+    return blocks.view(nb, n, bs, d // c, c).permute(0, 1, 3, 2, 4).contiguous()
+
+
+def from_paged(cache: torch.Tensor, block_table: torch.Tensor, lengths: Sequence[int],
+               num_kv_heads: int) -> list[torch.Tensor]:
+    """Read each sequence back from a paged cache: B tensors (N_kv, L_b, D) (uses ``fia_kit.paged``)."""
+    return [gather_sequence(cache, block_table[b], int(n), num_kv_heads) for b, n in enumerate(lengths)]

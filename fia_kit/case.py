@@ -1,0 +1,316 @@
+"""A case: what a user wants to try, in sequences, heads and lengths, built into the op's exact arguments.
+
+    >>> from fia_kit.case import Case
+    >>> case = Case(q_lens=(5, 3), kv_lens=(9, 4), heads=4, kv_heads=2, layout="TND", sparse_mode=3)
+    >>> built = case.build("v2")            # or "v1", "torchair-v1", "torchair-v2"
+    >>> out, lse = built.call(fia_kit.npu_fused_infer_attention_score_v2)
+    >>> print(case.describe())              # every tensor and keyword, with shape, dtype and meaning
+
+Tensors are seeded (``seed``) and padding positions hold large garbage (1000), never zeros, so a wrong length
+shows. The scale defaults to 1/sqrt(head_dim + rope_dim); the op's own default is 1.0 (spec 18.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import builders
+from .call import FIACall, parse_call
+from .errors import FIAArgumentError, describe_value
+from .layouts import from_canonical, parse_layout
+from .masks import INT_MAX, compressed_causal_mask
+from .signatures import V1_TO_V2
+
+FORMS = ("v1", "v2", "torchair-v1", "torchair-v2")
+MASK_KINDS = ("auto", "none", "compressed", "causal", "padding")
+PADDING_VALUE = 1000.0
+
+MEANINGS = {
+    "query": "queries, laid out as input_layout's first part",
+    "key": "keys (or a paged cache when block_table is given)",
+    "value": "values, laid out like key",
+    "atten_mask": "True/1 = masked out; modes 2-4 take the compressed 2048x2048 template",
+    "actual_seq_lengths": "valid query rows per batch (cumulative for TND/NTD)",
+    "actual_seq_lengths_kv": "valid keys per batch (cumulative for unpaged TND/NTD)",
+    "block_table": "physical block id of each logical block of each sequence",
+    "key_shared_prefix": "prefix keys every batch sees first",
+    "value_shared_prefix": "prefix values every batch sees first",
+    "actual_shared_prefix_len": "valid prefix length",
+    "pse_shift": "additive bias, added after scaling",
+    "learnable_sink": "one logit per query head in the softmax denominator",
+    "query_rope": "MLA rope part of the queries (concatenated along D)",
+    "key_rope": "MLA rope part of the keys",
+}
+
+
+@dataclass(frozen=True)
+class BuiltCall:
+    """The op's arguments for one form: ``fn(query, key, value, **kwargs)``."""
+
+    form: str
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    kwargs: dict[str, Any]
+
+    def call(self, fn: Callable[..., Any]) -> Any:
+        """Call ``fn`` (the reference, torch_npu's op, a tng.ops op) with these arguments."""
+        return fn(self.query, self.key, self.value, **self.kwargs)
+
+    def to_fia_call(self) -> FIACall:
+        """The parsed call (torch_npu form: TorchAir tensors are read as lengths the same way)."""
+        return parse_call("v2" if self.form.endswith("v2") else "v1", self.query, self.key, self.value, self.kwargs)
+
+
+@dataclass(frozen=True)
+class Case:
+    """What to try. Lengths are per batch (the builder turns them into cumulative ones where the op wants).
+
+    Attributes:
+        q_lens, kv_lens: valid query rows and keys per batch (B = len(q_lens)).
+        heads, kv_heads: N_q and N_kv (kv_heads must divide heads).
+        head_dim, value_dim, rope_dim: D of query/key, D of value (None: head_dim), MLA rope D (0 or 64).
+        dtype, layout: the tensors' dtype and input_layout.
+        sparse_mode, pre_tokens, next_tokens: the masking mode (spec 6).
+        mask: "auto" (none for mode 0, compressed for 2-4, padding for 1), "none", "compressed", "causal"
+            (explicit right-down causal, (B,1,S_q,S_kv)), "padding", or a custom tensor passed as atten_mask.
+        paged, block_size, cache_rank: paged KV cache (rank 3, 4 or 5 NZ) with a shuffled block table.
+        prefix_len: shared prefix length (v1 only); pse: add pse_shift; sinks: add learnable_sink (v2, TND).
+        inner_precise, return_lse, scale: as the op (scale None: 1/sqrt(head_dim + rope_dim)).
+        q_seq, kv_seq: the S axes (None: the longest length); larger values add padding.
+        seed, device: inputs are seeded; tensors live on ``device``.
+    """
+
+    q_lens: tuple[int, ...] = (6, 4)
+    kv_lens: tuple[int, ...] = (9, 12)
+    heads: int = 2
+    kv_heads: int = 1
+    head_dim: int = 16
+    value_dim: int | None = None
+    rope_dim: int = 0
+    dtype: torch.dtype = torch.float32
+    layout: str = "BNSD"
+    sparse_mode: int = 0
+    pre_tokens: int = INT_MAX
+    next_tokens: int = INT_MAX
+    mask: str | torch.Tensor = "auto"
+    paged: bool = False
+    block_size: int = 16
+    cache_rank: int = 4
+    prefix_len: int = 0
+    pse: bool = False
+    sinks: bool = False
+    inner_precise: int = 0
+    return_lse: bool = True
+    scale: float | None = None
+    q_seq: int | None = None
+    kv_seq: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "q_lens", tuple(int(v) for v in self.q_lens))
+        object.__setattr__(self, "kv_lens", tuple(int(v) for v in self.kv_lens))
+        if not self.q_lens or len(self.q_lens) != len(self.kv_lens):
+            raise FIAArgumentError("q_lens + kv_lens", "need one length per batch each, the same count",
+                                   (self.q_lens, self.kv_lens))
+        if min(self.q_lens + self.kv_lens) < 0:
+            raise FIAArgumentError("q_lens + kv_lens", "lengths must be >= 0", (self.q_lens, self.kv_lens))
+        if self.heads < 1 or self.kv_heads < 1 or self.heads % self.kv_heads:
+            raise FIAArgumentError("kv_heads", f"must be >= 1 and divide heads={self.heads}", self.kv_heads)
+        if self.q_seq is not None and self.q_seq < max(self.q_lens):
+            raise FIAArgumentError("q_seq", f"must be at least the longest query length {max(self.q_lens)}",
+                                   self.q_seq)
+        if self.kv_seq is not None and self.kv_seq < max(self.kv_lens):
+            raise FIAArgumentError("kv_seq", f"must be at least the longest kv length {max(self.kv_lens)}",
+                                   self.kv_seq)
+        if isinstance(self.mask, str) and self.mask not in MASK_KINDS:
+            raise FIAArgumentError("mask", f"must be one of {MASK_KINDS} or a tensor", self.mask)
+        if self.rope_dim not in (0, 64):
+            raise FIAArgumentError("rope_dim", "MLA rope parts have D = 64 (spec 12); 0 turns rope off",
+                                   self.rope_dim)
+        parse_layout(self.layout)
+
+    # ------------------------------------------------------------------------------------------------ geometry
+    @property
+    def batch(self) -> int:
+        return len(self.q_lens)
+
+    @property
+    def s_q(self) -> int:
+        return self.q_seq or max(self.q_lens)
+
+    @property
+    def s_kv(self) -> int:
+        return self.kv_seq or max(self.kv_lens)
+
+    @property
+    def v_dim(self) -> int:
+        return self.value_dim or self.head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.scale if self.scale is not None else 1 / math.sqrt(self.head_dim + self.rope_dim)
+
+    def replace(self, **changes: Any) -> Case:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------------------------------------ build
+    def build(self, form: str = "v1") -> BuiltCall:
+        """The op's arguments for ``form`` ("v1", "v2", "torchair-v1", "torchair-v2").
+
+        torch_npu forms take lengths as int lists, TorchAir forms as int64 tensors on ``device``.
+        """
+        if form not in FORMS:
+            raise FIAArgumentError("form", f"must be one of {FORMS}", form)
+        version = "v2" if form.endswith("v2") else "v1"
+        if version == "v2" and self.prefix_len:
+            raise FIAArgumentError("prefix_len", "v2 has no shared prefix (spec 1.2): build the v1 form", self.prefix_len)
+        if version == "v1" and self.sinks:
+            raise FIAArgumentError("sinks", "learnable_sink is v2-only (spec 13): build the v2 form", self.sinks)
+        layout = parse_layout(self.layout)
+        gen = torch.Generator().manual_seed(self.seed)
+        q4, k4, v4 = self._canonical_qkv(gen)
+        options: dict[str, Any] = {"num_heads": self.heads, "num_key_value_heads": self.kv_heads,
+                                   "scale": self.softmax_scale, "input_layout": self.layout,
+                                   "sparse_mode": self.sparse_mode, "inner_precise": self.inner_precise,
+                                   "softmax_lse_flag": self.return_lse}
+        if self.pre_tokens != INT_MAX:
+            options["pre_tokens"] = self.pre_tokens
+        if self.next_tokens != INT_MAX:
+            options["next_tokens"] = self.next_tokens
+        query, q_lengths = self._lay_out(q4, self.q_lens, layout.query, layout.packed)
+        rope = self._rope(gen) if self.rope_dim else None
+        if self.paged:
+            key, value, table = self._paged(k4, v4, gen)
+            options.update(block_table=table, block_size=self.block_size)
+            kv_lengths = list(self.kv_lens)
+        else:
+            key, kv_lengths = self._lay_out(k4, self.kv_lens, layout.query, layout.packed)
+            value, _ = self._lay_out(v4, self.kv_lens, layout.query, layout.packed)
+        if layout.packed or self.q_seq is not None or any(n != self.s_q for n in self.q_lens):
+            options["actual_seq_lengths"] = q_lengths
+        options["actual_seq_lengths_kv"] = kv_lengths
+        if rope is not None:
+            q_rope4, k_rope4 = rope
+            options["query_rope"], _ = self._lay_out(q_rope4, self.q_lens, layout.query, layout.packed)
+            options["key_rope"] = self._paged(k_rope4, k_rope4, gen)[0] if self.paged else \
+                self._lay_out(k_rope4, self.kv_lens, layout.query, layout.packed)[0]
+        mask = self._mask()
+        if mask is not None:
+            options["atten_mask"] = mask
+        if self.prefix_len:
+            kp = torch.randn(1, self.kv_heads, self.prefix_len, self.head_dim, generator=gen).to(self.dtype)
+            vp = torch.randn(1, self.kv_heads, self.prefix_len, self.v_dim, generator=gen).to(self.dtype)
+            options.update(key_shared_prefix=from_canonical(kp, layout.query),
+                           value_shared_prefix=from_canonical(vp, layout.query),
+                           actual_shared_prefix_len=[self.prefix_len])
+        if self.pse:
+            options["pse_shift"] = torch.randn(self.batch, self.heads, self.s_q, self.s_kv + self.prefix_len,
+                                               generator=gen).to(self.dtype)
+        if self.sinks:
+            sink_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.bfloat16
+            options["learnable_sink"] = torch.randn(self.heads, generator=gen).to(sink_dtype)
+        kwargs = {(V1_TO_V2.get(k, k) if version == "v2" else k): self._to_device(k, v, form)
+                  for k, v in options.items()}
+        move = lambda t: t.to(self.device)  # noqa: E731
+        return BuiltCall(form, move(query), move(key), move(value), kwargs)
+
+    def to_fia_call(self, form: str = "v1") -> FIACall:
+        """The parsed call of ``build(form)``."""
+        return self.build(form).to_fia_call()
+
+    def to_script(self, path: str, form: str | None = None) -> Any:
+        """Write a standalone reproducer (``fia_kit.repro.to_script``) that rebuilds this case and runs the op."""
+        from .repro import to_script
+
+        return to_script(self, path, form=form)
+
+    def _canonical_qkv(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canonical (B, N, S, D) query/key/value with PADDING_VALUE beyond each batch's length."""
+        def tensor(heads: int, seq: int, dim: int, lens: tuple[int, ...]) -> torch.Tensor:
+            x = torch.randn(self.batch, heads, seq, dim, generator=gen)
+            for b, n in enumerate(lens):
+                x[b, :, n:] = PADDING_VALUE
+            return x.to(self.dtype)
+
+        return (tensor(self.heads, self.s_q, self.head_dim, self.q_lens),
+                tensor(self.kv_heads, self.s_kv, self.head_dim, self.kv_lens),
+                tensor(self.kv_heads, self.s_kv, self.v_dim, self.kv_lens))
+
+    def _rope(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.randn(self.batch, self.heads, self.s_q, self.rope_dim, generator=gen).to(self.dtype)
+        k = torch.randn(self.batch, self.kv_heads, self.s_kv, self.rope_dim, generator=gen).to(self.dtype)
+        return q, k
+
+    def _lay_out(self, x4: torch.Tensor, lens: tuple[int, ...], part: str,
+                 packed: bool) -> tuple[torch.Tensor, list[int]]:
+        """The tensor in layout ``part`` and its lengths argument (cumulative for packed parts)."""
+        if not packed:
+            return from_canonical(x4, part), list(lens)
+        tensor, cum = builders.pack_sequences([x4[b, :, :n] for b, n in enumerate(lens)], part)
+        return tensor, cum
+
+    def _paged(self, k4: torch.Tensor, v4: torch.Tensor,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state = gen.get_state()
+        key, table = builders.to_paged([k4[b, :, :n] for b, n in enumerate(self.kv_lens)], self.block_size,
+                                       self.cache_rank, extra_blocks=1, generator=gen)
+        gen.set_state(state)  # same shuffle for values: one block table serves both
+        value, _ = builders.to_paged([v4[b, :, :n] for b, n in enumerate(self.kv_lens)], self.block_size,
+                                     self.cache_rank, extra_blocks=1, generator=gen)
+        return key, value, table
+
+    def _mask(self) -> torch.Tensor | None:
+        kind = self.mask
+        if isinstance(kind, torch.Tensor):
+            return kind
+        if kind == "auto":
+            kind = {0: "none", 1: "padding"}.get(self.sparse_mode, "compressed")
+        if kind == "none":
+            return None
+        if kind == "compressed":
+            return compressed_causal_mask()
+        columns = self.block_size * -(-self.s_kv // self.block_size) if self.paged else self.s_kv
+        columns += self.prefix_len
+        if kind == "padding":
+            return builders.padding_mask(self.q_lens, [n + self.prefix_len for n in self.kv_lens], self.s_q,
+                                         columns)
+        causal = torch.stack([builders.causal_mask(self.s_q, columns)
+                              | builders.padding_mask([q], [n + self.prefix_len], self.s_q, columns)[0, 0]
+                              for q, n in zip(self.q_lens, self.kv_lens, strict=True)])
+        return causal.unsqueeze(1)
+
+    def _to_device(self, name: str, value: Any, form: str) -> Any:
+        if name.startswith("actual_") and form.startswith("torchair"):
+            return builders.length_tensor(value, self.device)
+        return value.to(self.device) if isinstance(value, torch.Tensor) else value
+
+    # ------------------------------------------------------------------------------------------------ describe
+    def describe_rows(self, form: str = "v1") -> list[dict[str, str]]:
+        """One row per argument passed: name, shape or value, dtype, meaning."""
+        built = self.build(form)
+        rows = []
+        for name, value in {"query": built.query, "key": built.key, "value": built.value, **built.kwargs}.items():
+            canon = {v: k for k, v in V1_TO_V2.items()}.get(name, name)
+            if isinstance(value, torch.Tensor):
+                shape, dtype = str(tuple(value.shape)), str(value.dtype).removeprefix("torch.")
+            else:
+                shape, dtype = describe_value(value), type(value).__name__
+            rows.append({"name": name, "shape / value": shape, "dtype": dtype, "meaning": MEANINGS.get(canon, "")})
+        return rows
+
+    def describe(self, form: str = "v1") -> str:
+        """A text table of every argument ``build(form)`` passes."""
+        rows = self.describe_rows(form)
+        keys = list(rows[0])
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+        line = lambda r: "  ".join(r[k].ljust(widths[k]) for k in keys).rstrip()  # noqa: E731
+        return "\n".join([line({k: k for k in keys}), line({k: "-" * widths[k] for k in keys}), *map(line, rows)])
