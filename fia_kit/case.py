@@ -45,6 +45,16 @@ MEANINGS = {
     "pse_shift": "additive bias, added after scaling",
     "learnable_sink": "one logit per query head in the softmax denominator",
     "query_rope": "MLA rope part of the queries (concatenated along D)",
+    "num_heads": "N_q; must match the query's N axis",
+    "num_key_value_heads": "N_kv; 0 means N_q",
+    "scale": "multiplies Q.K^T (the op's default is 1.0)",
+    "input_layout": "query/key/value layout, then the output's for two-part names",
+    "sparse_mode": "0 mask/band, 1 mask only, 2 left-up causal, 3 right-down causal, 4 band",
+    "pre_tokens": "keys before the diagonal a row may see (modes 0 with a mask, 4)",
+    "next_tokens": "keys after the diagonal a row may see (modes 0 with a mask, 4)",
+    "inner_precise": "bit 0 high performance, bit 1 zero fully masked rows",
+    "softmax_lse_flag": "also return the natural-log LSE",
+    "block_size": "tokens per cache block",
     "key_rope": "MLA rope part of the keys",
 }
 
