@@ -209,13 +209,22 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
     return out, lse, status
 
 
+@dataclass(frozen=True)
+class OutsideStrip:
+    """The out-of-band positions of a tile: ``mask`` (rows, width) covers tile columns [start, start + width)."""
+
+    start: int
+    mask: torch.Tensor
+
+
 def _masked_scores(problem: FIAProblem, b: int, qg: torch.Tensor, key: torch.Tensor,
                    tile: tuple[int, int, int, int], dtype: torch.dtype
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
     """Scaled scores (+ pse) of rows [r0, r1) over keys [c0, c1), masked as the kernel masks them.
 
     qg: (N_kv, G, L_q, D) queries; key: (N_kv, P + L_kv, D). Returns the scores (N_kv, G, rows, cols), with
-    MASK_FILL where atten_mask hides a key and -inf outside the band, and the (rows, cols) hidden / outside tiles.
+    MASK_FILL where atten_mask hides a key and -inf outside the band, the (rows, cols) hidden tile, and the strip
+    of columns the band cuts (only that strip is masked: for causal modes it is the diagonal block).
     """
     r0, r1, c0, c1 = tile
     n_kv, group, rows, device = qg.shape[0], qg.shape[1], r1 - r0, qg.device
@@ -227,18 +236,23 @@ def _masked_scores(problem: FIAProblem, b: int, qg: torch.Tensor, key: torch.Ten
     if hidden is not None:
         hidden = hidden.to(device)
         scores.masked_fill_(hidden, MASK_FILL)
-    outside = problem.batches[b].band.outside_tile(r0, r1, c0, c1, device)
-    if outside is not None:
-        scores.masked_fill_(outside, float("-inf"))
-    return scores, hidden, outside
+    band = problem.batches[b].band
+    cut = band.cut_columns(r0, r1, c0, c1)
+    if cut is None:
+        return scores, hidden, None
+    strip = OutsideStrip(cut[0] - c0, band.outside_tile(r0, r1, cut[0], cut[1], device))
+    scores[..., strip.start:strip.start + strip.mask.shape[1]].masked_fill_(strip.mask, float("-inf"))
+    return scores, hidden, strip
 
 
 def _tile_status(band_counts: torch.Tensor, hidden: torch.Tensor | None,
-                 outside: torch.Tensor | None) -> torch.Tensor:
-    """(rows,) int8 RowStatus of a tile from its band key counts and the user-mask / out-of-band tiles."""
+                 outside: OutsideStrip | None) -> torch.Tensor:
+    """(rows,) int8 RowStatus of a tile from its band key counts, its user-mask tile and its out-of-band strip."""
     status = torch.full_like(band_counts, int(RowStatus.COMPUTED), dtype=torch.int8)
     if hidden is not None:
-        visible = ~hidden if outside is None else ~(hidden | outside)
+        visible = ~hidden
+        if outside is not None:
+            visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
         status[~visible.any(-1)] = RowStatus.FULLY_MASKED
     status[band_counts == 0] = RowStatus.OUT_OF_BAND
     return status

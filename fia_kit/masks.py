@@ -54,6 +54,20 @@ class Band:
             outside |= ones.tril(self.lo - shift - 1)
         return outside
 
+    def cut_columns(self, row_start: int, row_stop: int, col_start: int, col_stop: int) -> tuple[int, int] | None:
+        """The narrowest column range [a, b) of a tile that holds every position outside the band, or None.
+
+        For causal modes that is a strip as wide as the tile is tall, at the diagonal: only it needs masking.
+        """
+        starts, stops = [], []
+        if self.hi is not None and (col_stop - 1) - row_start > self.hi:
+            starts.append(max(col_start, row_start + self.hi + 1))
+            stops.append(col_stop)
+        if self.lo is not None and col_start - (row_stop - 1) < self.lo:
+            starts.append(col_start)
+            stops.append(min(col_stop, row_stop - 1 + self.lo))
+        return (min(starts), max(stops)) if starts else None
+
     def key_counts(self, row_start: int, row_stop: int, num_keys: int) -> torch.Tensor:
         """(rows,) number of keys inside the band for each row of [row_start, row_stop)."""
         i = torch.arange(row_start, row_stop)
