@@ -46,7 +46,11 @@ def npu_fused_infer_attention_score(query: torch.Tensor, key: torch.Tensor, valu
         **kwargs: v1's keyword-only parameters (spec 1.1), e.g. num_heads, scale, input_layout, atten_mask,
             sparse_mode, pre_tokens, next_tokens, actual_seq_lengths, actual_seq_lengths_kv, block_table,
             block_size, key_shared_prefix, value_shared_prefix, actual_shared_prefix_len, query_rope, key_rope,
-            pse_shift, num_key_value_heads, inner_precise, softmax_lse_flag.
+            pse_shift, num_key_value_heads, inner_precise, softmax_lse_flag; quantisation (spec 16):
+            antiquant_scale/offset/mode (combined K/V form), key_/value_antiquant_scale/offset/mode (separated form,
+            modes 0-5), quant_scale2/quant_offset2 (int8 output), dequant_scale1/quant_scale1/dequant_scale2 (int8
+            full quantisation, float32 or npu_trans_quant_param uint64); left padding (spec 15):
+            query_padding_size, kv_padding_size.
     Returns:
         (attention_out, softmax_lse); see the module docstring.
     Raises:
@@ -60,7 +64,9 @@ def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, v
     """torch_npu.npu_fused_infer_attention_score_v2, computed by the reference.
 
     Same tensors as v1; v2's names (spec 1.2): num_query_heads, softmax_scale, actual_seq_qlen, actual_seq_kvlen,
-    return_softmax_lse, learnable_sink, ... ``num_key_value_heads`` defaults to 0 (= num_query_heads).
+    return_softmax_lse, learnable_sink, dequant_scale_key/value, dequant_offset_key/value, key_/value_quant_mode,
+    quant_scale_out/quant_offset_out, dequant_scale_query with query_quant_mode=3 (MLA full quantisation).
+    ``num_key_value_heads`` defaults to 0 (= num_query_heads). v2 has no shared prefix and no left padding.
     """
     return _op_outputs(parse_call("v2", query, key, value, kwargs))
 
