@@ -10,6 +10,7 @@ overall, and the share of the time the call itself takes (``explorer.compute`` a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -39,6 +40,7 @@ def main() -> None:
     explorer = E.explore()
     explorer.tabs.selected_index = E.TABS.index(args.tab)
     print(f"default case: {explorer.case}")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     timings: dict[str, list[float]] = {name: [] for name in CHANGES}
     for _ in range(args.repeats):
         for name, values in CHANGES.items():

@@ -1,0 +1,413 @@
+"""Plotly figures of one FIA call: pure functions, data in, ``go.Figure`` out (no widgets, no global state).
+
+Every figure reads what the library computed: visibility from ``fia_kit.kernel.batch_visibility`` and the batch's
+``Band``, probabilities from ``fia_kit.kernel.batch_probabilities``, outputs, LSE and row status from the
+``ReferenceResult``, memory order from ``fia_kit.layouts``. No masking or layout rule is re-derived here.
+
+Maps larger than ``MAX_CELLS`` x ``MAX_CELLS`` are pooled into blocks (the title says how), so a figure never carries
+millions of cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.colors
+import plotly.graph_objects as go
+import torch
+
+from . import kernel, paged
+from .kernel import ReferenceResult, RowStatus
+from .layouts import INPUT_LAYOUTS, from_canonical, to_canonical
+from .problem import FIAProblem
+
+MAX_CELLS = 256
+MAX_HEAD_PANELS = 4
+
+# Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
+PADDING, OUTSIDE_BAND, MASKED, VISIBLE = 0, 1, 2, 3
+CATEGORY_NAMES = {PADDING: "padding (beyond L)", OUTSIDE_BAND: "outside the band", MASKED: "hidden by atten_mask",
+                  VISIBLE: "visible"}
+CATEGORY_COLORS = {PADDING: "#e8e8e8", OUTSIDE_BAND: "#b0b7c3", MASKED: "#e07a5f", VISIBLE: "#2a9d8f"}
+STATUS_NAMES = {RowStatus.PADDING: "padding row: 0", RowStatus.COMPUTED: "computed",
+                RowStatus.OUT_OF_BAND: "no key in band: 0", RowStatus.FULLY_MASKED: "fully masked"}
+STATUS_COLORS = {RowStatus.PADDING: "#e8e8e8", RowStatus.COMPUTED: "#2a9d8f", RowStatus.OUT_OF_BAND: "#264653",
+                 RowStatus.FULLY_MASKED: "#e07a5f"}
+
+
+# ---------------------------------------------------------------------------------------------------- pooling
+
+def pool(values: torch.Tensor, how: str = "max", max_cells: int = MAX_CELLS) -> tuple[torch.Tensor, int, int]:
+    """Pool a (rows, cols) map into at most ``max_cells`` per axis.
+
+    Args:
+        values: (rows, cols) float or int tensor; NaN cells are ignored by "max" and "mean".
+        how: "max" (largest value of each block), "absmax" (largest magnitude, sign kept) or "mean".
+    Returns:
+        (pooled (ceil(rows / rs), ceil(cols / cs)) float64 tensor, rs, cs): block heights and widths, 1 if unpooled.
+    """
+    rows, cols = values.shape
+    rs, cs = max(1, math.ceil(rows / max_cells)), max(1, math.ceil(cols / max_cells))
+    v = values.to(torch.float64)
+    if rs == 1 and cs == 1:
+        return v, 1, 1
+    pr, pc = -rows % rs, -cols % cs
+    v = torch.nn.functional.pad(v, (0, pc, 0, pr), value=float("nan"))
+    blocks = v.view(v.shape[0] // rs, rs, v.shape[1] // cs, cs).permute(0, 2, 1, 3).reshape(
+        v.shape[0] // rs, v.shape[1] // cs, rs * cs)
+    if how == "mean":
+        return blocks.nanmean(-1), rs, cs
+    if how == "absmax":
+        idx = blocks.nan_to_num(0.0).abs().argmax(-1, keepdim=True)
+        return blocks.gather(-1, idx).squeeze(-1), rs, cs
+    return blocks.nan_to_num(float("-inf")).amax(-1).masked_fill_(blocks.isnan().all(-1), float("nan")), rs, cs
+
+
+def _pool_note(rs: int, cs: int, how: str) -> str:
+    if rs == 1 and cs == 1:
+        return ""
+    word = {"max": "max", "absmax": "largest |value|", "mean": "mean"}[how]
+    return f" [downsampled: each cell = {word} of a {rs}x{cs} block]"
+
+
+def _axis(count: int, step: int) -> list[float]:
+    """The centre of each pooled block along an axis of ``count`` entries (the index itself when unpooled)."""
+    return [start + (min(count, start + step) - 1 - start) / 2 for start in range(0, count, step)]
+
+
+def _discrete_scale(colors: Mapping[int, str]) -> list[list[Any]]:
+    """A stepped colorscale for integer codes 0..len(colors)-1."""
+    n = len(colors)
+    scale = []
+    for code, color in sorted(colors.items()):
+        scale += [[code / n, color], [(code + 1) / n, color]]
+    return scale
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+def _batch_rows(problem: FIAProblem, b: int) -> tuple[int, int]:
+    """(first canonical query row, number of rows shown) of batch b: all S_q rows, or its packed slice."""
+    plan = problem.batches[b]
+    if problem.layout.packed:
+        return plan.q_start, plan.q_len
+    return 0, problem.query.shape[2]
+
+
+def _key_columns(problem: FIAProblem, b: int) -> int:
+    """Key columns shown for batch b: P + the key axis (S_kv, the paged capacity, or L_kv when packed)."""
+    plan = problem.batches[b]
+    if problem.paged:
+        axis = problem.block_table.shape[1] * problem.block_size
+    elif problem.layout.packed:
+        axis = plan.kv_len
+    else:
+        axis = problem.key.shape[2]
+    return problem.prefix_len + axis
+
+
+def row_status_of_batch(problem: FIAProblem, result: ReferenceResult, b: int) -> torch.Tensor:
+    """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b."""
+    first, count = _batch_rows(problem, b)
+    return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
+
+
+def visibility_codes(problem: FIAProblem, b: int) -> torch.Tensor:
+    """(rows, P + key axis) int64 of batch b: VISIBLE, MASKED (by atten_mask), OUTSIDE_BAND or PADDING per cell.
+
+    Rows are the batch's query rows (all S_q rows for non-packed layouts: rows >= L_q are padding); columns are the
+    prefix keys then the key axis (columns >= P + L_kv are padding).
+    """
+    plan = problem.batches[b]
+    _, rows = _batch_rows(problem, b)
+    num_keys = problem.prefix_len + plan.kv_len
+    codes = torch.full((rows, _key_columns(problem, b)), PADDING, dtype=torch.int64)
+    if plan.q_len and num_keys:
+        visible = kernel.batch_visibility(problem, b)
+        in_band = plan.band.tile(0, plan.q_len, 0, num_keys)
+        block = torch.full((plan.q_len, num_keys), OUTSIDE_BAND, dtype=torch.int64)
+        block[in_band if in_band is not None else torch.ones_like(visible)] = MASKED
+        block[visible] = VISIBLE
+        codes[:plan.q_len, :num_keys] = block
+    return codes
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+def visibility_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+    """Which keys each query row of batch b sees, with the band edges, the right-down diagonal and the row status.
+
+    Left panel: one cell per (query row i, key j), coloured visible / hidden by atten_mask / outside the band /
+    padding. Lines: the band edges j - i = lo and j - i = hi, the right-down diagonal j = i + delta with
+    delta = P + L_kv - L_q, and the end of the shared prefix. Right strip: what the op writes for each row
+    (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise).
+    """
+    plan = problem.batches[b]
+    codes = visibility_codes(problem, b)
+    status = row_status_of_batch(problem, result, b)
+    z, rs, cs = pool(codes, "max")
+    zs, _, _ = pool(status.view(-1, 1), "max")
+    rows_axis, cols_axis = _axis(codes.shape[0], rs), _axis(codes.shape[1], cs)
+    traces = [
+        go.Heatmap(z=z.numpy(), x=cols_axis, y=rows_axis, zmin=-0.5, zmax=3.5,
+                   colorscale=_discrete_scale(CATEGORY_COLORS), name="visibility",
+                   hovertemplate="query row %{y}<br>key %{x}<br>state %{z} (see colour bar)<extra></extra>",
+                   colorbar=dict(title="key state", tickvals=list(CATEGORY_NAMES),
+                                 ticktext=list(CATEGORY_NAMES.values()), x=1.02, len=0.6, y=0.7)),
+        go.Heatmap(z=zs.numpy(), x=["row"], y=rows_axis, zmin=-0.5, zmax=3.5, xaxis="x2",
+                   colorscale=_discrete_scale(STATUS_COLORS), name="row status",
+                   text=[[STATUS_NAMES[RowStatus(int(c))]] for c in zs.view(-1).tolist()],
+                   hovertemplate="query row %{y}<br>%{text}<extra></extra>",
+                   colorbar=dict(title="row output", tickvals=[int(s) for s in STATUS_NAMES],
+                                 ticktext=list(STATUS_NAMES.values()), x=1.02, len=0.3, y=0.15)),
+        *_band_lines(problem, plan),
+    ]
+    delta = problem.prefix_len + plan.kv_len - plan.q_len
+    title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}, L_q={plan.q_len}, "
+             f"L_kv={plan.kv_len}, prefix P={problem.prefix_len}, delta=P+L_kv-L_q={delta}" + _pool_note(rs, cs, "max")
+             + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else ""))
+    shapes, annotations = [], []
+    if problem.prefix_len:
+        shapes.append(dict(type="line", xref="x", yref="paper", x0=problem.prefix_len - 0.5,
+                           x1=problem.prefix_len - 0.5, y0=0, y1=1, line=dict(color="#6a4c93", width=2)))
+        annotations.append(dict(xref="x", yref="paper", x=problem.prefix_len - 0.5, y=1, yanchor="bottom",
+                                showarrow=False, text=f"prefix | own keys (P={problem.prefix_len})"))
+    layout = dict(
+        title=dict(text=title, font=dict(size=13)), margin=dict(t=70), shapes=shapes, annotations=annotations,
+        legend=dict(orientation="h", y=-0.15),
+        xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, codes.shape[1] - 0.5]),
+        xaxis2=dict(domain=[0.93, 1], anchor="y"),
+        yaxis=dict(title="query row i", autorange="reversed"),
+    )
+    return go.Figure(data=traces, layout=layout)
+
+
+def _band_lines(problem: FIAProblem, plan: Any) -> list[go.Scatter]:
+    """The band edges and the right-down diagonal as lines, in original (unpooled) coordinates."""
+    last = max(plan.q_len - 1, 0)
+
+    def diagonal(offset: float, name: str, color: str, dash: str) -> go.Scatter:
+        return go.Scatter(x=[offset - 0.5, last + offset + 0.5], y=[-0.5, last + 0.5], mode="lines",
+                          line=dict(color=color, dash=dash, width=2), name=name, hoverinfo="name")
+
+    lines, band = [], plan.band
+    if band.hi is not None:
+        lines.append(diagonal(band.hi + 0.5, f"band edge j - i = {band.hi}", "#1d3557", "dash"))
+    if band.lo is not None:
+        lines.append(diagonal(band.lo - 0.5, f"band edge j - i = {band.lo}", "#1d3557", "dot"))
+    if problem.sparse_mode in (3, 4) and not problem.decode:
+        delta = problem.prefix_len + plan.kv_len - plan.q_len
+        lines.append(diagonal(delta, f"right-down diagonal j = i + {delta}", "#e63946", "solid"))
+    return lines
+
+
+def probabilities_figure(problem: FIAProblem, b: int = 0, heads: Sequence[int] | None = None) -> go.Figure:
+    """Softmax probabilities of batch b, one panel per query head (up to MAX_HEAD_PANELS), kv head noted for GQA.
+
+    With learnable sinks the sink's share is left out of every row, which then sums to less than 1; that uses the
+    LSE excluding the sink, which is [inferred] (spec 8, 13).
+    """
+    heads = list(heads) if heads is not None else list(range(min(problem.num_heads, MAX_HEAD_PANELS)))
+    probs = kernel.batch_probabilities(problem, b, heads)
+    g, count, gap = problem.group_size, len(heads), 0.03
+    width = (1 - gap * (count - 1)) / count
+    traces, annotations, layout = [], [], {}
+    note = ""
+    for k, n in enumerate(heads):
+        z, rs, cs = pool(probs[k], "max")
+        note = _pool_note(rs, cs, "max")
+        axis = "" if k == 0 else str(k + 1)
+        traces.append(go.Heatmap(z=z.numpy(), x=_axis(probs.shape[2], cs), y=_axis(probs.shape[1], rs), zmin=0,
+                                 zmax=1, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
+                                 xaxis=f"x{axis}", yaxis="y",
+                                 hovertemplate="query row %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"))
+        left = k * (width + gap)
+        layout[f"xaxis{axis}"] = dict(domain=[left, left + width], title="key j", anchor="y")
+        annotations.append(dict(text=f"query head {n} (kv head {n // g})", xref="paper", yref="paper",
+                                x=left + width / 2, y=1, yanchor="bottom", showarrow=False))
+    layout.update(
+        yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
+        title=dict(text=f"Attention probabilities softmax(scale·QKᵀ + masks), batch {b}, {count} of "
+                        f"{problem.num_heads} query heads (G={g}){note}", font=dict(size=13)),
+        margin=dict(t=80))
+    return go.Figure(data=traces, layout=layout)
+
+
+def canonical_output(problem: FIAProblem, result: ReferenceResult) -> torch.Tensor:
+    """attention_out as (B, N_q, S_q, Dv), or (1, N_q, T, Dv) for packed layouts."""
+    return to_canonical(result.attention_out, problem.layout.out, problem.num_heads)
+
+
+def output_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+    """attention_out of batch b: rows are query positions, columns head n's Dv values side by side."""
+    out = canonical_output(problem, result)[problem.batches[b].q_index].to(torch.float64)
+    first, count = _batch_rows(problem, b)
+    n, _, dv = out.shape[0], out.shape[1], out.shape[2]
+    flat = out[:, first:first + count].permute(1, 0, 2).reshape(count, n * dv)
+    z, rs, cs = pool(flat, "mean")
+    bound = float(z.nan_to_num(0).abs().max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=z.numpy(), x=_axis(flat.shape[1], cs), y=_axis(count, rs), colorscale="RdBu",
+                               zmid=0, zmin=-bound, zmax=bound, colorbar=dict(title="value"),
+                               hovertemplate="query row %{y}<br>column %{x}<br>%{z:.4f}<extra></extra>"))
+    for h in range(1, n):
+        fig.add_vline(x=h * dv - 0.5, line=dict(color="black", width=1))
+    fig.update_layout(title=dict(text=f"attention_out, batch {b} ({problem.out_dtype}): column = head·{dv} + d, "
+                                      f"{n} heads; padding and out-of-band rows are 0" + _pool_note(rs, cs, "mean"),
+                                 font=dict(size=13)))
+    fig.update_xaxes(title_text="head · Dv + d")
+    fig.update_yaxes(title_text="query row", autorange="reversed")
+    return fig
+
+
+def lse_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+    """softmax LSE (natural log) per query row and head of batch b; rows not computed (+inf) are marked.
+
+    Not computed rows (out of band, padding, fully masked with inner_precise 2/3) hold +inf and show as gaps with a
+    marker; fully masked rows with inner_precise 0/1 show -1e12 + ln(count), which is [inferred] (spec 7).
+    """
+    first, count = _batch_rows(problem, b)
+    plan = problem.batches[b]
+    lse = result.softmax_lse
+    rows = lse[first:first + count, :, 0] if problem.layout.packed else lse[plan.q_index, :, :, 0].T[first:first + count]
+    rows = rows.to(torch.float64)
+    status = row_status_of_batch(problem, result, b)
+    shown = torch.isfinite(rows) & (status == RowStatus.COMPUTED).unsqueeze(1)  # -1e12 + ln(n) would swamp it
+    finite = rows.masked_fill(~shown, float("nan"))
+    z, rs, cs = pool(finite, "mean")
+    fig = go.Figure(go.Heatmap(z=z.numpy(), x=_axis(rows.shape[1], cs), y=_axis(count, rs), colorscale="Cividis",
+                               colorbar=dict(title="LSE (ln)"),
+                               hovertemplate="query row %{y}<br>head %{x}<br>LSE %{z:.4f}<extra></extra>"))
+    invalid = [i for i, s in enumerate(status.tolist()) if s != RowStatus.COMPUTED]
+    if invalid:
+        fig.add_trace(go.Scatter(
+            x=[rows.shape[1] - 0.5 + 0.3] * len(invalid), y=invalid, mode="markers",
+            marker=dict(symbol="x", color="#e63946", size=8),
+            text=[f"{STATUS_NAMES[RowStatus(int(status[i]))]}; LSE {float(rows[i, 0]):.4g}" for i in invalid],
+            hovertemplate="query row %{y}: %{text}<extra></extra>", name="row not computed (LSE +inf, gap)"))
+    fig.update_layout(title=dict(text=f"softmax LSE (natural log) per query row and head, batch {b}; gaps and x = "
+                                      "rows not computed" + _pool_note(rs, cs, "mean"), font=dict(size=13)),
+                      legend=dict(orientation="h", y=-0.15))
+    fig.update_xaxes(title_text="query head")
+    fig.update_yaxes(title_text="query row", autorange="reversed")
+    return fig
+
+
+def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: float,
+                      labels: tuple[str, str] = ("actual", "expected")) -> go.Figure:
+    """|actual - expected| as a heatmap over (all leading axes flattened, last axis), with its max and tolerance."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
+    diff = (actual.to(torch.float64) - expected.to(torch.float64)).abs()
+    flat = diff.reshape(-1, diff.shape[-1]) if diff.dim() > 1 else diff.view(1, -1)
+    worst = float(diff.max()) if diff.numel() else 0.0
+    z, rs, cs = pool(flat, "max")
+    verdict = "within" if worst <= tolerance else "EXCEEDS"
+    fig = go.Figure(go.Heatmap(z=z.numpy(), x=_axis(flat.shape[1], cs), y=_axis(flat.shape[0], rs),
+                               colorscale="Reds", zmin=0, zmax=max(worst, tolerance),
+                               colorbar=dict(title="|diff|"),
+                               hovertemplate="row %{y}<br>col %{x}<br>|diff| %{z:.3g}<extra></extra>"))
+    fig.update_layout(title=dict(text=f"|{labels[0]} - {labels[1]}|, shape {tuple(actual.shape)} flattened to "
+                                      f"{tuple(flat.shape)}: max {worst:.3g} {verdict} tolerance {tolerance:.3g}"
+                                      + _pool_note(rs, cs, "max"), font=dict(size=13)))
+    fig.update_xaxes(title_text="last axis")
+    fig.update_yaxes(title_text="leading axes (flattened)", autorange="reversed")
+    return fig
+
+
+def paged_figure(problem: FIAProblem, b: int = 0) -> go.Figure:
+    """Batch b's logical tokens, block by block, mapped through block_table to the cache's physical blocks."""
+    if not problem.paged:
+        raise ValueError("paged_figure needs a paged call (block_table given)")
+    plan, bs = problem.batches[b], problem.block_size
+    used = -(-plan.kv_len // bs)
+    ids = [int(i) for i in problem.block_table[plan.kv_index, :used].tolist()]
+    num_blocks = problem.key.shape[0]
+    fig = go.Figure()
+    for k, phys in enumerate(ids):
+        fig.add_trace(go.Scatter(x=[k, phys], y=[1, 0], mode="lines", line=dict(color="#8d99ae", width=1),
+                                 hoverinfo="skip", showlegend=False))
+    tokens = [f"tokens {k * bs}..{min(plan.kv_len, (k + 1) * bs) - 1}" for k in range(used)]
+    fig.add_trace(go.Scatter(x=list(range(used)), y=[1] * used, mode="markers+text", text=[str(k) for k in range(used)],
+                             marker=dict(symbol="square", size=22, color="#2a9d8f"), textfont=dict(color="white"),
+                             customdata=tokens, hovertemplate="logical block %{x}: %{customdata}<extra></extra>",
+                             name=f"logical blocks of batch {b}"))
+    owner = {phys: k for k, phys in enumerate(ids)}
+    fig.add_trace(go.Scatter(
+        x=list(range(num_blocks)), y=[0] * num_blocks, mode="markers+text", text=[str(p) for p in range(num_blocks)],
+        marker=dict(symbol="square", size=22, color=["#e76f51" if p in owner else "#e8e8e8"
+                                                     for p in range(num_blocks)]),
+        hovertemplate="physical block %{x}<extra></extra>", name="physical blocks (used by this batch in orange)"))
+    layout = paged.CACHE_LAYOUTS[problem.key.dim()]
+    fig.update_layout(title=dict(text=f"Paged KV, batch {b}: {plan.kv_len} tokens in {used} blocks of {bs} -> "
+                                      f"block_table[{plan.kv_index}] = {ids}; cache {layout} "
+                                      f"{tuple(problem.key.shape)}", font=dict(size=13)),
+                      legend=dict(orientation="h", y=-0.2), height=300)
+    fig.update_yaxes(tickvals=[0, 1], ticktext=["physical", "logical"], range=[-0.5, 1.5])
+    fig.update_xaxes(title_text="block index")
+    return fig
+
+
+def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 2) -> go.Figure:
+    """How query rows lie in memory for ``input_layout``: each cell is one D-vector, in address order.
+
+    One row per tensor part (the input, and the output when the layout has two parts). Cell colour = head n,
+    text = (b, s, n) (packed parts: (t, n), t the token of all batches). Uses ``fia_kit.layouts`` to lay an index
+    tensor out, so the figure shows exactly what the library does.
+    """
+    query_part, out_part = INPUT_LAYOUTS[input_layout]
+    parts = [("query/key/value", query_part)] + ([("attention_out", out_part)] if out_part != query_part else [])
+    fig = go.Figure()
+    for what, part in parts:
+        packed = part in ("TND", "NTD")
+        b = 1 if packed or part == "NSD" else batch
+        s = batch * seq if packed else seq
+        ids = torch.arange(b * heads * s, dtype=torch.float64).view(b, heads, s, 1)  # canonical (B, N, S, 1)
+        order = from_canonical(ids, part).reshape(-1).to(torch.int64).tolist()
+        labels = [(i // (heads * s), (i // s) % heads, i % s) for i in order]  # (b, n, s) of each vector
+        text = [f"t{si}<br>n{ni}" if packed else f"b{bi} s{si}<br>n{ni}" for bi, ni, si in labels]
+        fig.add_trace(go.Heatmap(z=[[ni for _, ni, _ in labels]], x=list(range(len(order))), y=[f"{what}: {part}"],
+                                 text=[text], texttemplate="%{text}", colorscale=plotly.colors.qualitative.Pastel1, showscale=False,
+                                 zmin=0, zmax=8, hovertemplate="address slot %{x}: %{text}<extra></extra>"))
+    fig.update_layout(title=dict(text=f"input_layout {input_layout}: D-vectors in memory order (d fastest inside "
+                                      f"each cell), B={batch}, S={seq}, N={heads}; colour = head",
+                                 font=dict(size=13)), height=160 + 70 * len(parts))
+    fig.update_xaxes(title_text="memory order (one D-vector per cell)")
+    return fig
+
+
+def timing_chart(rows: Sequence[Mapping[str, Any]], label: str = "name", value: str = "median_ms",
+                 error: str | None = None, group: str | None = None) -> go.Figure:
+    """Horizontal bars of ``row[value]`` per ``row[label]`` (optional error bars and colour groups)."""
+    fig = go.Figure()
+    groups = sorted({str(r.get(group)) for r in rows}) if group else [None]
+    for g in groups:
+        chosen = [r for r in rows if group is None or str(r.get(group)) == g]
+        fig.add_trace(go.Bar(y=[str(r[label]) for r in chosen], x=[float(r[value]) for r in chosen], orientation="h",
+                             name=g or value,
+                             error_x=dict(array=[float(r[error]) for r in chosen]) if error else None,
+                             hovertemplate="%{y}: %{x:.4g}<extra></extra>", showlegend=group is not None))
+    fig.update_layout(title=dict(text=f"{value} per {label}" + (f", by {group}" if group else "")),
+                      barmode="group", height=max(250, 30 * len(rows) + 120))
+    fig.update_xaxes(title_text=value)
+    return fig
+
+
+def roofline_chart(points: Sequence[Mapping[str, Any]], peak_flops: float, peak_bandwidth: float) -> go.Figure:
+    """Log-log roofline: points {"label", "intensity" (FLOP/byte), "flops" (FLOP/s)} under min(peak, bw * I)."""
+    intensities = [float(p["intensity"]) for p in points] or [1.0]
+    ridge = peak_flops / peak_bandwidth
+    lo, hi = min(min(intensities), ridge) / 4, max(max(intensities), ridge) * 4
+    xs = [lo * (hi / lo) ** (k / 63) for k in range(64)]
+    fig = go.Figure(go.Scatter(x=xs, y=[min(peak_flops, peak_bandwidth * x) for x in xs], mode="lines",
+                               name=f"roof: min({peak_flops:.3g} FLOP/s, {peak_bandwidth:.3g} B/s x intensity)",
+                               line=dict(color="black")))
+    fig.add_trace(go.Scatter(x=intensities, y=[float(p["flops"]) for p in points], mode="markers+text",
+                             text=[str(p.get("label", "")) for p in points], textposition="top center",
+                             marker=dict(size=9), name="measured"))
+    fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP/byte)")
+    fig.update_yaxes(type="log", title_text="achieved FLOP/s")
+    fig.update_layout(title=dict(text=f"Roofline: ridge at {ridge:.3g} FLOP/byte"), legend=dict(orientation="h",
+                                                                                              y=-0.2))
+    return fig
