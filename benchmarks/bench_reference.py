@@ -21,8 +21,8 @@ once and reads VmHWM. "peak" = VmHWM - VmRSS before the call: the memory the cal
 temporaries and its output), without torch's import and the inputs. glibc keeps freed heap memory resident and
 would hand it back unseen, so the child runs with MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 128 KiB:
 every buffer above 128 KiB is its own mapping, returned to the OS when freed, and the peak counts it. Smaller
-buffers may still be reused unseen (a lower bound, off by at most a few MiB). Without clear_refs the child skips
-the warm-up and uses ru_maxrss instead.
+buffers may still be reused unseen (a lower bound, off by at most a few MiB). The measurement is
+``fia_kit.profiling.peak_memory``; without clear_refs the peak is reported as unmeasurable.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +44,7 @@ import torch.nn.functional as F
 
 from fia_kit.call import FIACall, parse_call
 from fia_kit.masks import compressed_causal_mask
-from fia_kit.profiling import atomic_write_json
+from fia_kit.profiling import atomic_write_json, peak_memory
 from fia_kit.reference import npu_fused_infer_attention_score
 from fia_kit.roofline import call_cost
 
@@ -140,36 +138,13 @@ def time_pair(fia: Callable[[], Any], sdpa: Callable[[], Any], warmup: int, repe
     return statistics.median(fia_times), statistics.median(sdpa_times)
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child_peak_bytes(case: str, dtype: str, impl: str) -> dict[str, Any]:
     """Run in the fresh child: build the inputs, then measure the peak RSS one call adds (see module docstring)."""
     _, fia, sdpa = runners(case, dtype)
     fn = fia if impl == "fia" else sdpa
-    can_reset = Path("/proc/self/status").exists() and _reset_peak_rss()
-    if can_reset:
-        fn()  # warm-up: lazy initialisation (thread pools, kernels' first-use buffers) is not the call's memory
-        _reset_peak_rss()
-        before = _status_kib("VmRSS")
-        fn()
-        peak = _status_kib("VmHWM")
-        method = "VmHWM - VmRSS in a fresh process (peak reset via /proc/self/clear_refs)"
-    else:
-        before = _status_kib("VmRSS") if Path("/proc/self/status").exists() else 0
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        method = "ru_maxrss - RSS before the call in a fresh process (no warm-up)"
-    return {"peak_bytes": max(0, peak - before) * 1024, "method": method}
+    fn()  # warm-up: lazy initialisation (thread pools, kernels' first-use buffers) is not the call's memory
+    peak, method = peak_memory(fn, torch.device("cpu"))
+    return {"peak_bytes": peak, "method": method or "unmeasurable here (no /proc/self/clear_refs)"}
 
 
 def measure_peak(case: str, dtype: str, impl: str) -> tuple[int, str]:
