@@ -22,8 +22,8 @@ from .paged import gather_sequence
 
 __all__ = [
     "band_mask", "causal_mask", "compressed_causal_mask", "convert_layout", "cumulative", "custom_mask",
-    "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask", "per_batch", "to_paged",
-    "unpack_sequences",
+    "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask", "per_batch", "pse_tensor",
+    "rope_parts", "shared_prefix", "sink_tensor", "to_paged", "unpack_sequences",
 ]
 
 
@@ -108,7 +108,8 @@ def nz_block(dtype: torch.dtype) -> int:
 
 
 def to_paged(sequences: Sequence[torch.Tensor], block_size: int, cache_rank: int = 4, extra_blocks: int = 0,
-             shuffle: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             shuffle: bool = True, generator: torch.Generator | None = None,
+             num_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Write per-batch K (or V) into a paged cache with a (shuffled) block table (spec 11).
 
     Args:
@@ -117,6 +118,7 @@ def to_paged(sequences: Sequence[torch.Tensor], block_size: int, cache_rank: int
         cache_rank: 3 (num_blocks, bs, N_kv*D), 4 (num_blocks, N_kv, bs, D) or 5 NZ (num_blocks, N_kv, D/c, bs, c).
         extra_blocks: spare blocks (filled with garbage) to make the cache larger than needed.
         shuffle: place blocks at random physical ids, as a real allocator does.
+        num_blocks: the cache's block count (None: the blocks needed + extra_blocks); fewer than needed raises.
     Returns:
         (cache, block_table): block_table is (B, max_b ceil(L_b / bs)) int32; unused entries are 0.
     """
@@ -126,7 +128,10 @@ def to_paged(sequences: Sequence[torch.Tensor], block_size: int, cache_rank: int
         raise FIAArgumentError("block_size", "must be > 0", block_size)
     n, d = sequences[0].shape[0], sequences[0].shape[-1]
     counts = [-(-s.shape[1] // block_size) for s in sequences]
-    total = sum(counts) + extra_blocks
+    total = sum(counts) + extra_blocks if num_blocks is None else num_blocks
+    if total < sum(counts):
+        raise FIAArgumentError("num_blocks", f"lengths {[s.shape[1] for s in sequences]} need {sum(counts)} blocks "
+                               f"of {block_size} tokens", total)
     order = torch.randperm(total, generator=generator) if shuffle else torch.arange(total)
     blocks = torch.full((total, n, block_size, d), 1000.0, dtype=sequences[0].dtype)  # garbage where unused
     table = torch.zeros(len(sequences), max(counts, default=0), dtype=torch.int32)
@@ -158,3 +163,36 @@ def from_paged(cache: torch.Tensor, block_table: torch.Tensor, lengths: Sequence
                num_kv_heads: int) -> list[torch.Tensor]:
     """Read each sequence back from a paged cache: B tensors (N_kv, L_b, D) (uses ``fia_kit.paged``)."""
     return [gather_sequence(cache, block_table[b], int(n), num_kv_heads) for b, n in enumerate(lengths)]
+
+
+def shared_prefix(num_kv_heads: int, prefix_len: int, head_dim: int, value_dim: int, part: str = "BNSD",
+                  dtype: torch.dtype = torch.float32,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """v1's key_shared_prefix / value_shared_prefix: canonical (1, N_kv, P, D) and (1, N_kv, P, Dv) laid out as
+    the unpacked ``part`` (BSH (1, P, N_kv*D), BSND (1, P, N_kv, D), BNSD (1, N_kv, P, D))."""
+    k = torch.randn(1, num_kv_heads, prefix_len, head_dim, generator=generator).to(dtype)
+    v = torch.randn(1, num_kv_heads, prefix_len, value_dim, generator=generator).to(dtype)
+    return from_canonical(k, part), from_canonical(v, part)
+
+
+def pse_tensor(batch: int, heads: int, s_q: int, s_kv: int, dtype: torch.dtype = torch.float32,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """pse_shift: (batch, heads, s_q, s_kv) random additive bias (batch may be 1 to broadcast; s_kv includes any
+    shared prefix, S_kv + P)."""
+    return torch.randn(batch, heads, s_q, s_kv, generator=generator).to(dtype)
+
+
+def sink_tensor(heads: int, dtype: torch.dtype = torch.bfloat16,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """learnable_sink (v2, TND): (heads,) one logit per query head, bf16 on the NPU (spec 13)."""
+    return torch.randn(heads, generator=generator).to(dtype)
+
+
+def rope_parts(batch: int, heads: int, kv_heads: int, s_q: int, s_kv: int, rope_dim: int = 64,
+               dtype: torch.dtype = torch.float32,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLA query_rope (batch, heads, s_q, rope_dim) and key_rope (batch, kv_heads, s_kv, rope_dim), canonical BNSD
+    (lay them out with ``fia_kit.layouts.from_canonical`` or ``pack_sequences`` like query and key)."""
+    q = torch.randn(batch, heads, s_q, rope_dim, generator=generator).to(dtype)
+    k = torch.randn(batch, kv_heads, s_kv, rope_dim, generator=generator).to(dtype)
+    return q, k

@@ -1,10 +1,16 @@
 """A case: what a user wants to try, in sequences, heads and lengths, built into the op's exact arguments.
 
+    >>> import fia_kit
     >>> from fia_kit.case import Case
     >>> case = Case(q_lens=(5, 3), kv_lens=(9, 4), heads=4, kv_heads=2, layout="TND", sparse_mode=3)
     >>> built = case.build("v2")            # or "v1", "torchair-v1", "torchair-v2"
     >>> out, lse = built.call(fia_kit.npu_fused_infer_attention_score_v2)
-    >>> print(case.describe())              # every tensor and keyword, with shape, dtype and meaning
+    >>> tuple(out.shape)                    # TND: (T = 5 + 3, N_q, D)
+    (8, 4, 16)
+    >>> q, k, v, kwargs = built.args_for("torchair-v2")   # same tensors; lengths as int64 tensors
+    >>> kwargs["actual_seq_qlen"]
+    tensor([5, 8])
+    >>> text = case.describe("v2")          # every tensor and keyword, with shape, dtype and meaning
 
 Tensors are seeded (``seed``) and padding positions hold large garbage (1000), never zeros, so a wrong length
 shows. The scale defaults to 1/sqrt(head_dim + rope_dim); the op's own default is 1.0 (spec 18.5).
@@ -69,6 +75,21 @@ class BuiltCall:
     value: torch.Tensor
     kwargs: dict[str, Any]
 
+    def args_for(self, form: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(query, key, value, kwargs) respelled for another form: v1/v2 keyword names, lengths as lists for
+        torch_npu forms and int64 tensors (on the tensors' device) for TorchAir forms."""
+        if form not in FORMS:
+            raise FIAArgumentError("form", f"must be one of {FORMS}", form)
+        v2_to_v1 = {v: k for k, v in V1_TO_V2.items()}
+        kwargs = {}
+        for name, value in self.kwargs.items():
+            name = v2_to_v1.get(name, name)
+            if name.startswith("actual_"):
+                values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+                value = builders.length_tensor(values, self.query.device) if form.startswith("torchair") else values
+            kwargs[V1_TO_V2.get(name, name) if form.endswith("v2") else name] = value
+        return self.query, self.key, self.value, kwargs
+
     def call(self, fn: Callable[..., Any]) -> Any:
         """Call ``fn`` (the reference, torch_npu's op, a tng.ops op) with these arguments."""
         return fn(self.query, self.key, self.value, **self.kwargs)
@@ -91,6 +112,7 @@ class Case:
         mask: "auto" (none for mode 0, compressed for 2-4, padding for 1), "none", "compressed", "causal"
             (explicit right-down causal, (B,1,S_q,S_kv)), "padding", or a custom tensor passed as atten_mask.
         paged, block_size, cache_rank: paged KV cache (rank 3, 4 or 5 NZ) with a shuffled block table.
+        num_blocks: the cache's block count (None: the blocks needed + 1 spare); too few for kv_lens raises.
         prefix_len: shared prefix length (v1 only); pse: add pse_shift; sinks: add learnable_sink (v2, TND).
         inner_precise, return_lse, scale: as the op (scale None: 1/sqrt(head_dim + rope_dim)).
         q_seq, kv_seq: the S axes (None: the longest length); larger values add padding.
@@ -113,6 +135,7 @@ class Case:
     paged: bool = False
     block_size: int = 16
     cache_rank: int = 4
+    num_blocks: int | None = None
     prefix_len: int = 0
     pse: bool = False
     sinks: bool = False
@@ -146,6 +169,13 @@ class Case:
             raise FIAArgumentError("rope_dim", "MLA rope parts have D = 64 (spec 12); 0 turns rope off",
                                    self.rope_dim)
         parse_layout(self.layout)
+        if self.paged:
+            if self.block_size < 1:
+                raise FIAArgumentError("block_size", "must be >= 1", self.block_size)
+            needed = sum(-(-n // self.block_size) for n in self.kv_lens)
+            if self.num_blocks is not None and self.num_blocks < needed:
+                raise FIAArgumentError("num_blocks", f"kv_lens {self.kv_lens} need {needed} blocks of "
+                                       f"{self.block_size}: a KV length exceeds the paged capacity", self.num_blocks)
 
     # ------------------------------------------------------------------------------------------------ geometry
     @property
@@ -167,6 +197,12 @@ class Case:
     @property
     def softmax_scale(self) -> float:
         return self.scale if self.scale is not None else 1 / math.sqrt(self.head_dim + self.rope_dim)
+
+    @property
+    def kv_columns(self) -> int:
+        """Key columns of an explicit mask or pse: prefix + S_kv, where paged S_kv is the block-table capacity."""
+        seq = self.block_size * -(-self.s_kv // self.block_size) if self.paged else self.s_kv
+        return self.prefix_len + seq
 
     def replace(self, **changes: Any) -> Case:
         """A copy with some fields changed (validated again)."""
@@ -217,17 +253,15 @@ class Case:
         if mask is not None:
             options["atten_mask"] = mask
         if self.prefix_len:
-            kp = torch.randn(1, self.kv_heads, self.prefix_len, self.head_dim, generator=gen).to(self.dtype)
-            vp = torch.randn(1, self.kv_heads, self.prefix_len, self.v_dim, generator=gen).to(self.dtype)
-            options.update(key_shared_prefix=from_canonical(kp, layout.query),
-                           value_shared_prefix=from_canonical(vp, layout.query),
-                           actual_shared_prefix_len=[self.prefix_len])
+            kp, vp = builders.shared_prefix(self.kv_heads, self.prefix_len, self.head_dim, self.v_dim, layout.query,
+                                            self.dtype, gen)
+            options.update(key_shared_prefix=kp, value_shared_prefix=vp, actual_shared_prefix_len=[self.prefix_len])
         if self.pse:
-            options["pse_shift"] = torch.randn(self.batch, self.heads, self.s_q, self.s_kv + self.prefix_len,
-                                               generator=gen).to(self.dtype)
+            options["pse_shift"] = builders.pse_tensor(self.batch, self.heads, self.s_q, self.kv_columns,
+                                                       self.dtype, gen)
         if self.sinks:
             sink_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.bfloat16
-            options["learnable_sink"] = torch.randn(self.heads, generator=gen).to(sink_dtype)
+            options["learnable_sink"] = builders.sink_tensor(self.heads, sink_dtype, gen)
         kwargs = {(V1_TO_V2.get(k, k) if version == "v2" else k): self._to_device(k, v, form)
                   for k, v in options.items()}
         move = lambda t: t.to(self.device)  # noqa: E731
@@ -256,9 +290,8 @@ class Case:
                 tensor(self.kv_heads, self.s_kv, self.v_dim, self.kv_lens))
 
     def _rope(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        q = torch.randn(self.batch, self.heads, self.s_q, self.rope_dim, generator=gen).to(self.dtype)
-        k = torch.randn(self.batch, self.kv_heads, self.s_kv, self.rope_dim, generator=gen).to(self.dtype)
-        return q, k
+        return builders.rope_parts(self.batch, self.heads, self.kv_heads, self.s_q, self.s_kv, self.rope_dim,
+                                   self.dtype, gen)
 
     def _lay_out(self, x4: torch.Tensor, lens: tuple[int, ...], part: str,
                  packed: bool) -> tuple[torch.Tensor, list[int]]:
@@ -272,10 +305,10 @@ class Case:
                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         state = gen.get_state()
         key, table = builders.to_paged([k4[b, :, :n] for b, n in enumerate(self.kv_lens)], self.block_size,
-                                       self.cache_rank, extra_blocks=1, generator=gen)
+                                       self.cache_rank, extra_blocks=1, generator=gen, num_blocks=self.num_blocks)
         gen.set_state(state)  # same shuffle for values: one block table serves both
         value, _ = builders.to_paged([v4[b, :, :n] for b, n in enumerate(self.kv_lens)], self.block_size,
-                                     self.cache_rank, extra_blocks=1, generator=gen)
+                                     self.cache_rank, extra_blocks=1, generator=gen, num_blocks=self.num_blocks)
         return key, value, table
 
     def _mask(self) -> torch.Tensor | None:
@@ -288,8 +321,7 @@ class Case:
             return None
         if kind == "compressed":
             return compressed_causal_mask()
-        columns = self.block_size * -(-self.s_kv // self.block_size) if self.paged else self.s_kv
-        columns += self.prefix_len
+        columns = self.kv_columns
         if kind == "padding":
             return builders.padding_mask(self.q_lens, [n + self.prefix_len for n in self.kv_lens], self.s_q,
                                          columns)

@@ -1,0 +1,143 @@
+"""Case: respelling between forms, determinism, the default scale, capacity checks and the standalone helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fia_kit
+from fia_kit import builders
+from fia_kit.case import FORMS, Case
+from fia_kit.errors import FIAArgumentError
+
+
+@pytest.mark.parametrize("source", FORMS)
+@pytest.mark.parametrize("target", FORMS)
+def test_args_for_respells_names_and_length_types(source, target):
+    case = Case(layout="TND", sparse_mode=3, paged=True, cache_rank=3)
+    built = case.build(source)
+    q, k, v, kwargs = built.args_for(target)
+    expected = case.build(target).kwargs
+    assert set(kwargs) == set(expected)
+    for name, value in kwargs.items():
+        if name.startswith("actual_"):
+            assert type(value) is type(expected[name])
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == torch.int64 and torch.equal(value, expected[name])
+            else:
+                assert value == expected[name]
+
+
+def test_args_for_rejects_unknown_form():
+    with pytest.raises(FIAArgumentError) as info:
+        Case().build("v1").args_for("v3")
+    assert info.value.parameter == "form"
+
+
+def test_build_is_deterministic_for_a_seed_and_changes_with_it():
+    a, b, c = (Case(seed=s, paged=True).build("v1") for s in (7, 7, 8))
+    assert torch.equal(a.query, b.query) and torch.equal(a.key, b.key)
+    assert torch.equal(a.kwargs["block_table"], b.kwargs["block_table"])
+    assert not torch.equal(a.query, c.query)
+
+
+def test_default_scale_is_one_over_sqrt_of_full_head_dim_and_always_passed():
+    case = Case(head_dim=16, rope_dim=64)
+    assert case.softmax_scale == pytest.approx(1 / math.sqrt(80))
+    assert case.build("v1").kwargs["scale"] == pytest.approx(1 / math.sqrt(80))
+    assert case.replace(scale=1.0).build("v2").kwargs["softmax_scale"] == 1.0
+
+
+def test_replace_validates_again():
+    with pytest.raises(FIAArgumentError) as info:
+        Case().replace(kv_heads=3)
+    assert info.value.parameter == "kv_heads"
+
+
+def test_kv_length_beyond_paged_capacity_is_rejected():
+    with pytest.raises(FIAArgumentError) as info:
+        Case(kv_lens=(40, 1), paged=True, block_size=16, num_blocks=3)
+    assert info.value.parameter == "num_blocks"
+    built = Case(kv_lens=(40, 1), paged=True, block_size=16, num_blocks=6, cache_rank=4).build("v1")
+    assert built.key.shape[0] == 6
+    with pytest.raises(FIAArgumentError):
+        builders.to_paged([torch.randn(1, 20, 4)], 16, num_blocks=1)
+
+
+def test_to_fia_call_carries_the_built_options():
+    call = Case(layout="BSND", sparse_mode=3).build("torchair-v2").to_fia_call()
+    assert call.options["sparse_mode"] == 3 and call.options["input_layout"] == "BSND"
+
+
+def test_padded_sequence_axes_do_not_change_valid_rows():
+    built = Case(q_lens=(3, 2), kv_lens=(5, 4), q_seq=6, kv_seq=9, layout="BNSD", sparse_mode=3,
+                 dtype=torch.float64).build("v1")
+    assert built.query.shape[2] == 6 and built.key.shape[2] == 9
+    out_padded, _ = built.call(fia_kit.npu_fused_infer_attention_score)
+    trimmed = dict(built.kwargs)
+    out_trimmed, _ = fia_kit.npu_fused_infer_attention_score(built.query[:, :, :3], built.key[:, :, :5],
+                                                             built.value[:, :, :5], **trimmed)
+    for b, lq in enumerate((3, 2)):
+        assert torch.equal(out_padded[b, :, :lq], out_trimmed[b, :, :lq])
+
+
+def test_describe_rows_name_every_v2_argument():
+    case = Case(layout="TND", sinks=True, pse=False, sparse_mode=3)
+    names = [row["name"] for row in case.describe_rows("v2")]
+    assert names[:3] == ["query", "key", "value"]
+    assert {"actual_seq_qlen", "actual_seq_kvlen", "learnable_sink", "atten_mask"} <= set(names)
+    assert set(names[3:]) == set(case.build("v2").kwargs)
+
+
+def test_standalone_helpers_have_documented_shapes():
+    k, v = builders.shared_prefix(2, 5, 16, 8, "BSH")
+    assert k.shape == (1, 5, 32) and v.shape == (1, 5, 16)
+    assert builders.pse_tensor(1, 4, 3, 7).shape == (1, 4, 3, 7)
+    sink = builders.sink_tensor(4)
+    assert sink.shape == (4,) and sink.dtype == torch.bfloat16
+    qr, kr = builders.rope_parts(2, 4, 2, 3, 5)
+    assert qr.shape == (2, 4, 3, 64) and kr.shape == (2, 2, 5, 64)
+    lengths = builders.length_tensor([3, 5])
+    assert lengths.dtype == torch.int64 and lengths.tolist() == [3, 5]
+    assert builders.nz_block(torch.float16) == 16 and builders.nz_block(torch.int8) == 32
+    assert builders.nz_block(torch.float32) == 8 and builders.nz_block(torch.float64) == 4
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("paged", [False, True])
+def test_pse_cases_are_accepted(form, paged):
+    case = Case(q_lens=(3, 1), kv_lens=(7, 20), heads=4, kv_heads=1, head_dim=32, layout="BSND", pse=True,
+                paged=paged, block_size=16)
+    built = case.build(form)
+    assert built.kwargs["pse_shift"].shape == (2, 4, 3, 32 if paged else 20)
+    out, _ = built.call(_entry_point(form))
+    assert out.shape == (2, 3, 4, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("paged", [False, True])
+def test_mla_rope_cases_are_accepted(form, paged):
+    case = Case(q_lens=(1, 1), kv_lens=(7, 20), heads=4, kv_heads=1, head_dim=128, rope_dim=64, layout="BSND",
+                paged=paged, block_size=16)
+    built = case.build(form)
+    assert built.kwargs["query_rope"].shape == (2, 1, 4, 64)
+    out, _ = built.call(_entry_point(form))
+    assert out.shape == (2, 1, 4, 128) and torch.isfinite(out).all()
+
+
+def _entry_point(form: str):
+    return fia_kit.npu_fused_infer_attention_score_v2 if form.endswith("v2") else fia_kit.npu_fused_infer_attention_score
+
+
+def test_pse_is_an_additive_bias_as_sdpa_float_mask():
+    case = Case(q_lens=(3, 2), kv_lens=(5, 6), heads=2, kv_heads=2, layout="BNSD", pse=True, dtype=torch.float64)
+    built = case.build("v1")
+    out, _ = built.call(fia_kit.npu_fused_infer_attention_score)
+    pse = built.kwargs["pse_shift"]
+    for b, (lq, lk) in enumerate(zip(case.q_lens, case.kv_lens, strict=True)):
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            built.query[b:b + 1, :, :lq], built.key[b:b + 1, :, :lk], built.value[b:b + 1, :, :lk],
+            attn_mask=pse[b:b + 1, :, :lq, :lk], scale=case.softmax_scale)[0]
+        torch.testing.assert_close(out[b, :, :lq], expected, rtol=1e-10, atol=1e-10)
