@@ -43,6 +43,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 CUSTOM_MASK = "the case's own tensor"
 _LENGTHS = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
 
+CONTROL_WIDTH = "225px"
+
 
 # ------------------------------------------------------------------------------------------------ pure layer
 
@@ -241,7 +243,7 @@ class Explorer:
 
     @staticmethod
     def _make_controls(case: Case, backend: str) -> dict[str, widgets.Widget]:
-        style = {"description_width": "110px"}
+        style = {"description_width": "95px"}
         custom = isinstance(case.mask, torch.Tensor)
         text = {"style": style, "continuous_update": False}
         return {
@@ -346,8 +348,10 @@ class Explorer:
     # -- display ------------------------------------------------------------------------------------------
 
     def _layout(self) -> widgets.Widget:
+        for control in self.controls.values():
+            control.layout.width = CONTROL_WIDTH  # four columns fit a notebook; narrower panels wrap them
         boxes = [widgets.VBox(list(self.controls.values())[k:k + 6]) for k in range(0, len(self.controls), 6)]
-        return widgets.VBox([widgets.HBox(boxes), self.error, self.figures["visibility"], self.tabs, self.code])
+        return widgets.VBox([widgets.HBox(boxes, layout=widgets.Layout(flex_flow="row wrap")), self.error, self.figures["visibility"], self.tabs, self.code])
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

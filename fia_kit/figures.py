@@ -155,13 +155,13 @@ def visibility_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) 
                    colorscale=_discrete_scale(CATEGORY_COLORS), name="visibility",
                    hovertemplate="query row %{y}<br>key %{x}<br>state %{z} (see colour bar)<extra></extra>",
                    colorbar=dict(title="key state", tickvals=list(CATEGORY_NAMES),
-                                 ticktext=list(CATEGORY_NAMES.values()), x=1.02, len=0.6, y=0.7)),
+                                 ticktext=list(CATEGORY_NAMES.values()), x=1.02, len=0.45, y=0.78)),
         go.Heatmap(z=zs.numpy(), x=["row"], y=rows_axis, zmin=-0.5, zmax=3.5, xaxis="x2",
                    colorscale=_discrete_scale(STATUS_COLORS), name="row status",
                    text=[[STATUS_NAMES[RowStatus(int(c))]] for c in zs.view(-1).tolist()],
                    hovertemplate="query row %{y}<br>%{text}<extra></extra>",
                    colorbar=dict(title="row output", tickvals=[int(s) for s in STATUS_NAMES],
-                                 ticktext=list(STATUS_NAMES.values()), x=1.02, len=0.3, y=0.15)),
+                                 ticktext=list(STATUS_NAMES.values()), x=1.02, len=0.42, y=0.22)),
         *_band_lines(problem, plan),
     ]
     delta = problem.prefix_len + plan.kv_len - plan.q_len
@@ -176,7 +176,7 @@ def visibility_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) 
                                 showarrow=False, text=f"prefix | own keys (P={problem.prefix_len})"))
     layout = dict(
         title=dict(text=title, font=dict(size=13)), margin=dict(t=70), shapes=shapes, annotations=annotations,
-        legend=dict(orientation="h", y=-0.15),
+        legend=dict(orientation="h", y=-0.15), height=480,
         xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, codes.shape[1] - 0.5]),
         xaxis2=dict(domain=[0.93, 1], anchor="y"),
         yaxis=dict(title="query row i", autorange="reversed"),
