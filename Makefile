@@ -1,7 +1,7 @@
 # fia-kit developer entry points.
 #
 #   make lab     JupyterLab on 127.0.0.1 serving notebooks/   (extra args: JUPYTER_ARGS=...)
-#   make test    pytest + nbval over tests/ and notebooks/      (extra args: PYTEST_ARGS=...)
+#   make test    pytest + nbval over tests/ and notebooks/      (extra args: PYTEST_ARGS=...); needs browser-deps
 #   make bench   benchmarks/run_all.py (or benchmarks/bench_reference.py)  (BENCH_ARGS=...)
 #   make lint    ruff check fia_kit tests benchmarks
 #
@@ -43,7 +43,7 @@ endif
 
 LINT_PATHS := $(wildcard fia_kit tests benchmarks)
 
-.PHONY: lab test bench lint venv external-env
+.PHONY: lab test bench lint venv external-env browser-deps
 
 venv: $(ENV_READY)
 
@@ -62,7 +62,13 @@ external-env:
 lab: $(ENV_READY)
 	$(PY) -m jupyterlab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --no-browser $(ALLOW_ROOT) $(JUPYTER_ARGS)
 
-test: $(ENV_READY)
+# Debian's chromium for tests/test_browser.py (driven by playwright; never `playwright install`). Without root/apt
+# the install fails softly and the browser test skips (in CI, where CI is set, it fails instead).
+browser-deps:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+	  || echo "chromium could not be installed: tests/test_browser.py will skip"
+
+test: $(ENV_READY) browser-deps
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
 
 bench: $(ENV_READY)

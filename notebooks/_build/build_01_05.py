@@ -18,58 +18,10 @@ Conventions shared by every notebook:
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import sys
-import textwrap
-from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-from fia_kit.notebook_tools import strip_widget_state
-
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1]
-IGNORE_OUTPUT = "nbval-ignore-output"
-WIDGET_COMMENT = "# Widget output is ignored by nbval (tag nbval-ignore-output): widget views carry random model ids.\n"
-FIGURE_COMMENT = "# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.\n"
-
-SETUP = """\
-{stdlib}import torch
-
-import fia_kit
-{kit}from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
-from fia_kit.environment import detect
-
-BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
-print("this notebook runs on backend:", BACKEND)
-"""
-
-
-def md(text: str) -> nbformat.NotebookNode:
-    return new_markdown_cell(textwrap.dedent(text).strip("\n"))
-
-
-def code(text: str, figure: bool = False) -> nbformat.NotebookNode:
-    """A code cell; ``figure=True`` tags it nbval-ignore-output and says why in its first line."""
-    source = textwrap.dedent(text).strip("\n")
-    if figure:
-        return new_code_cell(FIGURE_COMMENT + source, metadata={"tags": [IGNORE_OUTPUT]})
-    return new_code_cell(source)
-
-
-def widget_cell(text: str) -> nbformat.NotebookNode:
-    """A cell displaying widgets: tagged nbval-ignore-output, with the reason as its first line."""
-    return new_code_cell(WIDGET_COMMENT + textwrap.dedent(text).strip("\n"), metadata={"tags": [IGNORE_OUTPUT]})
-
-
-def setup(stdlib: str = "", kit: str = "", after: str = "") -> nbformat.NotebookNode:
-    """The first code cell: imports (``stdlib`` / ``kit`` lines added in place), BACKEND, the backend line."""
-    stdlib_block = f"{stdlib}\n\n" if stdlib else ""
-    kit_line = f"{kit}\n" if kit else ""
-    return code(SETUP.format(stdlib=stdlib_block, kit=kit_line) + textwrap.dedent(after))
-
+from nbkit import code, main, md, setup
 
 # ------------------------------------------------------------------------------------------------ 01 quickstart
 
@@ -382,7 +334,7 @@ def layouts() -> list[nbformat.NotebookNode]:
         code("""
         for name in ("BNSD", "BSND", "BSH"):
             figures.layout_figure(name, batch=2, seq=3, heads=2).show()
-        """, figure=True),
+        """, "figure"),
         md("""
         ## The op gives the same attention in every layout
 
@@ -442,7 +394,7 @@ def layouts() -> list[nbformat.NotebookNode]:
         """),
         code("""
         figures.layout_figure("TND", batch=2, seq=3, heads=2).show()
-        """, figure=True),
+        """, "figure"),
         md("""
         ## Two-part layouts: the output is written in another layout
 
@@ -488,7 +440,7 @@ def layouts() -> list[nbformat.NotebookNode]:
         """),
         code("""
         figures.layout_figure("BNSD_BSND", batch=2, seq=3, heads=2).show()
-        """, figure=True),
+        """, "figure"),
         md("""
         ## Wrong ranks and head counts are errors
 
@@ -529,9 +481,7 @@ def visibility_map(problem, b=0):
 
 
 def explorer_cells() -> list[nbformat.NotebookNode]:
-    """The interactive explorer on notebook 03's mode-3 case; empty while ``fia_kit.case`` is not in the tree."""
-    if importlib.util.find_spec("fia_kit.case") is None:
-        return []
+    """The interactive explorer on notebook 03's mode-3 case."""
     return [
         md("""
         ### Try it: the explorer
@@ -539,13 +489,13 @@ def explorer_cells() -> list[nbformat.NotebookNode]:
         Change `sparse_mode`, `pre_tokens`/`next_tokens`, the lengths or the prefix and watch the map, the
         probabilities and the output follow (live in JupyterLab; a static copy of a notebook shows no widgets).
         """),
-        widget_cell("""
+        code("""
         from fia_kit.case import Case
 
         case = Case().replace(layout="BNSD", q_lens=(S_Q,), kv_lens=(S_KV,), heads=N, kv_heads=N, head_dim=D,
                               dtype=torch.float16, sparse_mode=3)
         fia_kit.explore(case, backend=BACKEND)
-        """),
+        """, "widget"),
     ]
 
 
@@ -705,7 +655,7 @@ def masks() -> list[nbformat.NotebookNode]:
             problem = explain(**options)
             figures.visibility_figure(problem, fia_kit.reference.run_call(parse_call("v1", q, k, v, {**base, **options})),
                                       0).show()
-        """, figure=True),
+        """, "figure"),
         *explorer_cells(),
         md("""
         ## Rows that see no key
@@ -1018,7 +968,7 @@ def paged() -> list[nbformat.NotebookNode]:
                                             num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD",
                                             block_table=block_table, block_size=BLOCK, actual_seq_lengths_kv=kv_lens)
         figures.paged_figure(problem, 0).show()
-        """, figure=True),
+        """, "figure"),
         md("""
         ## Three cache layouts, told apart by rank
 
@@ -1138,48 +1088,5 @@ NOTEBOOKS = {
 }
 
 
-def build(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
-def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop what must not be committed: execution timestamps and the kernel's exact Python version.
-
-    Widget state (``metadata.widgets``) is removed after writing, by ``fia_kit.notebook_tools``.
-    """
-    nb.metadata["language_info"] = {"name": "python"}
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
-    return nb
-
-
-def execute(nb: nbformat.NotebookNode) -> None:
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=300, kernel_name="python3", record_timing=False,
-                   resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("only", nargs="*", help="notebook name prefixes (default: all of 01-05)")
-    parser.add_argument("--no-execute", action="store_true", help="write the notebooks without outputs")
-    args = parser.parse_args(argv)
-    for name, cells in NOTEBOOKS.items():
-        if args.only and not any(name.startswith(p) for p in args.only):
-            continue
-        nb = build(cells())
-        if not args.no_execute:
-            execute(nb)
-        nbformat.validate(nb)
-        nbformat.write(strip(nb), NOTEBOOK_DIR / name)
-        strip_widget_state(NOTEBOOK_DIR / name)
-        print("wrote", NOTEBOOK_DIR / name)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(NOTEBOOKS, __doc__.splitlines()[0]))
