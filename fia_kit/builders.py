@@ -17,6 +17,7 @@ import torch
 
 from .errors import FIAArgumentError
 from .layouts import convert_layout, from_canonical, to_canonical
+from .lengths import cumulative
 from .masks import compressed_causal_mask
 from .paged import gather_sequence
 
@@ -25,15 +26,6 @@ __all__ = [
     "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask", "per_batch", "pse_tensor",
     "rope_parts", "shared_prefix", "sink_tensor", "to_paged", "unpack_sequences",
 ]
-
-
-def cumulative(lengths: Sequence[int]) -> list[int]:
-    """Per-batch lengths -> the cumulative form packed layouts take (spec 5.2): [3, 0, 5] -> [3, 3, 8]."""
-    out, total = [], 0
-    for n in lengths:
-        total += int(n)
-        out.append(total)
-    return out
 
 
 def per_batch(cumulative_lengths: Sequence[int]) -> list[int]:

@@ -186,6 +186,7 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
     qg = q.view(n_kv, group, q_len, q.shape[-1])
     sink = problem.learnable_sink.to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
         if problem.learnable_sink is not None else None
+    full = problem.quant.full if problem.quant is not None else None
     step = _tile_rows(problem.num_heads, num_keys, dtype)
     for r0 in range(0, q_len, step):
         r1 = min(q_len, r0 + step)
@@ -195,7 +196,6 @@ def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
         rows = r1 - r0
         scores, hidden, outside = _masked_scores(problem, b, qg, key, (r0, r1, c0, c1), dtype)
         tile_status = _tile_status(plan.band.key_counts(r0, r1, num_keys).to(device), hidden, outside)
-        full = problem.quant.full if problem.quant is not None else None
         out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink, full)
         fully_masked = tile_status == RowStatus.FULLY_MASKED
         invalid = tile_status == RowStatus.OUT_OF_BAND

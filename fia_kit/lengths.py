@@ -83,7 +83,7 @@ def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int,
     previous = 0
     for b, v in enumerate(values):
         if v < previous:
-            per_batch_guess = list(_running_sum(values))
+            per_batch_guess = cumulative(values)
             raise FIAArgumentError(
                 name, "packed layouts take CUMULATIVE lengths, which must be non-decreasing (spec 5.2); "
                 f"element {b} is {v} after {previous}", list(values),
@@ -96,9 +96,10 @@ def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int,
     return starts, tuple(e - s for s, e in zip(starts, values, strict=True))
 
 
-def _running_sum(values: tuple[int, ...]) -> tuple[int, ...]:
-    total, out = 0, []
-    for v in values:
-        total += v
+def cumulative(lengths: Sequence[int]) -> list[int]:
+    """Per-batch lengths -> the cumulative form packed layouts take (spec 5.2): [3, 0, 5] -> [3, 3, 8]."""
+    out, total = [], 0
+    for n in lengths:
+        total += int(n)
         out.append(total)
-    return tuple(out)
+    return out

@@ -20,6 +20,7 @@ from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
 from .masks import COMPRESSED_MASK_SIZE, INT_MAX, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
 from .quant import QuantSpec
 from .quant_checks import QuantContext, check_input_dtypes, check_output_quant_rows, check_quant, int4_factor
+from .signatures import V1_TO_V2
 
 OP_FLOAT_DTYPES = (torch.float16, torch.bfloat16)  # what the NPU op takes; float32/64 are the kit's extension
 MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
@@ -218,8 +219,6 @@ def _reject_unsupported(call: FIACall) -> None:
 
 
 def _spelled(call: FIACall, canonical: str) -> str:
-    from .signatures import V1_TO_V2
-
     return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
 
 
@@ -422,8 +421,6 @@ def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.
     q_lens = (1,) * batch if decode else per_batch_lengths(q_name, q_values, batch, s_q, "S_q")
     limit = capacity if capacity is not None else k4.shape[2]
     kv_lens = per_batch_lengths(kv_name, kv_values, batch, limit, "block capacity" if capacity else "S_kv")
-    if decode and q_values is not None:
-        read_lengths(q_name, q_values)  # still type-checked; the values are ignored for S_q == 1 (spec 5.1)
     return batch, [(b, 0, n) for b, n in enumerate(q_lens)], [(b, 0, n) for b, n in enumerate(kv_lens)]
 
 
