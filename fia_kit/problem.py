@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import paged
+from . import paged, shapes
 from .call import FIACall
 from .errors import FIAArgumentError
 from .layouts import Layout, parse_layout, to_canonical
@@ -191,8 +191,8 @@ def build_problem(call: FIACall) -> FIAProblem:
         origin = (qs, ks) if left_padded else (0, 0)
         batches.append(BatchPlan(qi, qs, ql, ki, ks, kl, band, origin))
 
-    out_shape = _out_shape(layout, query, num_heads, value_dim)
-    lse_shape = _lse_shape(layout, q4, num_heads) if return_lse else (0,)
+    out_shape = shapes.out_shape(layout, q4, value_dim)
+    lse_shape = shapes.lse_shape(layout, q4, return_lse)
     return FIAProblem(
         form=call.form, layout=layout, query=q4, key=k4, value=v4, query_rope=query_rope, key_rope=key_rope,
         prefix_key=prefix_key, prefix_value=prefix_value, prefix_len=prefix_len, block_table=block_table,
@@ -689,21 +689,3 @@ def _check_lse_flag(value: object, rope: bool, head_dim: int, name: str) -> bool
     if value and rope and head_dim == 512:
         raise FIAArgumentError(name, "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
     return value
-
-
-def _out_shape(layout: Layout, query: torch.Tensor, num_heads: int, value_dim: int) -> tuple[int, ...]:
-    """attention_out's shape (spec 4.3): the query's, in the output layout, with the value head dim."""
-    q4 = to_canonical(query, layout.query, num_heads)
-    b, n, s, _ = q4.shape
-    d = value_dim or q4.shape[-1]
-    return {
-        "BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
-        "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d),
-    }[layout.out]
-
-
-def _lse_shape(layout: Layout, q4: torch.Tensor, num_heads: int) -> tuple[int, ...]:
-    """softmax_lse's shape (spec 4.3): (T, N_q, 1) for the TND family, else (B, N_q, S_q, 1) from the query."""
-    if layout.packed:
-        return (q4.shape[2], num_heads, 1)
-    return (q4.shape[0], num_heads, q4.shape[2], 1)

@@ -8,8 +8,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fia_kit.backends import lookalike
 from fia_kit.backends.compiled import captured_graph, recompile_counts
-from fia_kit.backends.meta import infer_output
 from fia_kit.call import parse_call
+from fia_kit.shapes import infer_output
 from fia_kit.signatures import keyword_defaults
 
 

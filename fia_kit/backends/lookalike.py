@@ -6,7 +6,7 @@
     torch.ops.fia_kit.air_npu_fused_infer_attention_score_v2 TorchAir v2 schema (lengths int64 Tensor)
 
 Each has the reference as its CPU and CUDA kernel and a fake (meta) kernel with spec 4.3's shape rules
-(``fia_kit.backends.meta``), so ``torch.compile(fullgraph=True)`` traces a model calling it as one graph node, the
+(``fia_kit.shapes``), so ``torch.compile(fullgraph=True)`` traces a model calling it as one graph node, the
 way TorchAir's ``torch.ops.air.*`` ops enter a GE graph. Schema strings come from ``fia_kit.signatures.SCHEMAS``.
 """
 
@@ -18,8 +18,8 @@ import torch
 
 from .. import reference
 from ..call import parse_call
+from ..shapes import infer_output
 from ..signatures import SCHEMAS, keyword_defaults
-from .meta import infer_output
 
 NAMESPACE = "fia_kit"
 # SCHEMAS key -> op name in the fia_kit namespace.

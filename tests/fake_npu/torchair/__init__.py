@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from fia_kit.backends import lookalike
-from fia_kit.backends.meta import infer_output
 from fia_kit.call import parse_call
+from fia_kit.shapes import infer_output
 
 from .. import SCHEMAS, record
 

@@ -1,7 +1,8 @@
 """Output metadata of the op without computing it: spec 4.3's shape inference, in one place.
 
 This is what torch_npu's and TorchAir's Meta kernels do (and ``_npu_fused_infer_attention_score_infer_output``).
-It runs on fake tensors, so it reads only shapes and dtypes and validates nothing: the reference validates.
+``infer_output`` runs on fake tensors, so it reads only shapes and dtypes and validates nothing; the reference's
+validation (``fia_kit.problem``) uses the same ``out_shape`` / ``lse_shape`` rules.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .. import paged
-from ..layouts import parse_layout, to_canonical
+from . import paged
+from .layouts import Layout, parse_layout, to_canonical
 
 # v2's storage-reinterpretation dtype codes (spec 1.2) that the output dtype may take.
 DTYPE_CODES: dict[int, torch.dtype] = {5: torch.float16, 15: torch.bfloat16, 23: torch.float8_e5m2,
@@ -60,16 +61,28 @@ def infer_output(query: torch.Tensor, value: torch.Tensor, options: Mapping[str,
     num_heads = options["num_heads"]
     num_kv_heads = options["num_key_value_heads"] or num_heads
     q4 = to_canonical(query, layout.query, num_heads)
+    d = value_head_dim(value, layout.query, num_kv_heads, options["block_table"] is not None)
+    lse = lse_shape(layout, q4, options["softmax_lse_flag"])
+    lse_dtype = torch.float64 if query.dtype == torch.float64 and lse != (0,) else torch.float32
+    return OutputMeta(out_shape(layout, q4, d), _out_dtype(query, options), lse, lse_dtype)
+
+
+def out_shape(layout: Layout, q4: torch.Tensor, value_dim: int) -> tuple[int, ...]:
+    """attention_out's shape: the canonical query's (B, N_q, S_q) in the output layout with D = value_dim (the
+    query's D where value_dim is 0); BSH output is (B, S_q, N_q * D) (spec 4.3)."""
     b, n, s, dq = q4.shape
-    d = value_head_dim(value, layout.query, num_kv_heads, options["block_table"] is not None) or dq
-    out_shape = {"BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
-                 "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d)}[layout.out]
-    if options["softmax_lse_flag"]:
-        lse_shape = (s, n, 1) if layout.packed else (b, n, s, 1)
-    else:
-        lse_shape = (0,)
-    lse_dtype = torch.float64 if query.dtype == torch.float64 and lse_shape != (0,) else torch.float32
-    return OutputMeta(out_shape, _out_dtype(query, options), lse_shape, lse_dtype)
+    d = value_dim or dq
+    return {"BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
+            "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d)}[layout.out]
+
+
+def lse_shape(layout: Layout, q4: torch.Tensor, requested: bool) -> tuple[int, ...]:
+    """softmax_lse's shape (spec 4.3): (T, N_q, 1) for the TND family, else (B, N_q, S_q, 1), both taken from the
+    query layout; (0,) when not requested."""
+    if not requested:
+        return (0,)
+    b, n, s, _ = q4.shape
+    return (s, n, 1) if layout.packed else (b, n, s, 1)
 
 
 def _out_dtype(query: torch.Tensor, options: Mapping[str, Any]) -> torch.dtype:
