@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from . import environment  # noqa: F401  (first: sets TORCH_DEVICE_BACKEND_AUTOLOAD=0 before torch loads)
 from .backends import compare, run
 from .errors import FIAArgumentError
+from .planning import Plan, plan
 from .reference import (
     compute_dtype,
     npu_fused_infer_attention_score,
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIAArgumentError",
+    "Plan",
+    "plan",
     "compare",
     "run",
     "compute_dtype",

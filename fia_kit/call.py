@@ -1,7 +1,7 @@
 """Parse a call's keywords once, in any of the op's forms, into one canonical description (spec 1).
 
 ``FIACall`` holds the arguments exactly as given, keyed by the kit's canonical (v1) names, with the form's
-defaults filled in. ``fia_kit.problem.build_problem`` then validates it and resolves its geometry.
+defaults filled in. ``fia_kit.planning.build_plan`` then validates it and resolves its geometry.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ from .backends import run as run_backend
 from .call import FIACall
 from .case import MASK_KINDS, Case
 from .errors import FIAArgumentError
-from .kernel import ReferenceResult, run_problem
+from .kernel import ReferenceResult, run_plan
 from .layouts import INPUT_LAYOUTS
 from .masks import SPARSE_MODES
-from .problem import FIAProblem, build_problem
+from .planning import Plan, build_plan
 from .signatures import LENGTH_PARAMETERS
 
 FIGURES = ("visibility", "probabilities", "output", "lse", "difference", "paged KV", "layout")
@@ -62,7 +62,7 @@ class Outcome:
     case: Case
     backend: str
     call: FIACall | None = None
-    problem: FIAProblem | None = None
+    problem: Plan | None = None
     result: ReferenceResult | None = None
     error: str | None = None
     reference_out: torch.Tensor | None = None
@@ -104,8 +104,8 @@ def compute(case: Case, backend: str = "reference") -> Outcome:
     """
     try:
         call = case.build(call_form(case)).to_fia_call()
-        problem = build_problem(call)
-        reference = run_problem(problem)
+        problem = build_plan(call)
+        reference = run_plan(problem)
         if backend == "reference":
             return Outcome(case, backend, call, problem, reference)
         ran = run_backend(call, backend)

@@ -21,7 +21,7 @@ import torch
 from . import kernel, paged
 from .kernel import ReferenceResult, RowStatus
 from .layouts import INPUT_LAYOUTS, from_canonical, to_canonical
-from .problem import FIAProblem
+from .planning import Plan
 
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
@@ -88,7 +88,7 @@ def _discrete_scale(colors: Mapping[int, str]) -> list[list[Any]]:
 
 # ---------------------------------------------------------------------------------------------------- geometry
 
-def _batch_rows(problem: FIAProblem, b: int) -> tuple[int, int]:
+def _batch_rows(problem: Plan, b: int) -> tuple[int, int]:
     """(first canonical query row, number of rows shown) of batch b: all S_q rows, or its packed slice."""
     plan = problem.batches[b]
     if problem.layout.packed:
@@ -96,7 +96,7 @@ def _batch_rows(problem: FIAProblem, b: int) -> tuple[int, int]:
     return 0, problem.query.shape[2]
 
 
-def _key_columns(problem: FIAProblem, b: int) -> int:
+def _key_columns(problem: Plan, b: int) -> int:
     """Key columns shown for batch b: P + the key axis (S_kv, the paged capacity, or L_kv when packed)."""
     plan = problem.batches[b]
     if problem.paged:
@@ -108,13 +108,13 @@ def _key_columns(problem: FIAProblem, b: int) -> int:
     return problem.prefix_len + axis
 
 
-def row_status_of_batch(problem: FIAProblem, result: ReferenceResult, b: int) -> torch.Tensor:
+def row_status_of_batch(problem: Plan, result: ReferenceResult, b: int) -> torch.Tensor:
     """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b."""
     first, count = _batch_rows(problem, b)
     return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
 
 
-def visibility_codes(problem: FIAProblem, b: int) -> torch.Tensor:
+def visibility_codes(problem: Plan, b: int) -> torch.Tensor:
     """(rows, P + key axis) int64 of batch b: VISIBLE, MASKED (by atten_mask), OUTSIDE_BAND or PADDING per cell.
 
     Rows are the batch's query rows (all S_q rows for non-packed layouts: rows >= L_q are padding); columns are the
@@ -136,7 +136,7 @@ def visibility_codes(problem: FIAProblem, b: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------- figures
 
-def visibility_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
     """Which keys each query row of batch b sees, with the band edges, the right-down diagonal and the row status.
 
     Left panel: one cell per (query row i, key j), coloured visible / hidden by atten_mask / outside the band /
@@ -184,7 +184,7 @@ def visibility_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) 
     return go.Figure(data=traces, layout=layout)
 
 
-def _band_lines(problem: FIAProblem, plan: Any) -> list[go.Scatter]:
+def _band_lines(problem: Plan, plan: Any) -> list[go.Scatter]:
     """The band edges and the right-down diagonal as lines, in original (unpooled) coordinates."""
     last = max(plan.q_len - 1, 0)
 
@@ -203,7 +203,7 @@ def _band_lines(problem: FIAProblem, plan: Any) -> list[go.Scatter]:
     return lines
 
 
-def probabilities_figure(problem: FIAProblem, b: int = 0, heads: Sequence[int] | None = None) -> go.Figure:
+def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None = None) -> go.Figure:
     """Softmax probabilities of batch b, one panel per query head (up to MAX_HEAD_PANELS), kv head noted for GQA.
 
     With learnable sinks the sink's share is left out of every row, which then sums to less than 1; that uses the
@@ -235,12 +235,12 @@ def probabilities_figure(problem: FIAProblem, b: int = 0, heads: Sequence[int] |
     return go.Figure(data=traces, layout=layout)
 
 
-def canonical_output(problem: FIAProblem, result: ReferenceResult) -> torch.Tensor:
+def canonical_output(problem: Plan, result: ReferenceResult) -> torch.Tensor:
     """attention_out as (B, N_q, S_q, Dv), or (1, N_q, T, Dv) for packed layouts."""
     return to_canonical(result.attention_out, problem.layout.out, problem.num_heads)
 
 
-def output_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+def output_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
     """attention_out of batch b: rows are query positions, columns head n's Dv values side by side."""
     out = canonical_output(problem, result)[problem.batches[b].q_index].to(torch.float64)
     first, count = _batch_rows(problem, b)
@@ -261,7 +261,7 @@ def output_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> g
     return fig
 
 
-def lse_figure(problem: FIAProblem, result: ReferenceResult, b: int = 0) -> go.Figure:
+def lse_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
     """softmax LSE (natural log) per query row and head of batch b; rows not computed (+inf) are marked.
 
     Not computed rows (out of band, padding, fully masked with inner_precise 2/3) hold +inf and show as gaps with a
@@ -316,7 +316,7 @@ def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: f
     return fig
 
 
-def paged_figure(problem: FIAProblem, b: int = 0) -> go.Figure:
+def paged_figure(problem: Plan, b: int = 0) -> go.Figure:
     """Batch b's logical tokens, block by block, mapped through block_table to the cache's physical blocks."""
     if not problem.paged:
         raise ValueError("paged_figure needs a paged call (block_table given)")

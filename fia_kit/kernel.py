@@ -1,4 +1,4 @@
-"""The reference computation of a validated ``FIAProblem`` (spec 3, 7, 8, 13).
+"""The reference computation of a validated ``Plan`` (spec 3, 7, 8, 13).
 
 Per batch b and kv head h, with the G query heads of h stacked as one matrix (no repeated K/V):
 scores = scale * Q K^T (+ pse); positions outside the sparse-mode band get -inf and positions the user mask hides
@@ -20,7 +20,7 @@ import torch
 from . import paged, quant
 from .layouts import from_canonical
 from .masks import MASK_FILL
-from .problem import BatchPlan, FIAProblem
+from .planning import BatchPlan, Plan
 
 TILE_ROWS = 128
 TILE_BYTES = 64 * 2**20  # cap on one tile's score matrix
@@ -70,14 +70,14 @@ class ReferenceResult:
     row_status: torch.Tensor
 
 
-def resolve_compute_dtype(problem: FIAProblem) -> torch.dtype:
+def resolve_compute_dtype(problem: Plan) -> torch.dtype:
     chosen = _compute_dtype.get()
     if chosen is not None:
         return chosen
     return torch.float64 if problem.query.dtype == torch.float64 else torch.float32
 
 
-def run_problem(problem: FIAProblem) -> ReferenceResult:
+def run_plan(problem: Plan) -> ReferenceResult:
     """Compute attention_out, the full LSE and the row status of a validated problem."""
     dtype = resolve_compute_dtype(problem)
     q4 = problem.query
@@ -107,7 +107,7 @@ def run_problem(problem: FIAProblem) -> ReferenceResult:
     return ReferenceResult(out, lse, status)
 
 
-def batch_queries(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
+def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
     """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
     rows = slice(plan.q_start, plan.q_start + plan.q_len)
     q = problem.query[plan.q_index, :, rows].to(dtype)
@@ -118,7 +118,7 @@ def batch_queries(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> t
     return q
 
 
-def batch_keys_values(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_keys_values(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first.
 
     int8/int4 K/V (and an int8 prefix) are dequantised here (spec 16.3); v1 full quant keeps them as integers
@@ -142,13 +142,13 @@ def batch_keys_values(problem: FIAProblem, plan: BatchPlan, dtype: torch.dtype) 
     return key, value
 
 
-def _kv_rows(problem: FIAProblem, tensor: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+def _kv_rows(problem: Plan, tensor: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
     if problem.paged:
         return paged.gather_sequence(tensor, problem.block_table[plan.kv_index], plan.kv_len, problem.num_kv_heads)
     return tensor[plan.kv_index, :, plan.kv_start:plan.kv_start + plan.kv_len]
 
 
-def user_mask_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor | None:
+def user_mask_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor | None:
     """(rows, cols) bool, True = hidden by atten_mask, for batch-local rows [r0, r1) and keys [c0, c1)."""
     mask = problem.atten_mask
     if mask is None:
@@ -161,19 +161,19 @@ def user_mask_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: i
     return plane[r0:r1, c0:c1]
 
 
-def pse_tile(problem: FIAProblem, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+def pse_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """(N_q, rows, cols) pse_shift for batch-local rows [r0, r1) and keys [c0, c1), shifted by left padding."""
     row0, col0 = problem.batches[b].mask_origin
     return problem.pse[b if problem.pse.shape[0] > 1 else 0, :, r0 + row0:r1 + row0, c0 + col0:c1 + col0]
 
 
-def _score_scale(problem: FIAProblem) -> float:
+def _score_scale(problem: Plan) -> float:
     """scale, times dequant_scale1 for v1 full quant, whose Q K^T is the int8 product (spec 16.2)."""
     full = problem.quant.full if problem.quant is not None else None
     return problem.scale * (full.dequant_scale1 if full is not None else 1.0)
 
 
-def attend_batch(problem: FIAProblem, b: int, plan: BatchPlan,
+def attend_batch(problem: Plan, b: int, plan: BatchPlan,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,)."""
     q = batch_queries(problem, plan, dtype)
@@ -217,7 +217,7 @@ class OutsideStrip:
     mask: torch.Tensor
 
 
-def _masked_scores(problem: FIAProblem, b: int, qg: torch.Tensor, key: torch.Tensor,
+def _masked_scores(problem: Plan, b: int, qg: torch.Tensor, key: torch.Tensor,
                    tile: tuple[int, int, int, int], dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
     """Scaled scores (+ pse) of rows [r0, r1) over keys [c0, c1), masked as the kernel masks them.
@@ -287,7 +287,7 @@ def _tile_rows(num_heads: int, num_keys: int, dtype: torch.dtype) -> int:
     return max(16, min(TILE_ROWS, TILE_BYTES // per_row))
 
 
-def batch_visibility(problem: FIAProblem, b: int) -> torch.Tensor:
+def batch_visibility(problem: Plan, b: int) -> torch.Tensor:
     """(L_q, P + L_kv) bool of batch b: True where query row i sees key j (prefix keys first).
 
     A key is visible when it lies inside the batch's sparse-mode band and atten_mask (modes 0/1, decode) does not
@@ -305,7 +305,7 @@ def batch_visibility(problem: FIAProblem, b: int) -> torch.Tensor:
     return visible
 
 
-def batch_probabilities(problem: FIAProblem, b: int, heads: list[int] | None = None) -> torch.Tensor:
+def batch_probabilities(problem: Plan, b: int, heads: list[int] | None = None) -> torch.Tensor:
     """(len(heads), L_q, P + L_kv) softmax probabilities of batch b for the given query heads (default: all).
 
     p[n, i, j] = exp(s[i, j] - lse[n, i]) / (1 + exp(sink[n] - lse[n, i])), with the masked scores s and the LSE of

@@ -71,7 +71,7 @@ class OutputQuant:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Everything quantised about one call; FIAProblem.quant (None when nothing is).
+    """Everything quantised about one call; Plan.quant (None when nothing is).
 
     Attributes:
         key, value: K/V dequantisation, or None for float K/V (and for v1 full quant, whose K/V stay integers).

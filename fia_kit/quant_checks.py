@@ -1,6 +1,6 @@
 """Validation of the quantisation arguments (spec 16, 17, 18.3): from a call to a ``QuantSpec``, or an error.
 
-Called by ``fia_kit.problem.build_problem``; every rule raises FIAArgumentError naming the parameters involved
+Called by ``fia_kit.planning.build_plan``; every rule raises FIAArgumentError naming the parameters involved
 (v2 spellings in v2 calls).
 """
 
@@ -34,7 +34,7 @@ FULL_NAMES = ("dequant_scale1", "quant_scale1", "dequant_scale2")
 
 @dataclass(frozen=True)
 class QuantContext:
-    """What the quant rules need to know about the rest of the call (resolved by build_problem)."""
+    """What the quant rules need to know about the rest of the call (resolved by build_plan)."""
 
     layout: Layout
     batch: int

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from .call import FIACall, parse_call
-from .kernel import ReferenceResult, RowStatus, compute_dtype, run_problem
-from .problem import FIAProblem, build_problem
+from .kernel import ReferenceResult, RowStatus, compute_dtype, run_plan
+from .planning import Plan, build_plan
 
 __all__ = [
     "npu_fused_infer_attention_score",
@@ -73,17 +73,17 @@ def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, v
 
 def run_call(call: FIACall) -> ReferenceResult:
     """Validate and compute a parsed call, returning outputs with per-row status."""
-    return run_problem(build_problem(call))
+    return run_plan(build_plan(call))
 
 
-def explain(form: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs: Any) -> FIAProblem:
+def explain(form: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs: Any) -> Plan:
     """Validate a call without computing it and return its resolved geometry (lengths, bands, shapes)."""
-    return build_problem(parse_call(form, query, key, value, kwargs))
+    return build_plan(parse_call(form, query, key, value, kwargs))
 
 
 def _op_outputs(call: FIACall) -> tuple[torch.Tensor, torch.Tensor]:
     """(attention_out, softmax_lse) as the op returns them: an empty (0,) LSE unless requested (spec 4.3)."""
-    problem = build_problem(call)
-    result = run_problem(problem)
+    problem = build_plan(call)
+    result = run_plan(problem)
     lse = result.softmax_lse if problem.return_lse else torch.empty(0, dtype=torch.float32, device=call.query.device)
     return result.attention_out, lse

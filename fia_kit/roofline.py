@@ -33,35 +33,35 @@ from typing import Any
 import torch
 
 from .call import FIACall
-from .problem import FIAProblem, build_problem
+from .planning import Plan, build_plan
 
 ROPE_DIM = 64
 LSE_BYTES = 4  # float32
 MASK_BYTES = 1  # bool / int8 / uint8
 
 
-def problem_of(target: FIAProblem | FIACall) -> FIAProblem:
+def problem_of(target: Plan | FIACall) -> Plan:
     """The validated problem of a call (validated once here), or the problem itself."""
-    return target if isinstance(target, FIAProblem) else build_problem(target)
+    return target if isinstance(target, Plan) else build_plan(target)
 
 
-def batch_score_pairs(problem: FIAProblem) -> list[int]:
+def batch_score_pairs(problem: Plan) -> list[int]:
     """Per batch: the (query row, key) pairs inside the sparse-mode band, keys counting the shared prefix first."""
     return [int(plan.band.key_counts(0, plan.q_len, problem.prefix_len + plan.kv_len).sum()) if plan.q_len else 0
             for plan in problem.batches]
 
 
-def query_head_dim(problem: FIAProblem) -> int:
+def query_head_dim(problem: Plan) -> int:
     """D_q of the Q K^T product: the head dim plus 64 with query_rope."""
     return problem.head_dim + (ROPE_DIM if problem.query_rope is not None else 0)
 
 
-def attention_flops(problem: FIAProblem) -> int:
+def attention_flops(problem: Plan) -> int:
     """2 * N_q * scores * (D_q + D_v), scores = the in-band pairs of every batch (see module docstring)."""
     return 2 * problem.num_heads * sum(batch_score_pairs(problem)) * (query_head_dim(problem) + problem.value_dim)
 
 
-def minimum_bytes(problem: FIAProblem) -> dict[str, int]:
+def minimum_bytes(problem: Plan) -> dict[str, int]:
     """Bytes the call must move at least, by tensor: query, key, value, attention_out, softmax_lse, atten_mask,
     pse_shift (see the module docstring for what is counted)."""
     q_rows = sum(plan.q_len for plan in problem.batches)
@@ -190,7 +190,7 @@ class CallCost:
         return self.flops / self.bytes if self.bytes else float("inf")
 
 
-def call_cost(target: FIAProblem | FIACall) -> CallCost:
+def call_cost(target: Plan | FIACall) -> CallCost:
     """FLOPs, minimum bytes and score pairs of a call or problem (profiler FLOPs only from a call)."""
     problem = problem_of(target)
     return CallCost(attention_flops(problem), minimum_bytes(problem), batch_score_pairs(problem),
@@ -307,7 +307,7 @@ class Roofline:
                                 "flops": self.achieved_flops_per_s}], self.peaks.flops_per_s, self.peaks.bytes_per_s)
 
 
-def roofline(target: FIAProblem | FIACall, seconds: float, peaks: DevicePeaks, label: str = "FIA") -> Roofline:
+def roofline(target: Plan | FIACall, seconds: float, peaks: DevicePeaks, label: str = "FIA") -> Roofline:
     """Place a call that took ``seconds`` under ``peaks``' roofline."""
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")

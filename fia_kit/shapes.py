@@ -2,7 +2,7 @@
 
 This is what torch_npu's and TorchAir's Meta kernels do (and ``_npu_fused_infer_attention_score_infer_output``).
 ``infer_output`` runs on fake tensors, so it reads only shapes and dtypes and validates nothing; the reference's
-validation (``fia_kit.problem``) uses the same ``out_shape`` / ``lse_shape`` rules.
+validation (``fia_kit.planning``) uses the same ``out_shape`` / ``lse_shape`` rules.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ..environment import detect
 from ..errors import FIAArgumentError
 from ..kernel import RowStatus, compute_dtype
 from ..layouts import to_canonical
-from ..problem import build_problem
+from ..planning import build_plan
 from ..reference import run_call
 from . import compiled as compiled_backend
 from . import graph as graph_backend
@@ -100,7 +100,7 @@ def run(call: Any, backend: str = "auto", *, repeat: int = 1, form: str | None =
         op = getattr(reference, npu_backend.OP_NAMES[call.form])
         fn, dev = (lambda: op(call.query, call.key, call.value, **call.keywords())), call.query.device
     elif backend == "compiled":
-        build_problem(call)  # bad arguments raise here, not from inside the compiled graph
+        build_plan(call)  # bad arguments raise here, not from inside the compiled graph
         fn, dev = compiled_backend.prepare(call, lengths, compile_backend, device)
     elif backend == "npu":
         fn, dev, binding = npu_backend.prepare(call, torch_npu, device or "npu")
@@ -227,7 +227,7 @@ def compare(call: Any, backends: list[str] | None = None, *, factor: float = 1.1
     if backends is None:
         usable = detect().backends()
         backends = ["npu", "npu-graph"] if usable["npu"][0] else ["compiled"]
-    problem = build_problem(call)
+    problem = build_plan(call)
     reference = run_call(call)
     computed = reference.row_status == int(RowStatus.COMPUTED)
     golden = _golden(call)
@@ -286,7 +286,7 @@ def _golden(call: FIACall) -> torch.Tensor | None:
                        options={n: up(v) for n, v in call.options.items()})
         with compute_dtype(torch.float64):
             result = run_call(wide)
-        problem = build_problem(wide)
+        problem = build_plan(wide)
     except FIAArgumentError:
         return None
     return _rows(result.attention_out, problem, result.row_status == int(RowStatus.COMPUTED), output=True)

@@ -1,4 +1,4 @@
-"""Validate a parsed call and resolve its geometry into an ``FIAProblem`` (spec 4-14, 18).
+"""Validate a parsed call and resolve its geometry into an ``Plan`` (spec 4-14, 18).
 
 Every rule the op enforces is checked here, before any compute, and a broken rule raises ``FIAArgumentError``
 naming the parameter, the rule and the value. The resulting problem holds canonical (B, N, S, D) views of the
@@ -8,7 +8,8 @@ tensors and, per batch, where its query rows and keys are and which band of keys
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -62,7 +63,7 @@ class BatchPlan:
 
 
 @dataclass(frozen=True)
-class FIAProblem:
+class Plan:
     """A validated call with its geometry resolved; what the kernel, the figures and the tests read.
 
     Tensors are canonical views: query (B, N_q, S_q, D) or (1, N_q, T_q, D) for packed layouts; key/value likewise
@@ -102,6 +103,11 @@ class FIAProblem:
     out_shape: tuple[int, ...]
     lse_shape: tuple[int, ...]
     quant: QuantSpec | None = None  # quantised inputs/outputs (spec 16); None when nothing is quantised
+    call: FIACall | None = field(default=None, repr=False, compare=False)  # the parsed call this plan resolves
+
+    def keywords(self, form: str | None = None) -> dict:
+        """The keywords the caller gave, spelled as ``form`` ("v1"/"v2"; default the call's own) spells them."""
+        return self.call.keywords(form)
 
     @property
     def paged(self) -> bool:
@@ -126,7 +132,7 @@ class FIAProblem:
         return self.atten_mask is not None
 
 
-def build_problem(call: FIACall) -> FIAProblem:
+def build_plan(call: FIACall) -> Plan:
     """Check every rule of the op on ``call`` and resolve its geometry. Raises FIAArgumentError."""
     o = call.options
     _reject_unsupported(call)
@@ -193,14 +199,14 @@ def build_problem(call: FIACall) -> FIAProblem:
 
     out_shape = shapes.out_shape(layout, q4, value_dim)
     lse_shape = shapes.lse_shape(layout, q4, return_lse)
-    return FIAProblem(
+    return Plan(
         form=call.form, layout=layout, query=q4, key=k4, value=v4, query_rope=query_rope, key_rope=key_rope,
         prefix_key=prefix_key, prefix_value=prefix_value, prefix_len=prefix_len, block_table=block_table,
         block_size=block_size, pse=pse, atten_mask=atten_mask, learnable_sink=sink, batch=batch,
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, value_dim=value_dim, scale=scale,
         sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
         return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
-        out_shape=out_shape, lse_shape=lse_shape, quant=quant,
+        out_shape=out_shape, lse_shape=lse_shape, quant=quant, call=call,
     )
 
 
@@ -689,3 +695,29 @@ def _check_lse_flag(value: object, rope: bool, head_dim: int, name: str) -> bool
     if value and rope and head_dim == 512:
         raise FIAArgumentError(name, "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
     return value
+
+
+def plan(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | None = None,
+         value: torch.Tensor | None = None, /, **kwargs: Any) -> Plan:
+    """Parse and validate a call once; every backend, figure, lint and profile takes the returned plan.
+
+        p = fia_kit.plan("v1", q, k, v, num_heads=8, input_layout="BNSD", ...)   # a form and the op's arguments
+        p = fia_kit.plan(case)        # a fia_kit.case.Case (its own form), a parsed FIACall, or a Plan (as is)
+
+    Raises FIAArgumentError before any compute when the call breaks a rule of the op.
+    """
+    from .call import parse_call
+
+    if isinstance(target, Plan):
+        return target
+    if isinstance(target, str):
+        return build_plan(parse_call(target, query, key, value, kwargs))
+    if query is not None or kwargs:
+        raise FIAArgumentError("target", "takes tensors and keywords only after a form name ('v1', 'v2', ...)",
+                               type(target).__name__)
+    if isinstance(target, FIACall):
+        return build_plan(target)
+    if callable(getattr(target, "to_fia_call", None)):
+        return build_plan(target.to_fia_call())
+    raise FIAArgumentError("target", "must be a form name, a Plan, a parsed call or a case",
+                           type(target).__name__)
