@@ -8,8 +8,8 @@ tensors and, per batch, where its query rows and keys are and which band of keys
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
