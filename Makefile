@@ -3,7 +3,8 @@
 #   make lab     JupyterLab on 127.0.0.1 serving notebooks/   (extra args: JUPYTER_ARGS=...)
 #   make test    pytest + nbval over tests/ and notebooks/      (extra args: PYTEST_ARGS=...); needs browser-deps
 #   make bench   benchmarks/run_all.py (or benchmarks/bench_reference.py)  (BENCH_ARGS=...)
-#   make lint    ruff check fia_kit tests benchmarks
+#   make lint    ruff check fia_kit tests benchmarks notebooks/*.py (the notebook sources)
+#   make notebooks  execute notebooks/NN_*.py into the committed .ipynb   (only some: NB="03 05")
 #
 # Which Python?
 #   By default everything runs in a project virtualenv, .venv/, created on first use from
@@ -30,6 +31,7 @@ PY               := $(PYTHON)
 
 JUPYTER_ARGS ?=
 PYTEST_ARGS  ?=
+NB           ?=
 BENCH_ARGS   ?=
 
 # JupyterLab refuses to start as root without --allow-root (CI containers run as root).
@@ -41,9 +43,9 @@ else
 ENV_READY := external-env
 endif
 
-LINT_PATHS := $(wildcard fia_kit tests benchmarks)
+LINT_PATHS := $(wildcard fia_kit tests benchmarks notebooks/[0-9][0-9]_*.py)
 
-.PHONY: lab test bench lint venv external-env browser-deps
+.PHONY: lab test bench lint notebooks venv external-env browser-deps
 
 venv: $(ENV_READY)
 
@@ -80,3 +82,7 @@ bench: $(ENV_READY)
 
 lint: $(ENV_READY)
 	$(PY) -m ruff check $(LINT_PATHS)
+
+# Execute the jupytext sources (notebooks/NN_name.py) into the committed notebooks; see notebooks/README.md.
+notebooks: $(ENV_READY)
+	$(PY) -m fia_kit.notebook_tools build $(NB)

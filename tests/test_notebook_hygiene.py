@@ -1,19 +1,28 @@
-"""Committed notebooks are executed, clean and small, name their backend and point to the spec.
+"""Committed notebooks are executed, clean and small, built from their text sources, and point to the spec.
 
 nbval (``make test``) re-runs every notebook and compares outputs; these checks catch what nbval does not: a notebook
-committed without outputs, saved widget state, stored error outputs, a missing backend line or spec pointer.
+that disagrees with its jupytext source (``notebooks/NN_name.py``), a source ruff rejects, a notebook committed
+without outputs or with saved widget state or error outputs, metadata JupyterLab would rewrite on opening, a missing
+backend line or spec pointer.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+from fia_kit import notebook_tools
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb"))
+SOURCES = notebook_tools.sources(NOTEBOOK_DIR)
 MAX_FILE_BYTES = 1_500_000
 MAX_WIDGET_STATE_BYTES = 4_000
 BACKEND_LINE = re.compile(r"backend\W+(reference|compiled|npu-graph|npu)\b", re.IGNORECASE)
@@ -39,6 +48,53 @@ def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
 
 
+def test_every_notebook_has_a_source_and_every_source_a_notebook() -> None:
+    assert [p.stem for p in NOTEBOOKS] == [p.stem for p in SOURCES], \
+        "each notebooks/NN_name.ipynb is built from notebooks/NN_name.py (see notebooks/README.md)"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_notebook_agrees_with_its_source(source: Path) -> None:
+    problems = notebook_tools.differences(source)
+    assert not problems, "\n".join(problems) + f"\nrebuild: make notebooks NB={source.name[:2]}"
+
+
+def test_a_changed_source_is_detected(tmp_path: Path) -> None:
+    """The agreement check fails on an edited cell, an added cell and a changed tag."""
+    source = next(p for p in SOURCES if '# %% tags=["nbval-ignore-output"]' in p.read_text(encoding="utf-8"))
+    copy = tmp_path / source.name
+    notebook_tools.notebook_path(copy).write_text(notebook_tools.notebook_path(source).read_text(encoding="utf-8"),
+                                                  encoding="utf-8")
+    text = source.read_text(encoding="utf-8")
+    variants = {
+        "as committed": text,
+        "edited cell": text.replace("import torch", "import torch  # edited", 1),
+        "added cell": text + "\n# %%\nprint('one more cell')\n",
+        "dropped tag": text.replace('# %% tags=["nbval-ignore-output"]', "# %%", 1),
+    }
+    found = {}
+    for name, variant in variants.items():
+        copy.write_text(variant, encoding="utf-8")
+        found[name] = bool(notebook_tools.differences(copy))
+    assert found == {"as committed": False, "edited cell": True, "added cell": True, "dropped tag": True}
+
+
+def test_sources_pass_ruff_with_the_project_config() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (it is pinned in the test extras)")
+    done = subprocess.run([ruff, "check", "--no-cache", *map(str, SOURCES)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pytest_does_not_collect_the_sources_as_test_modules() -> None:
+    """Sources are named NN_name.py, outside pytest's python_files (test_*.py, *_test.py): importing one would run it."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           str(NOTEBOOK_DIR)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 5 and "no tests collected" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_clean(path: Path) -> None:
     size = path.stat().st_size
@@ -54,6 +110,20 @@ def test_notebook_is_clean(path: Path) -> None:
     errors = [(i, o.get("ename")) for i, c in enumerate(cells) for o in c["outputs"] if o["output_type"] == "error"]
     assert not errors, f"{path.name} stores error outputs (code cell, exception): {errors}"
     assert any(c["outputs"] for c in cells), f"{path.name} has no outputs: commit it executed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_as_jupyterlab_saves_it(path: Path) -> None:
+    """Opening it in JupyterLab changes nothing: nbformat 4.5, the kernel's kernelspec and language_info, newline."""
+    text = path.read_text(encoding="utf-8")
+    notebook = json.loads(text)
+    assert (notebook["nbformat"], notebook["nbformat_minor"]) == (4, 5), f"{path.name}: not nbformat 4.5"
+    assert notebook["metadata"].get("kernelspec") == notebook_tools.KERNELSPEC, f"{path.name}: kernelspec"
+    info = notebook["metadata"].get("language_info", {})
+    assert info.get("name") == "python" and "version" in info and "codemirror_mode" in info, \
+        f"{path.name}: language_info is not the kernel's (JupyterLab would rewrite it): {info}"
+    assert text.endswith("}\n"), f"{path.name}: JupyterLab ends the file with a newline"
+    assert all(c.get("id") for c in notebook["cells"]), f"{path.name}: cells without ids"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,0 +1,171 @@
+# %% [markdown]
+# # 8 · Graph mode and profiling
+#
+# In production the op runs inside a graph: TorchAir compiles a model into a GE graph on the NPU. This
+# notebook shows how (the cells run TorchAir on an Ascend box), what stands in for it elsewhere (the kit's
+# *compiled look-alike ops* under `torch.compile`), why TorchAir's op takes **int64 device tensors** for the
+# lengths, and how to time a call (`fia_kit.profiling`) and place it under a roofline (`fia_kit.roofline`).
+#
+# Spec (`../shared/spec/fia_spec.md`): section 1.4 *TorchAir (`tng.ops`) variants*, section 4.3 *Output-shape
+# inference*; the ecosystem notes (`../shared/notes/ecosystem.md`) on graph mode.
+#
+# Timings differ on every run: cells that print them are tagged `nbval-ignore-output`; the other cells print
+# facts that do not change (compile counts, shapes, booleans).
+
+# %%
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+import fia_kit
+from fia_kit import profiling, roofline
+from fia_kit.backends.compiled import captured_graph
+from fia_kit.backends.graph import GraphOptions
+from fia_kit.call import parse_call
+from fia_kit.environment import detect
+
+BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
+print("this notebook runs on backend:", BACKEND)
+
+usable = detect().backends()
+GRAPH = "npu-graph" if usable["npu-graph"][0] else "compiled"  # the graph-mode backend on this machine
+print("graph mode runs on backend:", GRAPH)
+
+# %% [markdown]
+# ## TorchAir on the NPU
+#
+# TorchAir's ops (`torchair.ops.npu_fused_infer_attention_score[_v2]`, imported as `tng.ops`) have the same
+# keywords as torch_npu's, with one difference: the lengths (`actual_seq_lengths`, `actual_seq_lengths_kv`,
+# `actual_shared_prefix_len`; v2 `actual_seq_qlen`, `actual_seq_kvlen`) are **`Tensor?` (int64, on the
+# device)** instead of `SymInt[]`. The reason is *tiling sinking*: with `tiling_schedule_optimize` the tiling
+# runs on the device, so lengths already there need no host-to-device copy per step (spec section 1.4). The
+# founding TorchAir page compiles a model like this:
+#
+# ```python
+# import torchair as tng
+# from torchair.configs.compiler_config import CompilerConfig
+#
+# config = CompilerConfig()
+# config.mode = "max-autotune"                                   # GE graph mode; tng.ops need it
+# config.experimental_config.tiling_schedule_optimize = True    # tiling on the device
+# config.debug.graph_dump.type = "pbtxt"                         # dump the GE graph to look at
+# npu_backend = tng.get_npu_backend(compiler_config=config)
+# model = torch.compile(model, backend=npu_backend, dynamic=False)
+# # inside model.forward:
+# #   tng.ops.npu_fused_infer_attention_score(q, k, v, actual_seq_lengths=torch.tensor([50], device="npu"), ...)
+# ```
+#
+# `fia_kit.run(call, "npu-graph", graph_options=GraphOptions(...))` does exactly that for one call
+# (`fia_kit.backends.graph`): it respells the call for `tng.ops`, moves the lengths to the device as int64
+# tensors, and compiles with those options. Off the box the same cell runs the compiled look-alike instead.
+
+# %%
+call = fia_kit.backends.founding_example("v1")          # the founding page's call, seeded fp16
+options = GraphOptions(mode="max-autotune", tiling_schedule_optimize=True)
+print(options)
+result = fia_kit.run(call, GRAPH, graph_options=options) if GRAPH == "npu-graph" else fia_kit.run(call, GRAPH)
+print("graph-mode output:", tuple(result.attention_out.shape), result.attention_out.dtype)
+print("matches the reference within fp16 tolerance:", fia_kit.compare(call, [GRAPH]).passed)
+
+# %% [markdown]
+# ## The compiled look-alike ops (any machine)
+#
+# `fia_kit.backends.lookalike` registers the op's four schemas as real PyTorch custom ops,
+# `torch.ops.fia_kit.npu_fused_infer_attention_score[_v2]` (torch_npu's schemas, lengths `SymInt[]`) and
+# `torch.ops.fia_kit.air_npu_fused_infer_attention_score[_v2]` (TorchAir's, lengths `Tensor?`), each computed by
+# the reference, with a fake (meta) kernel following spec section 4.3's output-shape rules. So
+# `torch.compile(fullgraph=True)` traces a model calling it as **one graph node**, as GE sees TorchAir's op.
+# `fia_kit.run(call, backend="compiled")` compiles such a call with `backend="aot_eager"` (cheap; "inductor"
+# compiles for seconds).
+
+# %%
+graph = captured_graph(call, lengths="tensor")
+targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+print("FIA nodes in the captured graph:", [t for t in targets if "fused_infer_attention" in t])
+print("graph inputs (placeholders):", sum(node.op == "placeholder" for node in graph.graph.nodes))
+
+# %% [markdown]
+# ### Lists recompile, tensors do not
+#
+# With `dynamic=False` (how TorchAir compiles), a Python int list is a **constant** baked into the graph: each
+# new decode length compiles a new graph. An int64 tensor is a graph **input**: one graph serves every length.
+# `fia_kit.profiling.recompiles` runs a decode step for several K/V lengths both ways and counts dynamo's
+# compiles:
+
+# %%
+B, N, D = 2, 4, 64
+g = torch.Generator().manual_seed(0)
+q = torch.randn(B, N, 1, D, generator=g).half()
+k, v = (torch.randn(B, N, 64, D, generator=g).half() for _ in range(2))
+decode = parse_call("v1", q, k, v, dict(num_heads=N, input_layout="BNSD", actual_seq_lengths_kv=[10, 20]))
+steps = [[10, 20], [11, 21], [12, 22], [13, 23]]
+counts = profiling.recompiles(decode, steps)
+print(f"{len(steps)} decode steps -> compiles with int lists: {counts['list']}, with int64 tensors: {counts['tensor']}")
+
+# %% [markdown]
+# ## Profiling: `fia_kit.profiling.profile`
+#
+# `profile(call, backends)` warms each variant up (the first call includes compiling), times `repeats` calls
+# (device-synchronised on the NPU), measures peak memory and, with `trace_dir`, writes a profiler trace per
+# variant. On an Ascend box the variants are `npu`, `npu-graph` and `npu-graph-tiling`; here `reference`,
+# `compiled` (tensor lengths) and `compiled-list`. The result is a table (also a plotly figure with
+# `.figure()`) and saves itself as JSON atomically.
+
+# %% tags=["nbval-ignore-output"]
+# Timing output is ignored by nbval (tag nbval-ignore-output): seconds differ on every run.
+variants = list(profiling.NPU_BACKENDS if BACKEND == "npu" else ("reference", "compiled"))
+report = profiling.profile(decode, variants, warmup=2, repeats=5)
+report
+
+# %%
+print("one row per variant, in order:", [row.name for row in report.rows] == variants)
+print("every variant timed 5 times:", all(row.repeats == 5 for row in report.rows))
+print("medians positive, p10 <= median <= p90:", all(0 < r.p10_s <= r.median_s <= r.p90_s for r in report.rows))
+with tempfile.TemporaryDirectory() as folder:
+    saved = report.save_json(Path(folder) / "profile.json")
+    again = profiling.ProfileResult.load_json(saved)
+    print("JSON round trip keeps the rows:", [r.name for r in again.rows] == [r.name for r in report.rows],
+          "| keys:", sorted(json.loads(saved.read_text()))[:2])
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+report.figure()
+
+# %% [markdown]
+# ## Roofline: is the call memory- or compute-bound?
+#
+# `roofline.call_cost(call)` counts the work exactly: FLOPs over the in-band (query, key) pairs
+# (`4 · D` per pair and head: `q·kᵀ` and `P·v`) and a lower bound of the bytes moved (each tensor read once,
+# the output written once). Its ratio, the *arithmetic intensity*, placed against a device's peaks tells which
+# roof limits the call. The kit has no device presets: measure this machine (`measure_cpu_peaks`) or type in
+# your NPU's datasheet numbers as a `DevicePeaks`.
+
+# %%
+cost = roofline.call_cost(decode)
+by_hand = 4 * N * D * (10 + 20)           # decode: one query row per batch, 10 and 20 keys
+print("FLOPs:", cost.flops, "== 4 * N * D * (sum of L_kv):", cost.flops == by_hand)
+print("bytes (lower bound):", cost.bytes, {name: n for name, n in cost.bytes_by_tensor.items() if n})
+print("intensity (FLOP/byte):", round(cost.intensity, 3), "-> decode is memory-bound on any device")
+
+# %% tags=["nbval-ignore-output"]
+# Timing output is ignored by nbval (tag nbval-ignore-output): seconds differ on every run.
+peaks = roofline.measure_cpu_peaks(size=512, copy_mib=32, repeats=3)
+seconds = report.row("reference").median_s
+place = roofline.roofline(decode, seconds, peaks, label="decode, reference")
+print(place.table())
+place.figure()
+
+# %%
+print("placed left of the ridge (memory-bound):", place.bound == "memory")
+print("an NPU's peaks are entered, not guessed:", roofline.DevicePeaks("my NPU").ridge is None)
+
+# %% [markdown]
+# ## Summary
+#
+# * TorchAir: `config.mode = "max-autotune"`, `tiling_schedule_optimize`, `graph_dump`; lengths as int64 device
+#   tensors (`fia_kit.builders.length_tensor`).
+# * Elsewhere: `fia_kit.run(call, backend="compiled")`; int lists recompile per value, tensors do not.
+# * `fia_kit.profiling.profile` for timings, memory and traces; `fia_kit.roofline` for exact FLOPs, minimum
+#   bytes and the roofline.
