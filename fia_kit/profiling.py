@@ -419,3 +419,95 @@ def recompiles(call: Any, kv_lengths: Sequence[Sequence[int]]) -> dict[str, int]
     Delegates to ``fia_kit.backends.compiled.recompile_counts``; returns {"list": n, "tensor": m}.
     """
     return compiled_backend.recompile_counts(as_call(call), kv_lengths)
+
+
+# ------------------------------------------------------------------------------------------ regression gate
+
+@dataclass(frozen=True)
+class GateRow:
+    """One shape (Ascend profiles) or variant + call shape (ProfileResult). Microseconds; change = new/base - 1."""
+
+    key: str
+    baseline_us: float | None
+    new_us: float | None
+    change: float | None
+    verdict: str  # "regressed", "faster", "ok", "only in baseline", "only in new"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """``compare_runs``'s table; ``passed`` when no shape regressed by more than ``threshold``."""
+
+    rows: list[GateRow]
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+    @property
+    def regressions(self) -> list[GateRow]:
+        return [r for r in self.rows if r.verdict == "regressed"]
+
+    def table(self) -> str:
+        head = ["shape", "baseline median us", "new median us", "change", "verdict"]
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        body = [[r.key, fmt(r.baseline_us), fmt(r.new_us), "-" if r.change is None else f"{r.change:+.1%}",
+                 r.verdict] for r in self.rows]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        lines = [f"regression gate at {self.threshold:.0%} on the median: "
+                 + ("PASS" if self.passed else f"FAIL ({len(self.regressions)} regressed)")]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body]]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        lines = self.table().splitlines()
+        cells = lambda line, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
+                                          for c in re.split(r"\s{2,}", line.strip()))
+        rows = "".join(f"<tr>{cells(line, 'td')}</tr>" for line in lines[2:])
+        return f"<table><caption>{html.escape(lines[0])}</caption><tr>{cells(lines[1], 'th')}</tr>{rows}</table>"
+
+
+def _medians(run: Any) -> tuple[str, dict[str, float]]:
+    """("ascend" | "profile", {key: median us}) of an AscendProfile, a ProfileResult, its dict, or a path to one."""
+    from .ascend_profile import AscendProfile, read_ascend
+    if isinstance(run, (str, os.PathLike)):
+        path = Path(run)
+        run = ProfileResult.load_json(path) if path.suffix == ".json" else read_ascend(path)
+    if isinstance(run, Mapping):
+        run = ProfileResult.from_dict(run)
+    if isinstance(run, AscendProfile):
+        return "ascend", {r.shapes: r.median_us for r in run.shape_table()}
+    if isinstance(run, ProfileResult):
+        call = run.meta.get("call") or {}
+        shape = f" q{call['query']} k{call['key']} {call['dtype']}" if call else ""
+        return "profile", {f"{r.name}{shape}": r.median_s * 1e6 for r in run.rows}
+    raise TypeError(f"expected an AscendProfile, a ProfileResult (or its JSON) or a path, got {type(run).__name__}")
+
+
+def compare_runs(baseline: Any, new: Any, threshold: float = 0.08) -> GateResult:
+    """The regression gate: per shape, is the new median more than ``threshold`` slower than the baseline's?
+
+    The op's own team gates at 8 % (spec 25.4). Works on ``read_ascend`` results (per distinct Input Shapes) and on
+    the kit's ``ProfileResult`` (per variant, with the call's shapes), or paths to either (folder / CSV / .json).
+    Shapes found in only one run are listed, not failed.
+    """
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    kind_a, base = _medians(baseline)
+    kind_b, other = _medians(new)
+    if kind_a != kind_b:
+        raise ValueError(f"cannot gate a {kind_a} run against a {kind_b} run: compare like with like")
+    rows = []
+    for key in list(base) + [k for k in other if k not in base]:
+        a, b = base.get(key), other.get(key)
+        if a is None or b is None:
+            rows.append(GateRow(key, a, b, None, "only in baseline" if b is None else "only in new"))
+            continue
+        change = b / a - 1 if a else float("inf")
+        verdict = "regressed" if change > threshold else ("faster" if change < -threshold else "ok")
+        rows.append(GateRow(key, a, b, change, verdict))
+    return GateResult(rows, threshold)
