@@ -1,8 +1,8 @@
 """How much work one FIA call is, and how close a measured time comes to a device's roofline.
 
-    cost = call_cost(problem_or_call)        # FLOPs, minimum bytes, score pairs, torch_npu profiler's FLOPs
+    cost = call_cost(fia_kit.plan(...))      # FLOPs, minimum bytes, score pairs, torch_npu profiler's FLOPs
     peaks = DevicePeaks("my 910B", flops_per_s=..., bytes_per_s=...)   # enter your device's peak
-    roof = roofline(problem_or_call, seconds=median_s, peaks=peaks)
+    roof = roofline(plan, seconds=median_s, peaks=peaks)
     roof.fraction                            # achieved FLOP/s / attainable FLOP/s
 
 FLOPs follow torch_npu's profiler formula, 2 * N_q * scores * (D_q + D_v) (two matmuls, Q K^T and P V, one multiply
@@ -105,7 +105,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def profiler_flops(call: FIACall) -> int | None:
+def profiler_flops(target: Plan | FIACall) -> int | None:
     """The FLOPs torch_npu's profiler reports for this call, or None where it has no formula.
 
     Mirrors ``npu_fused_infer_attention_score_flops`` in torch_npu/profiler/_flops_formulas.py (Ascend/pytorch):
@@ -113,9 +113,11 @@ def profiler_flops(call: FIACall) -> int | None:
     lengths, with scores = S_q*S_kv (mode 0), S_q*S_kv - S_kv^2/2 or S_q^2/2 (mode 2), S_kv^2/2 or
     S_q*S_kv - S_q^2/2 (mode 3); TND from the cumulative actual lengths (differenced, also for paged kv lengths);
     other modes and layouts have no formula (the profiler raises). With a paged cache the key "sequence" axis it
-    reads is block_size: the profiler's number is then not the call's work.
+    reads is block_size: the profiler's number is then not the call's work. A plan is read through the call it
+    was built from (``Plan.call``): the formula needs the tensors' shapes as given.
     """
-    if call.form != "v1":
+    call = target.call if isinstance(target, Plan) else target
+    if call is None or call.form != "v1":
         return None
     o = call.options
     layout, heads = o["input_layout"], int(o["num_heads"])
@@ -125,7 +127,7 @@ def profiler_flops(call: FIACall) -> int | None:
         if o["actual_seq_lengths"] is None or o["actual_seq_lengths_kv"] is None:
             return None
         q_lens, kv_lens = _differenced(o["actual_seq_lengths"]), _differenced(o["actual_seq_lengths_kv"])
-        if len(q_lens) != len(kv_lens) or any(n <= 0 for n in q_lens + kv_lens):
+        if len(q_lens) != len(kv_lens) or any(n < 0 for n in q_lens + kv_lens):
             return None
         return int(2 * heads * (q_shape[2] + v_shape[2]) * sum(a * b for a, b in zip(q_lens, kv_lens, strict=True)))
     try:
@@ -167,13 +169,13 @@ def _differenced(cumulative: Any) -> list[int]:
     values = [int(v) for v in cumulative]
     while values and values[-1] == 0:
         values.pop()
-    return [b - a for a, b in zip([0] + values[:-1], values, strict=True)]
+    return [b - a for a, b in zip([0, *values[:-1]], values, strict=True)]
 
 
 @dataclass(frozen=True)
 class CallCost:
     """Work of one call. flops: exact (in-band pairs); bytes: lower bound, by tensor; score_pairs: per batch, per
-    head; profiler_flops: torch_npu profiler's figure (None without a formula or without the call)."""
+    head; profiler_flops: torch_npu profiler's figure (None where it has no formula)."""
 
     flops: int
     bytes_by_tensor: dict[str, int]
@@ -191,10 +193,10 @@ class CallCost:
 
 
 def call_cost(target: Plan | FIACall) -> CallCost:
-    """FLOPs, minimum bytes and score pairs of a call or problem (profiler FLOPs only from a call)."""
+    """FLOPs, minimum bytes and score pairs of a plan (``fia_kit.plan(...)``), or of a call planned here once."""
     problem = problem_of(target)
     return CallCost(attention_flops(problem), minimum_bytes(problem), batch_score_pairs(problem),
-                    profiler_flops(target) if isinstance(target, FIACall) else None)
+                    profiler_flops(problem))
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def test_profiler_formula_matches_torch_npu_cases():
     assert profiler_flops(band) is None
     v2call = parse_call("v2", q, k, v, dict(num_query_heads=N_Q, num_key_value_heads=N_KV, input_layout="BNSD"))
     assert profiler_flops(v2call) is None
-    assert call_cost(problem_of(full)).profiler_flops is None  # only a call carries the shapes as given
+    assert call_cost(problem_of(full)).profiler_flops == profiler_flops(full)  # a plan keeps its call's shapes
     bsh = parse_call("v1", q.transpose(1, 2).reshape(3, 16, N_Q * D), k.transpose(1, 2).reshape(3, 16, N_KV * D),
                      v.transpose(1, 2).reshape(3, 16, N_KV * D), dict(base, input_layout="BSH"))
     assert profiler_flops(bsh) == profiler_flops(full)
