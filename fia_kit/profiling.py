@@ -3,6 +3,8 @@
     result = profile(call, ["reference", "compiled"], repeats=10)      # a FIACall or a builders case
     result = profile({"fia": lambda: op(q, k, v, ...), "sdpa": lambda: F.sdpa(q, k, v)})
     result.table(); result.figure(); result.save_json("profile.json")
+    prof = read_ascend("run_ascend_pt")                                  # what torch_npu's profiler wrote
+    compare_runs(baseline, new).passed                                  # the 8 % regression gate, per shape
 
 Per variant: one first call (timed alone: it includes torch.compile's tracing and compiling, or graph build), then
 ``warmup - 1`` untimed calls, then ``repeats`` timed calls (time.perf_counter, the device synchronised before and
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .ascend_profile import AscendProfile, ProfileFormatError, read_ascend
 from .backends import as_call
 from .backends import compiled as compiled_backend
 from .backends import graph as graph_backend
@@ -49,6 +52,10 @@ from .backends.graph import GraphOptions
 from .backends.model import synchronize
 from .call import FIACall
 from .reference import npu_fused_infer_attention_score, npu_fused_infer_attention_score_v2
+
+__all__ = ["profile", "variants", "ProfileResult", "ProfileRow", "compare_runs", "GateResult", "GateRow",
+           "read_ascend", "AscendProfile", "ProfileFormatError", "recompiles", "peak_memory", "write_trace",
+           "silenced_fd2", "atomic_write_json", "Progress", "CPU_BACKENDS", "NPU_BACKENDS"]
 
 CPU_BACKENDS = ("reference", "compiled", "compiled-list")
 NPU_BACKENDS = ("npu", "npu-graph", "npu-graph-tiling")
@@ -473,7 +480,6 @@ class GateResult:
 
 def _medians(run: Any) -> tuple[str, dict[str, float]]:
     """("ascend" | "profile", {key: median us}) of an AscendProfile, a ProfileResult, its dict, or a path to one."""
-    from .ascend_profile import AscendProfile, read_ascend
     if isinstance(run, (str, os.PathLike)):
         path = Path(run)
         run = ProfileResult.load_json(path) if path.suffix == ".json" else read_ascend(path)
