@@ -1,7 +1,8 @@
 """fia-kit: learn, check and profile Ascend's fused inference attention operator (FIA).
 
 The kit's reference implementation (``fia_kit.reference``) is the op on any machine without an NPU; on an Ascend
-box the same calls run torch_npu's op and compare it with the reference.
+box the same calls run torch_npu's op and compare it with the reference. "spec N.N" in docstrings and errors means
+section N.N of the repository's docs/ (docs/README.md maps sections to files).
 """
 
 from typing import TYPE_CHECKING

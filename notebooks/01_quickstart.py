@@ -7,9 +7,9 @@
 # Ascend box the same cells run torch_npu's op.
 #
 # This notebook re-creates the example of the project's founding document, a TorchAir page
-# (`shared/seed/npu_fused_infer_attention_score_v2.md`), and reads its output row by row.
+# (summarised in docs section 1.3), and reads its output row by row.
 #
-# Spec (`../shared/spec/fia_spec.md`, next to the repository):
+# Spec ([docs/](../docs/README.md), numbered as cited):
 # section 1.3 *The founding document's v2 signature vs the real one*, section 1.4 *TorchAir (`tng.ops`) variants*,
 # section 4.3 *Output-shape inference*, section 5.4 *What happens outside the valid lengths*,
 # section 8 *softmax_lse*, section 14 *Shared prefix*.

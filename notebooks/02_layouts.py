@@ -5,7 +5,7 @@
 # packed layouts put every batch's tokens on one axis T. A two-part name `X_Y` means the inputs lie as `X` and
 # the output is written as `Y`: the op transposes internally.
 #
-# Spec (`../shared/spec/fia_spec.md`): section 4.1 *Meaning of two-part names*, section 4.2 *Layout table*,
+# Spec ([docs/](../docs/README.md)): section 4.1 *Meaning of two-part names*, section 4.2 *Layout table*,
 # section 4.3 *Output-shape inference*, section 5.2 *Packed layouts*.
 
 # %%

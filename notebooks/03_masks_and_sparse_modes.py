@@ -5,7 +5,7 @@
 # This notebook shows each mode's visibility map, checks each against an explicit mask applied with SDPA, and
 # covers rows that see no key at all.
 #
-# Spec (`../shared/spec/fia_spec.md`): section 6.1 *atten_mask values and dtypes*, section 6.3 *Definitions of
+# Spec ([docs/](../docs/README.md)): section 6.1 *atten_mask values and dtypes*, section 6.3 *Definitions of
 # sparse modes*, section 6.4 *The compressed 2048×2048 mask*, section 7 *Fully masked rows and inner_precise*.
 
 # %%

@@ -5,7 +5,7 @@
 # (v2: `actual_seq_kvlen`) say how many query rows and keys of each batch are valid: **per batch** for padded
 # layouts, **cumulative** for packed ones (except paged K/V lengths).
 #
-# Spec (`../shared/spec/fia_spec.md`): section 5.1 *Non-packed layouts*, section 5.2 *Packed layouts*,
+# Spec ([docs/](../docs/README.md)): section 5.1 *Non-packed layouts*, section 5.2 *Packed layouts*,
 # section 5.3 *TorchAir*, section 5.4 *What happens outside the valid lengths*.
 
 # %%

@@ -5,7 +5,7 @@
 # `block_table`. FIA reads the cache through that table. Decoding (one new token per sequence, S_q = 1) takes
 # the op's "IncreFlashAttention" path, where a few rules change.
 #
-# Spec (`../shared/spec/fia_spec.md`): section 11 *Paged attention (block_table)*, section 6.5 *S_q == 1
+# Spec ([docs/](../docs/README.md)): section 11 *Paged attention (block_table)*, section 6.5 *S_q == 1
 # (decode / IFA path)*, section 5.1 *Non-packed layouts* (actual lengths ignored for S_q == 1).
 
 # %%

@@ -5,7 +5,7 @@
 # states the rule, runs the op (the reference here, torch_npu's op on an Ascend box) and checks it against an
 # independent computation with PyTorch's `scaled_dot_product_attention` (SDPA) or plain tensor maths.
 #
-# Spec (`../shared/spec/fia_spec.md`): section 9 *pse_shift*, section 10 *GQA / MQA*, section 12 *MLA:
+# Spec ([docs/](../docs/README.md)): section 9 *pse_shift*, section 10 *GQA / MQA*, section 12 *MLA:
 # query_rope / key_rope*, section 13 *learnable_sink*, section 14 *Shared prefix*, section 8 *softmax_lse*,
 # section 23 *Open questions*.
 

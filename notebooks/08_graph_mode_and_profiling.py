@@ -6,8 +6,8 @@
 # *compiled look-alike ops* under `torch.compile`), why TorchAir's op takes **int64 device tensors** for the
 # lengths, and how to time a call (`fia_kit.profiling`) and place it under a roofline (`fia_kit.roofline`).
 #
-# Spec (`../shared/spec/fia_spec.md`): section 1.4 *TorchAir (`tng.ops`) variants*, section 4.3 *Output-shape
-# inference*; the ecosystem notes (`../shared/notes/ecosystem.md`) on graph mode.
+# Spec ([docs/](../docs/README.md)): section 1.4 *TorchAir (`tng.ops`) variants*, section 4.3 *Output-shape
+# inference*, section 25.4 *How users profile it* (graph modes).
 #
 # Timings differ on every run: cells that print them are tagged `nbval-ignore-output`; the other cells print
 # facts that do not change (compile counts, shapes, booleans).

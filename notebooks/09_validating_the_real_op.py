@@ -14,7 +14,7 @@
 # reference, and the **fp16/bf16 reference against a float64 golden** (`fia_kit.compute_dtype(torch.float64)`).
 # With an NPU it adds `npu` and `npu-graph`.
 #
-# Spec (`../shared/spec/fia_spec.md`): section 20 *CPU golden / reference implementations found*, section 21
+# Spec ([docs/](../docs/README.md)): section 20 *CPU golden / reference implementations found*, section 21
 # *Reference-implementation recipe*, section 5.4 *What happens outside the valid lengths*.
 
 # %%
