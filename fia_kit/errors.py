@@ -22,7 +22,7 @@ class FIAArgumentError(ValueError):
 
     Attributes:
         parameter: the keyword (or keywords, joined by " + ") that broke the rule.
-        rule: the rule, in words, with the spec section where it comes from.
+        rule: the rule, in words, with the spec section where it comes from ("spec N.N" = docs/ section N.N).
         got: a description of the value received.
     """
 
