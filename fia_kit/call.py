@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import FIAArgumentError
-from .signatures import V1_TO_V2, V2_ALIASES, V2_TO_V1, Form, canonical_name, keyword_defaults
+from .signatures import V2_ALIASES, Form, canonical_name, keyword_defaults, spelled, version_of
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,12 @@ class FIACall:
 
     def keywords(self, form: Form | None = None) -> dict[str, Any]:
         """The keywords that were given, spelled as ``form`` (default: the call's own form) spells them."""
-        form = form or self.form
+        form = version_of(form or self.form)
         out = {}
         for canon in self.options:
             if canon not in self.given:
                 continue
-            name = V1_TO_V2.get(canon, canon) if form == "v2" else canon
+            name = spelled(canon, form)
             if name not in keyword_defaults(form):
                 raise FIAArgumentError(canon, f"has no equivalent in the {form} signature (spec 1.6)",
                                        self.options[canon])
@@ -54,36 +54,41 @@ class FIACall:
         return out
 
 
-def parse_call(form: Form, query: Any, key: Any, value: Any, kwargs: Mapping[str, Any]) -> FIACall:
-    """Map the keywords of a v1 or v2 call onto canonical names, rejecting unknown or doubled keywords.
+def parse_call(form: str, query: Any, key: Any, value: Any, kwargs: Mapping[str, Any]) -> FIACall:
+    """Map the keywords of a call in ``form`` (``signatures.FORMS``: "v1", "v2", "torchair-v1", "torchair-v2")
+    onto canonical names, rejecting unknown or doubled keywords and any other form.
+
+    TorchAir forms are their version's keywords with lengths as int64 tensors (read like lists): the parsed call
+    has the version ("v1"/"v2") as its form.
 
     v2 also accepts the founding TorchAir page's ``actual_seq_lengths`` / ``actual_seq_lengths_kv`` as aliases of
     ``actual_seq_qlen`` / ``actual_seq_kvlen`` (spec 1.3); giving both spellings is an error.
     """
+    form = version_of(form)
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         if not isinstance(tensor, torch.Tensor):
             raise FIAArgumentError(name, "must be a torch.Tensor", tensor)
     defaults = keyword_defaults(form)
-    spelled: dict[str, str] = {}  # form name -> the keyword the caller used
+    given_as: dict[str, str] = {}  # form name -> the keyword the caller used
     for name in kwargs:
         target = V2_ALIASES.get(name, name) if form == "v2" else name
         if target not in defaults:
             raise FIAArgumentError(name, f"is not a keyword of the {form} op", kwargs[name],
                                    hint=_keyword_hint(name, form, defaults))
-        if target in spelled:
-            raise FIAArgumentError(f"{spelled[target]} + {name}", f"both name the v2 keyword '{target}' "
+        if target in given_as:
+            raise FIAArgumentError(f"{given_as[target]} + {name}", f"both name the v2 keyword '{target}' "
                                    "(actual_seq_lengths[_kv] is the old TorchAir page's spelling): give one",
                                    kwargs[name])
-        spelled[target] = name
-    options = {canonical_name(n): kwargs[spelled[n]] if n in spelled else d for n, d in defaults.items()}
-    given = frozenset(canonical_name(n) for n in spelled)
+        given_as[target] = name
+    options = {canonical_name(n): kwargs[given_as[n]] if n in given_as else d for n, d in defaults.items()}
+    given = frozenset(canonical_name(n) for n in given_as)
     return FIACall(form, query, key, value, options, given)
 
 
 def _keyword_hint(name: str, form: Form, defaults: Mapping[str, Any]) -> str | None:
     other = "v1" if form == "v2" else "v2"
-    translated = V1_TO_V2.get(name) if form == "v2" else V2_TO_V1.get(name)
-    if translated:
+    translated = spelled(canonical_name(name), form)
+    if translated != name:
         return f"that is the {other} name; the {form} op calls it '{translated}'"
     if name in keyword_defaults(other):
         return f"only the {other} op has '{name}'"

@@ -31,9 +31,8 @@ from .call import FIACall, parse_call
 from .errors import FIAArgumentError, describe_value
 from .layouts import from_canonical, parse_layout
 from .masks import INT_MAX, compressed_causal_mask
-from .signatures import V1_TO_V2
+from .signatures import canonical_name, is_torchair, spelled, version_of
 
-FORMS = ("v1", "v2", "torchair-v1", "torchair-v2")
 MASK_KINDS = ("auto", "none", "compressed", "causal", "padding")
 PADDING_VALUE = 1000.0
 
@@ -78,16 +77,14 @@ class BuiltCall:
     def args_for(self, form: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(query, key, value, kwargs) respelled for another form: v1/v2 keyword names, lengths as lists for
         torch_npu forms and int64 tensors (on the tensors' device) for TorchAir forms."""
-        if form not in FORMS:
-            raise FIAArgumentError("form", f"must be one of {FORMS}", form)
-        v2_to_v1 = {v: k for k, v in V1_TO_V2.items()}
+        tensors = is_torchair(form)
         kwargs = {}
         for name, value in self.kwargs.items():
-            name = v2_to_v1.get(name, name)
+            name = canonical_name(name)
             if name.startswith("actual_"):
                 values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
-                value = builders.length_tensor(values, self.query.device) if form.startswith("torchair") else values
-            kwargs[V1_TO_V2.get(name, name) if form.endswith("v2") else name] = value
+                value = builders.length_tensor(values, self.query.device) if tensors else values
+            kwargs[spelled(name, form)] = value
         return self.query, self.key, self.value, kwargs
 
     def call(self, fn: Callable[..., Any]) -> Any:
@@ -95,8 +92,8 @@ class BuiltCall:
         return fn(self.query, self.key, self.value, **self.kwargs)
 
     def to_fia_call(self) -> FIACall:
-        """The parsed call (torch_npu form: TorchAir tensors are read as lengths the same way)."""
-        return parse_call("v2" if self.form.endswith("v2") else "v1", self.query, self.key, self.value, self.kwargs)
+        """The parsed call (a TorchAir form's length tensors are read as lengths the same way)."""
+        return parse_call(self.form, self.query, self.key, self.value, self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class Case:
         q_lens, kv_lens: valid query rows and keys per batch (B = len(q_lens)).
         heads, kv_heads: N_q and N_kv (kv_heads must divide heads).
         head_dim, value_dim, rope_dim: D of query/key, D of value (None: head_dim), MLA rope D (0 or 64).
-        dtype, layout: the tensors' dtype and input_layout.
+        dtype, layout: the tensors' dtype and input_layout (None: "TND" with sinks, which need it, else "BNSD").
         sparse_mode, pre_tokens, next_tokens: the masking mode (spec 6).
         mask: "auto" (none for mode 0, compressed for 2-4, padding for 1), "none", "compressed", "causal"
             (explicit right-down causal, (B,1,S_q,S_kv)), "padding", or a custom tensor passed as atten_mask.
@@ -117,6 +114,8 @@ class Case:
         inner_precise, return_lse, scale: as the op (scale None: 1/sqrt(head_dim + rope_dim)).
         q_seq, kv_seq: the S axes (None: the longest length); larger values add padding.
         seed, device: inputs are seeded; tensors live on ``device``.
+        form: the form ``build()``, ``fia_kit.plan(case)``, ``run`` and ``compare`` use (``signatures.FORMS``);
+            None: the natural form, "v2" when the case uses a v2-only feature (sinks), else "v1".
     """
 
     q_lens: tuple[int, ...] = (6, 4)
@@ -127,7 +126,7 @@ class Case:
     value_dim: int | None = None
     rope_dim: int = 0
     dtype: torch.dtype = torch.float32
-    layout: str = "BNSD"
+    layout: str | None = None
     sparse_mode: int = 0
     pre_tokens: int = INT_MAX
     next_tokens: int = INT_MAX
@@ -146,10 +145,13 @@ class Case:
     kv_seq: int | None = None
     seed: int = 0
     device: str = "cpu"
+    form: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "q_lens", tuple(int(v) for v in self.q_lens))
         object.__setattr__(self, "kv_lens", tuple(int(v) for v in self.kv_lens))
+        if self.layout is None:
+            object.__setattr__(self, "layout", "TND" if self.sinks else "BNSD")
         if not self.q_lens or len(self.q_lens) != len(self.kv_lens):
             raise FIAArgumentError("q_lens + kv_lens", "need one length per batch each, the same count",
                                    (self.q_lens, self.kv_lens))
@@ -169,6 +171,8 @@ class Case:
             raise FIAArgumentError("rope_dim", "MLA rope parts have D = 64 (spec 12); 0 turns rope off",
                                    self.rope_dim)
         parse_layout(self.layout)
+        if self.form is not None:
+            version_of(self.form)
         if self.paged:
             if self.block_size < 1:
                 raise FIAArgumentError("block_size", "must be >= 1", self.block_size)
@@ -178,6 +182,11 @@ class Case:
                                        f"{self.block_size}: a KV length exceeds the paged capacity", self.num_blocks)
 
     # ------------------------------------------------------------------------------------------------ geometry
+    @property
+    def natural_form(self) -> str:
+        """``form`` if given, else "v2" when the case uses a v2-only feature (learnable sinks), else "v1"."""
+        return self.form or ("v2" if self.sinks else "v1")
+
     @property
     def batch(self) -> int:
         return len(self.q_lens)
@@ -209,14 +218,13 @@ class Case:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------------------------------------ build
-    def build(self, form: str = "v1") -> BuiltCall:
-        """The op's arguments for ``form`` ("v1", "v2", "torchair-v1", "torchair-v2").
+    def build(self, form: str | None = None) -> BuiltCall:
+        """The op's arguments for ``form`` ("v1", "v2", "torchair-v1", "torchair-v2"; None: ``natural_form``).
 
         torch_npu forms take lengths as int lists, TorchAir forms as int64 tensors on ``device``.
         """
-        if form not in FORMS:
-            raise FIAArgumentError("form", f"must be one of {FORMS}", form)
-        version = "v2" if form.endswith("v2") else "v1"
+        form = form or self.natural_form
+        version = version_of(form)
         if version == "v2" and self.prefix_len:
             raise FIAArgumentError("prefix_len", "v2 has no shared prefix (spec 1.2): build the v1 form", self.prefix_len)
         if version == "v1" and self.sinks:
@@ -262,13 +270,12 @@ class Case:
         if self.sinks:
             sink_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.bfloat16
             options["learnable_sink"] = builders.sink_tensor(self.heads, sink_dtype, gen)
-        kwargs = {(V1_TO_V2.get(k, k) if version == "v2" else k): self._to_device(k, v, form)
-                  for k, v in options.items()}
+        kwargs = {spelled(k, version): self._to_device(k, v, form) for k, v in options.items()}
         move = lambda t: t.to(self.device)  # noqa: E731
         return BuiltCall(form, move(query), move(key), move(value), kwargs)
 
-    def to_fia_call(self, form: str = "v1") -> FIACall:
-        """The parsed call of ``build(form)``."""
+    def to_fia_call(self, form: str | None = None) -> FIACall:
+        """The parsed call of ``build(form)`` (None: ``natural_form``)."""
         return self.build(form).to_fia_call()
 
     def to_script(self, path: str, form: str | None = None) -> Any:
@@ -331,17 +338,17 @@ class Case:
         return causal.unsqueeze(1)
 
     def _to_device(self, name: str, value: Any, form: str) -> Any:
-        if name.startswith("actual_") and form.startswith("torchair"):
+        if name.startswith("actual_") and is_torchair(form):
             return builders.length_tensor(value, self.device)
         return value.to(self.device) if isinstance(value, torch.Tensor) else value
 
     # ------------------------------------------------------------------------------------------------ describe
-    def describe_rows(self, form: str = "v1") -> list[dict[str, str]]:
+    def describe_rows(self, form: str | None = None) -> list[dict[str, str]]:
         """One row per argument passed: name, shape or value, dtype, meaning."""
         built = self.build(form)
         rows = []
         for name, value in {"query": built.query, "key": built.key, "value": built.value, **built.kwargs}.items():
-            canon = {v: k for k, v in V1_TO_V2.items()}.get(name, name)
+            canon = canonical_name(name)
             if isinstance(value, torch.Tensor):
                 shape, dtype = str(tuple(value.shape)), str(value.dtype).removeprefix("torch.")
             else:
@@ -349,7 +356,7 @@ class Case:
             rows.append({"name": name, "shape / value": shape, "dtype": dtype, "meaning": MEANINGS.get(canon, "")})
         return rows
 
-    def describe(self, form: str = "v1") -> str:
+    def describe(self, form: str | None = None) -> str:
         """A text table of every argument ``build(form)`` passes."""
         rows = self.describe_rows(form)
         keys = list(rows[0])

@@ -30,7 +30,6 @@ AUTOLOAD_ENV_AT_IMPORT = os.environ.get(AUTOLOAD_VAR)
 os.environ.setdefault(AUTOLOAD_VAR, "0")  # before anything imports torch
 
 DEFAULT_CANN_HOME = "/usr/local/Ascend/ascend-toolkit/latest"
-BACKENDS = ("reference", "compiled", "npu", "npu-graph")
 
 
 @dataclass(frozen=True)
@@ -250,7 +249,7 @@ class EnvironmentReport:
     npu: NPUProbe
     autoload_env: str | None
 
-    def _npu_backend(self) -> tuple[bool, str]:
+    def npu_usable(self) -> tuple[bool, str]:
         """(usable, reason) of the npu backend."""
         problem = npu_import_problem(self.npu)
         if problem:
@@ -262,9 +261,9 @@ class EnvironmentReport:
         devices = f"{self.npu.device_count} x {self.npu.device_name or 'NPU'}"
         return True, f"torch_npu {self.npu.version} on {devices} (CANN {cann})"
 
-    def _graph_backend(self, npu_usable: bool) -> tuple[bool, str]:
+    def graph_usable(self) -> tuple[bool, str]:
         """(usable, reason) of the npu-graph backend (TorchAir)."""
-        if not npu_usable:
+        if not self.npu_usable()[0]:
             if not self.npu.installed:
                 state = "is not installed"
             else:
@@ -274,21 +273,21 @@ class EnvironmentReport:
             return False, f"torchair does not import: {_first_line(self.npu.torchair_error)}"
         return True, "TorchAir graph mode (tng.ops)"
 
-    def backends(self) -> dict[str, tuple[bool, str]]:
-        """Map each backend (reference, compiled, npu, npu-graph) to (usable, reason)."""
+    def compile_usable(self) -> tuple[bool, str]:
+        """(usable, reason) of torch.compile-based backends."""
         dynamo_error = _dynamo_error()
         devices = "CPU+CUDA" if self.cuda_available else "CPU"
-        npu = self._npu_backend()
-        return {
-            "reference": (True, "pure PyTorch reference, always available"),
-            "compiled": (False, dynamo_error) if dynamo_error else (True, f"torch.compile on {devices}"),
-            "npu": npu,
-            "npu-graph": self._graph_backend(npu[0]),
-        }
+        return (False, dynamo_error) if dynamo_error else (True, f"torch.compile on {devices}")
+
+    def backends(self) -> dict[str, tuple[bool, str]]:
+        """Map each registered backend (``fia_kit.backends.backend_names()``) to (usable, reason)."""
+        from . import backends  # imports torch and registers the built-in backends: only on demand
+
+        return backends.registry.availability(self)
 
     def default_backend(self) -> str:
         """Return "npu" when the npu backend is usable, else "reference"."""
-        return "npu" if self.backends()["npu"][0] else "reference"
+        return "npu" if self.npu_usable()[0] else "reference"
 
     def _rows(self) -> list[tuple[str, str]]:
         """(label, value) rows of the environment part of the table."""

@@ -702,19 +702,27 @@ def plan(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | Non
     """Parse and validate a call once; every backend, figure, lint and profile takes the returned plan.
 
         p = fia_kit.plan("v1", q, k, v, num_heads=8, input_layout="BNSD", ...)   # a form and the op's arguments
-        p = fia_kit.plan(case)        # a fia_kit.case.Case (its own form), a parsed FIACall, or a Plan (as is)
+        p = fia_kit.plan(case)              # a fia_kit.case.Case in its natural form ("v2" when it uses sinks)
+        p = fia_kit.plan(case, form="v2")   # ... or in a given form; a parsed FIACall, a built call, a Plan (as is)
 
-    Raises FIAArgumentError before any compute when the call breaks a rule of the op.
+    Forms are ``fia_kit.signatures.FORMS``: "v1", "v2", "torchair-v1", "torchair-v2" (lengths as int64 tensors).
+    Raises FIAArgumentError before any compute when the call breaks a rule of the op, or for a bad form.
     """
     from .call import parse_call
 
-    if isinstance(target, Plan):
-        return target
     if isinstance(target, str):
         return build_plan(parse_call(target, query, key, value, kwargs))
+    form = kwargs.pop("form", None)
     if query is not None or kwargs:
         raise FIAArgumentError("target", "takes tensors and keywords only after a form name ('v1', 'v2', ...)",
                                type(target).__name__)
+    if form is not None:
+        if not callable(getattr(target, "build", None)):
+            raise FIAArgumentError("form", "picks the form a case is built in; this target already has one",
+                                   type(target).__name__)
+        return build_plan(target.build(form).to_fia_call())
+    if isinstance(target, Plan):
+        return target
     if isinstance(target, FIACall):
         return build_plan(target)
     if callable(getattr(target, "to_fia_call", None)):

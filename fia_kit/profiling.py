@@ -44,20 +44,20 @@ from typing import Any
 import torch
 
 from .ascend_profile import AscendProfile, ProfileFormatError, read_ascend
-from .backends import as_call
-from .backends import compiled as compiled_backend
-from .backends import graph as graph_backend
-from .backends import npu as npu_backend
+from .backends import RunOptions, as_call, as_plan, backend_names, prepare, recompile_counts
 from .backends.graph import GraphOptions
 from .backends.model import synchronize
 from .call import FIACall
-from .reference import npu_fused_infer_attention_score, npu_fused_infer_attention_score_v2
 
 __all__ = ["profile", "variants", "ProfileResult", "ProfileRow", "compare_runs", "GateResult", "GateRow",
            "read_ascend", "AscendProfile", "ProfileFormatError", "recompiles", "peak_memory", "write_trace",
-           "silenced_fd2", "atomic_write_json", "Progress", "CPU_BACKENDS", "NPU_BACKENDS"]
+           "silenced_fd2", "atomic_write_json", "Progress", "VARIANTS", "NPU_BACKENDS"]
 
-CPU_BACKENDS = ("reference", "compiled", "compiled-list")
+# Profiling variants beyond the registered backends (``fia_kit.backends.backend_names()``): a backend with options.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "compiled-list": ("compiled", {"lengths": "list"}),
+    "npu-graph-tiling": ("npu-graph", {"graph_options": GraphOptions(tiling_schedule_optimize=True)}),
+}
 NPU_BACKENDS = ("npu", "npu-graph", "npu-graph-tiling")
 
 Runner = Callable[[], Any]
@@ -66,35 +66,23 @@ Runner = Callable[[], Any]
 def variants(call: Any, backends: Sequence[str], *, compile_backend: str = "aot_eager",
              torch_npu: Any = None, torchair: Any = None,
              npu_device: str | torch.device = "npu") -> dict[str, tuple[Runner, torch.device]]:
-    """Zero-argument runners of ``call`` (a FIACall or a case) for each backend name, with their devices.
+    """Zero-argument runners of ``call`` (a Plan, FIACall or case, planned once) per backend or ``VARIANTS`` name.
 
     Building a runner does not run it: compile and graph build happen in its first call. ``torch_npu``,
     ``torchair`` and ``npu_device`` default to the installed modules and "npu" (tests pass stand-ins and "cpu").
     """
-    call = as_call(call)
+    the_plan = as_plan(call)
     made: dict[str, tuple[Runner, torch.device]] = {}
     for name in backends:
-        if name == "reference":
-            made[name] = _reference_runner(call), call.query.device
-        elif name in ("compiled", "compiled-list"):
-            lengths = "list" if name == "compiled-list" else "tensor"
-            made[name] = compiled_backend.prepare(call, lengths, compile_backend)
-        elif name == "npu":
-            fn, device, _ = npu_backend.prepare(call, torch_npu, npu_device)
-            made[name] = fn, device
-        elif name in ("npu-graph", "npu-graph-tiling"):
-            options = GraphOptions(tiling_schedule_optimize=name == "npu-graph-tiling")
-            fn, device, _ = graph_backend.prepare(call, options, torch_npu, torchair, npu_device)
-            made[name] = fn, device
-        else:
-            raise ValueError(f"unknown backend {name!r}: use one of {CPU_BACKENDS + NPU_BACKENDS}")
+        backend, extra = VARIANTS.get(name, (name, {}))
+        if backend not in backend_names():
+            raise ValueError(f"unknown backend {name!r}: use one of {', '.join((*backend_names(), *VARIANTS))}")
+        device = npu_device if backend.startswith("npu") else None
+        options = RunOptions(device=device, compile_backend=compile_backend, torch_npu=torch_npu,
+                             torchair=torchair, **extra)
+        runner = prepare(the_plan, backend, options)
+        made[name] = runner.fn, runner.device
     return made
-
-
-def _reference_runner(call: FIACall) -> Runner:
-    op = npu_fused_infer_attention_score if call.form == "v1" else npu_fused_infer_attention_score_v2
-    keywords = call.keywords()
-    return lambda: op(call.query, call.key, call.value, **keywords)
 
 
 @dataclass
@@ -224,9 +212,9 @@ def profile(target: Any, backends: Sequence[str] | None = None, *, warmup: int =
         runners = {name: (fn, torch.device(device)) for name, fn in target.items()}
         meta: dict[str, Any] = {}
     else:
-        call = as_call(target)
-        runners = variants(call, list(backends or ("reference", "compiled")), **variant_options)
-        meta = {"call": _call_summary(call)}
+        the_plan = as_plan(target)
+        runners = variants(the_plan, list(backends or ("reference", "compiled")), **variant_options)
+        meta = {"call": _call_summary(the_plan.call)}
     meta |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup,
              "repeats": repeats, "units": {"time": "s", "memory": "bytes"}}
     steps = len(runners) * (warmup + repeats + int(memory) + int(trace_dir is not None))
@@ -425,7 +413,7 @@ def recompiles(call: Any, kv_lengths: Sequence[Sequence[int]]) -> dict[str, int]
 
     Delegates to ``fia_kit.backends.compiled.recompile_counts``; returns {"list": n, "tensor": m}.
     """
-    return compiled_backend.recompile_counts(as_call(call), kv_lengths)
+    return recompile_counts(as_call(call), kv_lengths)
 
 
 # ------------------------------------------------------------------------------------------ regression gate

@@ -30,6 +30,7 @@ __all__ = [
     "npu_fused_infer_attention_score_v2",
     "compute_dtype",
     "explain",
+    "op_outputs",
     "run_call",
     "ReferenceResult",
     "RowStatus",
@@ -56,7 +57,7 @@ def npu_fused_infer_attention_score(query: torch.Tensor, key: torch.Tensor, valu
     Raises:
         FIAArgumentError: before any compute, for any argument that breaks the op's rules.
     """
-    return _op_outputs(parse_call("v1", query, key, value, kwargs))
+    return op_outputs(build_plan(parse_call("v1", query, key, value, kwargs)))
 
 
 def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -68,7 +69,7 @@ def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, v
     quant_scale_out/quant_offset_out, dequant_scale_query with query_quant_mode=3 (MLA full quantisation).
     ``num_key_value_heads`` defaults to 0 (= num_query_heads). v2 has no shared prefix and no left padding.
     """
-    return _op_outputs(parse_call("v2", query, key, value, kwargs))
+    return op_outputs(build_plan(parse_call("v2", query, key, value, kwargs)))
 
 
 def run_call(call: FIACall) -> ReferenceResult:
@@ -81,9 +82,9 @@ def explain(form: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return build_plan(parse_call(form, query, key, value, kwargs))
 
 
-def _op_outputs(call: FIACall) -> tuple[torch.Tensor, torch.Tensor]:
-    """(attention_out, softmax_lse) as the op returns them: an empty (0,) LSE unless requested (spec 4.3)."""
-    problem = build_plan(call)
-    result = run_plan(problem)
-    lse = result.softmax_lse if problem.return_lse else torch.empty(0, dtype=torch.float32, device=call.query.device)
+def op_outputs(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention_out, softmax_lse) of a validated plan as the op returns them: an empty (0,) LSE unless
+    requested (spec 4.3)."""
+    result = run_plan(plan)
+    lse = result.softmax_lse if plan.return_lse else torch.empty(0, dtype=torch.float32, device=plan.query.device)
     return result.attention_out, lse

@@ -21,9 +21,7 @@ import torch
 
 from .call import FIACall
 from .lengths import read_lengths
-from .signatures import LENGTH_PARAMETERS
-
-OP_NAMES = {"v1": "npu_fused_infer_attention_score", "v2": "npu_fused_infer_attention_score_v2"}
+from .signatures import LENGTH_PARAMETERS, OP_NAMES, version_of
 
 _HEADER = '''#!/usr/bin/env python
 """FIA reproducer written by fia_kit.repro: {op} ({form}), eager and TorchAir graph mode.
@@ -129,7 +127,7 @@ def to_script(call_or_case: Any, path: str | Path, form: str | None = None) -> P
     Args:
         call_or_case: a ``FIACall``, or a builders case (``build(form)`` -> object with query/key/value/kwargs).
         path: the script to write.
-        form: "v1"/"v2" for a case (default "v1"); a FIACall keeps its own form.
+        form: the form a case is built in (default: its ``natural_form``, else "v1"); a FIACall keeps its own.
     Returns:
         The script's path.
     """
@@ -138,7 +136,7 @@ def to_script(call_or_case: Any, path: str | Path, form: str | None = None) -> P
         form = call_or_case.form
         source = _tensor_source(call_or_case, path)
     else:
-        form = form or "v1"
+        form = version_of(form or getattr(call_or_case, "natural_form", "v1"))
         case_source = _case_source(call_or_case)
         if case_source is None:
             from .backends import as_call

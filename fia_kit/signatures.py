@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 import torch
 
-Form = Literal["v1", "v2"]
+from .errors import FIAArgumentError
+
+Form = Literal["v1", "v2"]  # the op's version: v1 (npu_fused_infer_attention_score) or v2 (..._v2)
+
+# The closed set of forms a call is written in: torch_npu's two ops (lengths as int lists) and TorchAir's
+# graph-mode twins (tng.ops, lengths as int64 device tensors), spec 1.4.
+FORMS = ("v1", "v2", "torchair-v1", "torchair-v2")
 
 SCHEMA_V1 = (
     "npu_fused_infer_attention_score(Tensor query, Tensor key, Tensor value, *, "
@@ -51,6 +57,23 @@ SCHEMA_V2 = (
     "int? dequant_scale_query_dtype=None, int? dequant_scale_key_dtype=None, int? dequant_scale_value_dtype=None, "
     "int? dequant_scale_key_rope_dtype=None, int? out_dtype=None) -> (Tensor, Tensor)"
 )
+
+
+
+def version_of(form: str) -> Form:
+    """The op version ("v1"/"v2") of a form in ``FORMS``; any other form is an FIAArgumentError naming it."""
+    if form not in FORMS:
+        raise FIAArgumentError("form", f"must be one of {', '.join(FORMS)}", form)
+    return "v2" if form.endswith("v2") else "v1"
+
+
+def is_torchair(form: str) -> bool:
+    """Whether ``form`` is a TorchAir form (actual lengths as int64 tensors)."""
+    return version_of(form) != form
+
+
+# The op's function name per version, read from the schema strings.
+OP_NAMES: dict[str, str] = {"v1": SCHEMA_V1.split("(", 1)[0], "v2": SCHEMA_V2.split("(", 1)[0]}
 
 # Actual-length arguments: SymInt[] in torch_npu, int64 Tensor in TorchAir (spec 1.4).
 LENGTH_PARAMETERS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len",
@@ -116,7 +139,9 @@ def schema_arguments(form: str) -> tuple[SchemaArgument, ...]:
 
 
 def _schema_key(form: str) -> str:
-    return {"v1": "torch_npu.v1", "v2": "torch_npu.v2"}.get(form, form)
+    if form in SCHEMAS:
+        return form
+    return f"{'torchair' if is_torchair(form) else 'torch_npu'}.{version_of(form)}"
 
 
 def keyword_defaults(form: Form) -> dict[str, Any]:
@@ -129,10 +154,15 @@ def canonical_name(name: str) -> str:
     return V2_TO_V1.get(name, name)
 
 
-def form_name(canonical: str, form: Form) -> str | None:
+def spelled(canonical: str, form: str) -> str:
+    """How ``form`` spells a canonical parameter name (the v2 name in v2 forms), whether or not it has it."""
+    return V1_TO_V2.get(canonical, canonical) if version_of(form) == "v2" else canonical
+
+
+def form_name(canonical: str, form: str) -> str | None:
     """The name of a canonical parameter in ``form``, or None where that form lacks it."""
-    name = V1_TO_V2.get(canonical, canonical) if form == "v2" else canonical
-    return name if name in keyword_defaults(form) else None
+    name = spelled(canonical, form)
+    return name if name in keyword_defaults(version_of(form)) else None
 
 
 def parameter_table() -> list[dict[str, str | None]]:

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import fia_kit
 from fia_kit import builders
-from fia_kit.case import FORMS, Case
+from fia_kit.case import Case
 from fia_kit.errors import FIAArgumentError
+from fia_kit.signatures import FORMS
 
 UNPACKED = ["BSH", "BSND", "BNSD", "NBSD"]
 LAYOUTS = ["BSH", "BSND", "BNSD", "BNSD_BSND", "BSH_BNSD", "BSND_BNSD", "BSH_NBSD", "BSND_NBSD", "BNSD_NBSD",

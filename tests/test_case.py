@@ -9,8 +9,9 @@ import torch
 
 import fia_kit
 from fia_kit import builders
-from fia_kit.case import FORMS, Case
+from fia_kit.case import Case
 from fia_kit.errors import FIAArgumentError
+from fia_kit.signatures import FORMS
 
 
 @pytest.mark.parametrize("source", FORMS)

@@ -14,9 +14,11 @@ from typing import Literal
 import torch
 
 from ..call import FIACall
+from ..planning import Plan
 from .bindings import call_keywords
 from .lookalike import op
 from .model import OpModule, own_forward
+from .registry import Runner, RunOptions
 
 Lengths = Literal["tensor", "list"]
 
@@ -40,11 +42,10 @@ def compiled_module(call: FIACall, lengths: Lengths = "tensor", compile_backend:
     return compiled, inputs, device
 
 
-def prepare(call: FIACall, lengths: Lengths = "tensor", compile_backend: str | object = "aot_eager",
-            device: str | torch.device | None = None):
-    """A zero-argument function running the compiled look-alike, and its device."""
-    compiled, inputs, device = compiled_module(call, lengths, compile_backend, device)
-    return (lambda: compiled(*inputs)), device
+def prepare(plan: Plan, options: RunOptions) -> Runner:
+    """A runner of the compiled look-alike op (``options.lengths``, ``compile_backend``, ``device``)."""
+    compiled, inputs, device = compiled_module(plan.call, options.lengths, options.compile_backend, options.device)
+    return Runner(lambda: compiled(*inputs), device)
 
 
 def captured_graph(call: FIACall, lengths: Lengths = "tensor") -> torch.fx.GraphModule:

@@ -20,9 +20,11 @@ import torch
 
 from ..call import FIACall
 from ..environment import import_torch_npu
+from ..planning import Plan
 from .bindings import Binding, bind, call_keywords, target_of
 from .model import OpModule
 from .npu import op_of
+from .registry import Runner, RunOptions
 
 
 @dataclass(frozen=True)
@@ -59,22 +61,24 @@ def graph_binding(call: FIACall, torchair: ModuleType, device: torch.device) -> 
     return fn, bind(fn, call_keywords(call, target, device), target)
 
 
-def prepare(call: FIACall, options: GraphOptions | None = None, torch_npu: ModuleType | None = None,
-            torchair: ModuleType | None = None, device: str | torch.device = "npu"):
-    """A zero-argument function running the compiled TorchAir model, its device, and the binding used.
+def prepare(plan: Plan, run_options: RunOptions) -> Runner:
+    """A runner of the compiled TorchAir model on ``run_options.device`` (default "npu").
 
     ``torch_npu``/``torchair`` default to the installed modules (torchair imports only after torch_npu).
     """
-    torch_npu = torch_npu or import_torch_npu()
-    torchair = torchair or importlib.import_module("torchair")
-    device = torch.device(device)
-    fn, binding = graph_binding(call, torchair, device)
+    if run_options.torch_npu is None:
+        import_torch_npu()  # torchair imports only once torch_npu is loaded
+    torchair = run_options.torchair or importlib.import_module("torchair")
+    device = torch.device(run_options.device or "npu")
+    fn, binding = graph_binding(plan.call, torchair, device)
     module = OpModule(fn, binding.keywords)
-    backend = torchair.get_npu_backend(compiler_config=compiler_config(torchair, options or GraphOptions()))
-    compiled = torch.compile(module, backend=backend, dynamic=False, fullgraph=True)
+    config = compiler_config(torchair, run_options.graph_options or GraphOptions())
+    compiled = torch.compile(module, backend=torchair.get_npu_backend(compiler_config=config), dynamic=False,
+                             fullgraph=True)
+    call = plan.call
     inputs = module.inputs(*(t.to(device) for t in (call.query, call.key, call.value)), binding.keywords)
 
     def go() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             return compiled(*inputs)
-    return go, device, binding
+    return Runner(go, device, binding.dropped)

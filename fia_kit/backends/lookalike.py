@@ -19,16 +19,13 @@ import torch
 from .. import reference
 from ..call import parse_call
 from ..shapes import infer_output
+from ..signatures import OP_NAMES as OP_NAME_OF_VERSION
 from ..signatures import SCHEMAS, keyword_defaults
 
 NAMESPACE = "fia_kit"
-# SCHEMAS key -> op name in the fia_kit namespace.
-OP_NAMES: dict[str, str] = {
-    "torch_npu.v1": "npu_fused_infer_attention_score",
-    "torch_npu.v2": "npu_fused_infer_attention_score_v2",
-    "torchair.v1": "air_npu_fused_infer_attention_score",
-    "torchair.v2": "air_npu_fused_infer_attention_score_v2",
-}
+# SCHEMAS key -> op name in the fia_kit namespace: torch_npu's name, "air_"-prefixed for TorchAir's schema.
+OP_NAMES: dict[str, str] = {key: ("air_" if key.startswith("torchair") else "") + OP_NAME_OF_VERSION[key[-2:]]
+                            for key in SCHEMAS}
 
 _library = torch.library.Library(NAMESPACE, "DEF")
 

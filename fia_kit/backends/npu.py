@@ -9,9 +9,10 @@ import torch
 from ..call import FIACall
 from ..environment import import_torch_npu
 from ..errors import FIAArgumentError
+from ..planning import Plan
+from ..signatures import OP_NAMES
 from .bindings import Binding, bind, call_keywords, target_of
-
-OP_NAMES = {"v1": "npu_fused_infer_attention_score", "v2": "npu_fused_infer_attention_score_v2"}
+from .registry import Runner, RunOptions
 
 
 def op_of(module: object, form: str) -> object:
@@ -30,14 +31,15 @@ def eager_binding(call: FIACall, torch_npu: ModuleType, device: torch.device) ->
     return fn, bind(fn, call_keywords(call, target_of(call, graph=False), device), target_of(call, graph=False))
 
 
-def prepare(call: FIACall, torch_npu: ModuleType | None = None, device: str | torch.device = "npu"):
-    """A zero-argument function that runs the eager op, its device, and the binding used.
+def prepare(plan: Plan, options: RunOptions) -> Runner:
+    """A runner of the eager op on ``options.device`` (default "npu"), with the binding's dropped keywords.
 
-    ``torch_npu`` defaults to the installed module (imported only once the environment probe says it imports);
-    tests pass a stand-in with ``device="cpu"``.
+    ``options.torch_npu`` defaults to the installed module (imported only once the environment probe says it
+    imports); tests pass a stand-in with ``device="cpu"``.
     """
-    torch_npu = torch_npu or import_torch_npu()
-    device = torch.device(device)
+    torch_npu = options.torch_npu or import_torch_npu()
+    device = torch.device(options.device or "npu")
+    call = plan.call
     fn, binding = eager_binding(call, torch_npu, device)
     q, k, v = (t.to(device) for t in (call.query, call.key, call.value))
-    return (lambda: fn(q, k, v, **binding.keywords)), device, binding
+    return Runner(lambda: fn(q, k, v, **binding.keywords), device, binding.dropped)
