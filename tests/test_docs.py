@@ -147,6 +147,12 @@ def test_docs_links_resolve() -> None:
             assert (page.parent / target).is_file(), f"{page.name} links {target}, which does not exist"
 
 
+def test_modules_the_docs_name_exist() -> None:
+    for page in DOCS.glob("*.md"):
+        for module in re.findall(r"`(fia_kit/[\w/]+\.py)`", page.read_text(encoding="utf-8")):
+            assert (ROOT / module).is_file(), f"{page.name} names {module}, which does not exist"
+
+
 def test_disputes_and_open_questions_stay_visible() -> None:
     text = "".join((DOCS / name).read_text(encoding="utf-8") for name in SECTION_FILES)
     assert _disagreement_rows() == set(range(1, 17))
