@@ -5,6 +5,9 @@
     result.table(); result.figure(); result.save_json("profile.json")
     prof = read_ascend("run_ascend_pt")                                  # what torch_npu's profiler wrote
     compare_runs(baseline, new).passed                                  # the 8 % regression gate, per shape
+    graph_modes(plan, kv_steps)      # eager / GE static / dynamic / tiling sink / aclgraph: compiles, host time
+
+``call`` may be a plan (``fia_kit.plan(...)``): it is run through the call it was built from, not parsed again.
 
 Per variant: one first call (timed alone: it includes torch.compile's tracing and compiling, or graph build), then
 ``warmup - 1`` untimed calls, then ``repeats`` timed calls (time.perf_counter, the device synchronised before and
@@ -48,10 +51,12 @@ from .backends import RunOptions, as_call, as_plan, backend_names, prepare, reco
 from .backends.graph import GraphOptions
 from .backends.model import synchronize
 from .call import FIACall
+from .graph_modes import MODES, ModeTable, graph_modes
 
 __all__ = ["profile", "variants", "ProfileResult", "ProfileRow", "compare_runs", "GateResult", "GateRow",
            "read_ascend", "AscendProfile", "ProfileFormatError", "recompiles", "peak_memory", "write_trace",
-           "silenced_fd2", "atomic_write_json", "Progress", "VARIANTS", "NPU_BACKENDS"]
+           "silenced_fd2", "atomic_write_json", "Progress", "VARIANTS", "NPU_BACKENDS", "graph_modes", "MODES",
+           "ModeTable"]
 
 # Profiling variants beyond the registered backends (``fia_kit.backends.backend_names()``): a backend with options.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -195,7 +200,7 @@ def profile(target: Any, backends: Sequence[str] | None = None, *, warmup: int =
     """Profile named callables, or a call on ``backends``.
 
     Args:
-        target: {name: zero-argument callable} (run on ``device``), or a FIACall / builders case (then
+        target: {name: zero-argument callable} (run on ``device``), or a Plan / FIACall / builders case (then
             ``backends``, default ["reference", "compiled"], picks the runners, see ``variants``).
         warmup: calls before timing, the first one included (>= 1).
         repeats: timed calls (>= 1).

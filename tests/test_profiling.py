@@ -170,3 +170,13 @@ def test_npu_eager_graph_and_tiling_profile(tmp_path):
     assert [r.device.split(":")[0] for r in result.rows] == ["npu"] * 3
     assert all(r.peak_bytes is not None and r.memory_method.startswith("torch.npu") for r in result.rows)
     assert all(r.trace and os.path.isdir(r.trace) for r in result.rows)
+
+
+def test_profile_and_roofline_take_a_plan():
+    import fia_kit
+    from fia_kit.roofline import call_cost
+
+    plan = fia_kit.plan(decode_call())
+    result = profile(plan, ["reference"], warmup=1, repeats=2, memory=False)
+    assert [r.name for r in result.rows] == ["reference"] and result.meta["call"]["query"] == [2, 4, 1, 16]
+    assert call_cost(plan).flops == 2 * 4 * (24 + 9) * (16 + 16)  # N_q * in-band pairs * (D_q + D_v), by hand
