@@ -61,3 +61,33 @@ def test_half_precision_attention_against_an_eager_benchmark():
     corrupted = tested.clone()
     corrupted[0, 1] *= 1.05
     assert not method12(corrupted, benchmark, golden).passed
+
+
+def _perturbed_npu(scale: float):
+    """A torch_npu stand-in returning the reference's attention_out times ``scale`` on every element."""
+    import types
+
+    from fia_kit.reference import npu_fused_infer_attention_score
+
+    def npu_fused_infer_attention_score_op(query, key, value, **kwargs):
+        out, lse = npu_fused_infer_attention_score(query, key, value, **kwargs)
+        return out * scale, lse
+    npu_fused_infer_attention_score_op.__name__ = "npu_fused_infer_attention_score"
+    return types.SimpleNamespace(npu_fused_infer_attention_score=npu_fused_infer_attention_score_op)
+
+
+def test_compare_shows_method12_beside_the_fixed_tolerances():
+    from fia_kit import compare
+    from fia_kit.call import parse_call
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 6, 16, generator=g).half() for _ in range(3))
+    call = parse_call("v1", q, k, v, {"num_heads": 2, "input_layout": "BNSD", "actual_seq_lengths": [6, 4]})
+    same = compare(call, ["compiled"])
+    verdict = same.rows[0].method12
+    assert verdict.passed and verdict.ratios == pytest.approx({"max": 1.0, "mean": 1.0, "rmse": 1.0}, rel=0.05)
+    # 1 % too large everywhere: far beyond the benchmark's fp16 rounding on mean error and RMSE
+    off = compare(call, ["npu"], torch_npu=_perturbed_npu(1.01), device="cpu").rows[0].method12
+    assert not off.passed and {f.split(":")[0] for f in off.failures} >= {"mean", "rmse"}
+    text = same.table()
+    assert "method 12 (max/mean/rmse, x ref)" in text and "vs golden (x ref)" in text

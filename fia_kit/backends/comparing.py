@@ -18,6 +18,7 @@ from ..environment import detect
 from ..kernel import RowStatus, compute_dtype, run_plan
 from ..layouts import to_canonical
 from ..planning import Plan
+from ..precision import Method12, method12
 from .registry import RunOptions
 from .running import as_plan, run_plan_on
 from .tolerances import LSE_TOLERANCE, TOLERANCES
@@ -45,6 +46,8 @@ class ComparisonRow:
         within_tolerance: every element within atol + rtol * |ref| (``TOLERANCES`` by dtype) and the LSE within
             ``LSE_TOLERANCE``.
         within_golden: error vs golden <= factor * the reference's error vs golden (+ 1e-6 floor).
+        method12: the op's own precision standard (spec 25.4, ``fia_kit.precision``): MARE / MERE / RMSE vs the
+            golden within 10x / 2x / 2x the reference's (the benchmark); None without a golden.
     """
 
     backend: str
@@ -55,6 +58,7 @@ class ComparisonRow:
     within_tolerance: bool
     within_golden: bool | None
     seconds: float
+    method12: Method12 | None = None
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,18 @@ class Comparison:
         return all(r.within_tolerance for r in self.rows)
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
-        head = ["backend", "out max abs", "out max rel", "lse max abs", "vs golden", "tolerance", "golden",
-                "seconds"]
+        head = ["backend", "out max abs", "out max rel", "lse max abs", "vs golden (x ref)", "tolerance", "golden",
+                "method 12 (max/mean/rmse, x ref)", "seconds"]
         fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
         yes = lambda b: "-" if b is None else ("pass" if b else "FAIL")  # noqa: E731
+
+        def m12(v: Method12 | None) -> str:
+            if v is None:
+                return "-"
+            return f"{yes(v.passed)} " + "/".join(f"{x:.2g}" for x in v.ratios.values())
         body = [[r.backend, fmt(r.out_abs), fmt(r.out_rel), fmt(r.lse_abs), fmt(r.golden_ratio),
-                 yes(r.within_tolerance), yes(r.within_golden), f"{r.seconds:.4f}"] for r in self.rows]
+                 yes(r.within_tolerance), yes(r.within_golden), m12(r.method12), f"{r.seconds:.4f}"]
+                for r in self.rows]
         return head, body
 
     def table(self) -> str:
@@ -104,10 +114,11 @@ def compare(target: Any, backends: list[str] | None = None, *, factor: float = 1
     """Max abs/rel error of attention_out and softmax_lse per backend against the reference.
 
     Only rows the spec defines are compared: the reference's ``row_status == RowStatus.COMPUTED`` (padding,
-    out-of-band and fully masked rows are left out). Two verdicts per backend: the fixed per-dtype tolerance
+    out-of-band and fully masked rows are left out). Three verdicts per backend: the fixed per-dtype tolerance
     (``TOLERANCES``) and the relative scheme of FlexAttention's tests (error vs a float64 golden within ``factor``
     times the reference's own error vs that golden; here the reference computes in float32 and rounds to the
-    query dtype, as the op's high-precision path does).
+    query dtype, as the op's high-precision path does); and the op team's "method 12" (``fia_kit.precision``)
+    with the reference as the benchmark.
 
     Args:
         target: a Plan or anything ``fia_kit.plan`` takes (``form`` picks a case's form); planned once.
@@ -136,13 +147,14 @@ def compare(target: Any, backends: list[str] | None = None, *, factor: float = 1
         ok = bool((diff <= atol + rtol * ref_out.double().abs()).all())
         if lse_abs is not None:
             ok = ok and lse_abs <= LSE_TOLERANCE[0] + LSE_TOLERANCE[1] * _amax(ref_lse.abs())
-        ratio = within = None
+        ratio = within = verdict = None
         if golden is not None:
             err = _max_abs(out, golden)
             ratio = err / base_err if base_err else (0.0 if err == 0 else float("inf"))
             within = err <= factor * base_err + 1e-6
+            verdict = method12(out, ref_out, golden)
         rows.append(ComparisonRow(backend, _amax(diff), _amax(diff / ref_out.double().abs().clamp_min(1e-6)),
-                                  lse_abs, ratio, ok, within, result.timings["median"]))
+                                  lse_abs, ratio, ok, within, result.timings["median"], verdict))
     return Comparison(dtype, int(computed.sum()), computed.numel(), rows)
 
 
