@@ -31,6 +31,7 @@ from .call import FIACall, parse_call
 from .errors import FIAArgumentError, describe_value
 from .layouts import from_canonical, parse_layout
 from .masks import INT_MAX, compressed_causal_mask
+from .shapes import key_axis_width
 from .signatures import canonical_name, is_torchair, spelled, version_of
 
 MASK_KINDS = ("auto", "none", "compressed", "causal", "padding")
@@ -209,9 +210,11 @@ class Case:
 
     @property
     def kv_columns(self) -> int:
-        """Key columns of an explicit mask or pse: prefix + S_kv, where paged S_kv is the block-table capacity."""
-        seq = self.block_size * -(-self.s_kv // self.block_size) if self.paged else self.s_kv
-        return self.prefix_len + seq
+        """Key columns of an explicit mask or pse (``shapes.key_axis_width``): prefix + S_kv, where paged S_kv is
+        the block-table capacity."""
+        capacity = self.block_size * -(-self.s_kv // self.block_size) if self.paged else None
+        return key_axis_width(self.s_kv, self.kv_lens, packed=parse_layout(self.layout).packed,
+                              paged_capacity=capacity, prefix_len=self.prefix_len)
 
     def replace(self, **changes: Any) -> Case:
         """A copy with some fields changed (validated again)."""

@@ -1,7 +1,7 @@
 """Plotly figures of one FIA call: pure functions, data in, ``go.Figure`` out (no widgets, no global state).
 
-Every figure reads what the library computed: visibility from ``fia_kit.kernel.batch_visibility`` and the batch's
-``Band``, probabilities from ``fia_kit.kernel.batch_probabilities``, outputs, LSE and row status from the
+Every figure reads what the library computed: visibility from the plan's ``fia_kit.visibility.Visibility``,
+probabilities from ``fia_kit.kernel.batch_probabilities``, outputs, LSE and row status from the
 ``ReferenceResult``, memory order from ``fia_kit.layouts``. No masking or layout rule is re-derived here.
 
 Maps larger than ``MAX_CELLS`` x ``MAX_CELLS`` are pooled into blocks (the title says how), so a figure never carries
@@ -96,18 +96,6 @@ def _batch_rows(problem: Plan, b: int) -> tuple[int, int]:
     return 0, problem.query.shape[2]
 
 
-def _key_columns(problem: Plan, b: int) -> int:
-    """Key columns shown for batch b: P + the key axis (S_kv, the paged capacity, or L_kv when packed)."""
-    plan = problem.batches[b]
-    if problem.paged:
-        axis = problem.block_table.shape[1] * problem.block_size
-    elif problem.layout.packed:
-        axis = plan.kv_len
-    else:
-        axis = problem.key.shape[2]
-    return problem.prefix_len + axis
-
-
 def row_status_of_batch(problem: Plan, result: ReferenceResult, b: int) -> torch.Tensor:
     """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b."""
     first, count = _batch_rows(problem, b)
@@ -122,14 +110,14 @@ def visibility_codes(problem: Plan, b: int) -> torch.Tensor:
     """
     plan = problem.batches[b]
     _, rows = _batch_rows(problem, b)
-    num_keys = problem.prefix_len + plan.kv_len
-    codes = torch.full((rows, _key_columns(problem, b)), PADDING, dtype=torch.int64)
+    vis = problem.visibility
+    num_keys = vis.num_keys(b)
+    columns = num_keys if problem.layout.packed else problem.key_columns  # a packed batch's slice has no padding
+    codes = torch.full((rows, columns), PADDING, dtype=torch.int64)
     if plan.q_len and num_keys:
-        visible = kernel.batch_visibility(problem, b)
-        in_band = plan.band.tile(0, plan.q_len, 0, num_keys)
         block = torch.full((plan.q_len, num_keys), OUTSIDE_BAND, dtype=torch.int64)
-        block[in_band if in_band is not None else torch.ones_like(visible)] = MASKED
-        block[visible] = VISIBLE
+        block[vis.in_band(b).cpu()] = MASKED
+        block[vis.dense(b).cpu()] = VISIBLE
         codes[:plan.q_len, :num_keys] = block
     return codes
 

@@ -148,19 +148,6 @@ def _kv_rows(problem: Plan, tensor: torch.Tensor, plan: BatchPlan) -> torch.Tens
     return tensor[plan.kv_index, :, plan.kv_start:plan.kv_start + plan.kv_len]
 
 
-def user_mask_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor | None:
-    """(rows, cols) bool, True = hidden by atten_mask, for batch-local rows [r0, r1) and keys [c0, c1)."""
-    mask = problem.atten_mask
-    if mask is None:
-        return None
-    plane = mask[b if mask.shape[0] > 1 else 0]
-    row0, col0 = problem.batches[b].mask_origin  # left padding: physical coordinates (spec 15)
-    r0, r1, c0, c1 = r0 + row0, r1 + row0, c0 + col0, c1 + col0
-    if problem.decode:
-        return plane[c0:c1].unsqueeze(0).expand(r1 - r0, c1 - c0)
-    return plane[r0:r1, c0:c1]
-
-
 def pse_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """(N_q, rows, cols) pse_shift for batch-local rows [r0, r1) and keys [c0, c1), shifted by left padding."""
     row0, col0 = problem.batches[b].mask_origin
@@ -232,7 +219,7 @@ def _masked_scores(problem: Plan, b: int, qg: torch.Tensor, key: torch.Tensor,
     scores = scores.view(n_kv, group, rows, c1 - c0).mul_(_score_scale(problem))
     if problem.pse is not None:
         scores += pse_tile(problem, b, r0, r1, c0, c1).to(dtype).view(n_kv, group, rows, c1 - c0)
-    hidden = user_mask_tile(problem, b, r0, r1, c0, c1)
+    hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
     if hidden is not None:
         hidden = hidden.to(device)
         scores.masked_fill_(hidden, MASK_FILL)
@@ -285,24 +272,6 @@ def _softmax_values(scores: torch.Tensor, value: torch.Tensor, sink: torch.Tenso
 def _tile_rows(num_heads: int, num_keys: int, dtype: torch.dtype) -> int:
     per_row = max(1, num_heads * num_keys * torch.finfo(dtype).bits // 8)
     return max(16, min(TILE_ROWS, TILE_BYTES // per_row))
-
-
-def batch_visibility(problem: Plan, b: int) -> torch.Tensor:
-    """(L_q, P + L_kv) bool of batch b: True where query row i sees key j (prefix keys first).
-
-    A key is visible when it lies inside the batch's sparse-mode band and atten_mask (modes 0/1, decode) does not
-    hide it; the same rules ``attend_batch`` applies.
-    """
-    plan = problem.batches[b]
-    num_keys = problem.prefix_len + plan.kv_len
-    visible = torch.ones(plan.q_len, num_keys, dtype=torch.bool)
-    outside = plan.band.outside_tile(0, plan.q_len, 0, num_keys)
-    if outside is not None:
-        visible &= ~outside
-    hidden = user_mask_tile(problem, b, 0, plan.q_len, 0, num_keys)
-    if hidden is not None:
-        visible &= ~hidden.to("cpu")
-    return visible
 
 
 def batch_probabilities(problem: Plan, b: int, heads: list[int] | None = None) -> torch.Tensor:

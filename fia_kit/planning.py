@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,7 +21,10 @@ from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
 from .masks import COMPRESSED_MASK_SIZE, INT_MAX, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
 from .quant import QuantSpec
 from .quant_checks import QuantContext, check_input_dtypes, check_output_quant_rows, check_quant, int4_factor
-from .signatures import V1_TO_V2
+from .signatures import spelled
+
+if TYPE_CHECKING:
+    from .visibility import Visibility
 
 OP_FLOAT_DTYPES = (torch.float16, torch.bfloat16)  # what the NPU op takes; float32/64 are the kit's extension
 MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
@@ -102,6 +105,7 @@ class Plan:
     out_dtype: torch.dtype
     out_shape: tuple[int, ...]
     lse_shape: tuple[int, ...]
+    key_columns: int  # the key axis atten_mask and pse_shift cover: P + S_kv (``shapes.key_axis_width``)
     quant: QuantSpec | None = None  # quantised inputs/outputs (spec 16); None when nothing is quantised
     call: FIACall | None = field(default=None, repr=False, compare=False)  # the parsed call this plan resolves
 
@@ -127,9 +131,11 @@ class Plan:
         return tuple(p.kv_len for p in self.batches)
 
     @property
-    def uses_user_mask(self) -> bool:
-        """Whether atten_mask is read element-wise (modes 0/1, and decode), not as the compressed template."""
-        return self.atten_mask is not None
+    def visibility(self) -> Visibility:
+        """The visibility rule of this plan: which keys each row sees, which rows are computed."""
+        from .visibility import Visibility
+
+        return Visibility(self)
 
 
 def build_plan(call: FIACall) -> Plan:
@@ -169,13 +175,13 @@ def build_plan(call: FIACall) -> Plan:
         else (None, None)
     prefix_key, prefix_value, prefix_len = _check_prefix(call, layout, num_kv_heads, head_dim, value_dim,
                                                          paged_kv, rope)
-    kv_axis = capacity if paged_kv else (max((kv[2] for kv in plans_kv), default=0) if layout.packed
-                                         else k4.shape[2])
+    key_columns = shapes.key_axis_width(k4.shape[2], [kv[2] for kv in plans_kv], packed=layout.packed,
+                                        paged_capacity=capacity, prefix_len=prefix_len)
+    kv_axis = key_columns - prefix_len
     q_axis = max((q[2] for q in plans_q), default=0) if layout.packed else q4.shape[2]
     sparse_mode, pre_tokens, next_tokens = _check_sparse(call, rope, head_dim, decode)
-    atten_mask = _check_mask(call, layout, batch, q_axis, kv_axis + prefix_len, decode, rope, head_dim,
-                             value_dim, paged_kv)
-    pse = _check_pse(call, layout, batch, num_heads, q_axis, kv_axis + prefix_len, decode, rope)
+    atten_mask = _check_mask(call, layout, batch, q_axis, key_columns, decode, rope, head_dim, value_dim, paged_kv)
+    pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope)
     sink = _check_sink(call, layout, num_heads, value_dim, pse)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
     scale = _check_scale(o["scale"], _spelled(call, "scale"))
@@ -185,8 +191,6 @@ def build_plan(call: FIACall) -> Plan:
         key.shape[0] if paged_kv else 0, block_size, rope, _left_padding_given(call), return_lse))
     if left_padded and sparse_mode == 0:
         pre_tokens = next_tokens = INT_MAX  # spec 15, 6.3
-    check_output_quant_rows(call, sparse_mode, pre_tokens, next_tokens, atten_mask is not None, decode,
-                            [(q[2], kv[2] + prefix_len) for q, kv in zip(plans_q, plans_kv, strict=True)])
 
     batches = []
     for (qi, qs, ql), (ki, ks, kl) in zip(plans_q, plans_kv, strict=True):
@@ -196,6 +200,8 @@ def build_plan(call: FIACall) -> Plan:
                               decode, len(batches))
         origin = (qs, ks) if left_padded else (0, 0)
         batches.append(BatchPlan(qi, qs, ql, ki, ks, kl, band, origin))
+    check_output_quant_rows(call, sparse_mode, pre_tokens, next_tokens, atten_mask is not None, decode,
+                            [(p.band, p.q_len, p.kv_len + prefix_len) for p in batches])
 
     out_shape = shapes.out_shape(layout, q4, value_dim)
     lse_shape = shapes.lse_shape(layout, q4, return_lse)
@@ -206,7 +212,7 @@ def build_plan(call: FIACall) -> Plan:
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, value_dim=value_dim, scale=scale,
         sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
         return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
-        out_shape=out_shape, lse_shape=lse_shape, quant=quant, call=call,
+        out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, call=call,
     )
 
 
@@ -225,7 +231,7 @@ def _reject_unsupported(call: FIACall) -> None:
 
 
 def _spelled(call: FIACall, canonical: str) -> str:
-    return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
+    return spelled(canonical, call.form)
 
 
 def _out_dtype(call: FIACall, quant: QuantSpec | None) -> torch.dtype:

@@ -14,6 +14,7 @@ import torch
 from .call import FIACall
 from .errors import FIAArgumentError
 from .layouts import Layout, to_canonical
+from .masks import Band
 from .quant import (
     INT4_PER_INT32,
     PER_TOKEN_MODES,
@@ -23,7 +24,7 @@ from .quant import (
     QuantSpec,
     decode_trans_quant_param,
 )
-from .signatures import V1_TO_V2
+from .signatures import spelled
 
 FLOAT_QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 QUANT_LAYOUTS = ("BSH", "BNSD", "BSND", "BNSD_BSND")  # full quant and output quant (spec 16.1, 16.2)
@@ -113,29 +114,28 @@ def check_quant(call: FIACall, ctx: QuantContext) -> QuantSpec | None:
 
 
 def check_output_quant_rows(call: FIACall, sparse_mode: int, pre: int, nxt: int, has_mask: bool, decode: bool,
-                            rows: list[tuple[int, int]]) -> None:
+                            bands: list[tuple[Band, int, int]]) -> None:
     """With int8 output: no band with negative pre/next; with quant_offset2, no uncomputed rows (spec 6.3, 16.1).
 
     Args:
         pre, nxt: the effective pre/next tokens (left padding forces INT_MAX in mode 0).
-        rows: per batch (L_q, L_kv + P).
+        bands: per batch (its sparse-mode band, L_q, L_kv + P); a row is uncomputed when no key lies in the band.
     """
     o = call.options
     if o.get("quant_scale2") is None or decode:
         return
-    band = sparse_mode == 4 or (sparse_mode == 0 and has_mask)
-    if band and (pre < 0 or nxt < 0):
+    band_mode = sparse_mode == 4 or (sparse_mode == 0 and has_mask)
+    if band_mode and (pre < 0 or nxt < 0):
         raise FIAArgumentError(f"{_name(call, 'quant_scale2')} + pre_tokens + next_tokens", "int8 output rejects "
                                "a band with negative pre_tokens or next_tokens (spec 6.3, 16.1)", (pre, nxt))
-    if o.get("quant_offset2") is None:
-        return
-    for b, (lq, lkv) in enumerate(rows):
-        skipped = (sparse_mode == 0 and has_mask and (lq - lkv - pre > 0 or nxt < 0)) \
-            or (sparse_mode == 3 and lkv - lq < 0) or (sparse_mode == 4 and (pre < 0 or nxt + lkv - lq < 0))
-        if skipped:
+    if o.get("quant_offset2") is None or sparse_mode not in (0, 3, 4):
+        return  # modes 1 and 2 compute every row that has keys (spec 16.1 lists modes 0, 3 and 4)
+    for b, (band, lq, keys) in enumerate(bands):
+        restricted = band.lo is not None or band.hi is not None
+        if restricted and not bool(band.computed_rows(lq, keys).all()):
             raise FIAArgumentError(f"{_name(call, 'quant_offset2')} + sparse_mode", f"batch {b} would leave query "
                                    "rows uncomputed, which an output offset does not allow (spec 16.1)",
-                                   (sparse_mode, lq, lkv))
+                                   (sparse_mode, lq, keys))
 
 
 # ---------------------------------------------------------------------------------------------------- full quant
@@ -399,4 +399,4 @@ def _reject_given(call: FIACall, names: tuple[str, ...], rule: str) -> None:
 
 
 def _name(call: FIACall, canonical: str) -> str:
-    return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
+    return spelled(canonical, call.form)

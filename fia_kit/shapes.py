@@ -7,7 +7,7 @@ validation (``fia_kit.planning``) uses the same ``out_shape`` / ``lse_shape`` ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +95,19 @@ def _out_dtype(query: torch.Tensor, options: Mapping[str, Any]) -> torch.dtype:
         rope = options["query_rope"]
         return rope.dtype if rope is not None else torch.float16
     return query.dtype
+
+
+def key_axis_width(s_kv: int, kv_lens: Sequence[int], *, packed: bool, paged_capacity: int | None = None,
+                   prefix_len: int = 0) -> int:
+    """Columns of the key axis atten_mask and pse_shift must cover (spec 6.2, 9): the shared prefix, then S_kv.
+
+    S_kv is ``paged_capacity`` (block_table.shape[1] * block_size) with a paged cache, the longest L_kv for packed
+    (TND-family) layouts, else the key's S axis ``s_kv``.
+    """
+    if paged_capacity is not None:
+        axis = paged_capacity
+    elif packed:
+        axis = max(kv_lens, default=0)
+    else:
+        axis = s_kv
+    return prefix_len + axis
