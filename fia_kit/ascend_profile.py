@@ -189,7 +189,7 @@ class AscendProfile:
                  f"{r.p90_us:.2f}", f"{r.wait_share:.1%}"] for r in self.shape_table()]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = [f"{len(self.kernels)} {FIA_TYPE} kernels from {self.kind} ({self.source.name}); times in us"]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body]]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -457,7 +457,7 @@ class GateResult:
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = [f"regression gate at {self.threshold:.0%} on the median: "
                  + ("PASS" if self.passed else f"FAIL ({len(self.regressions)} regressed)")]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body]]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -7,7 +7,7 @@
 # lengths, and how to time a call (`fia_kit.profiling`) and place it under a roofline (`fia_kit.roofline`).
 #
 # Spec ([docs/](../docs/README.md)): section 1.4 *TorchAir (`tng.ops`) variants*, section 4.3 *Output-shape
-# inference*, section 25.4 *How users profile it* (graph modes).
+# inference*, section 25.4 *How users profile it* (graph modes, profiles, the regression gate).
 #
 # Timings differ on every run: cells that print them are tagged `nbval-ignore-output`; the other cells print
 # facts that do not change (compile counts, shapes, booleans).
@@ -100,6 +100,7 @@ g = torch.Generator().manual_seed(0)
 q = torch.randn(B, N, 1, D, generator=g).half()
 k, v = (torch.randn(B, N, 64, D, generator=g).half() for _ in range(2))
 decode = parse_call("v1", q, k, v, dict(num_heads=N, input_layout="BNSD", actual_seq_lengths_kv=[10, 20]))
+decode_plan = fia_kit.plan(decode)  # parsed and validated once: profiling and the roofline take the plan
 steps = [[10, 20], [11, 21], [12, 22], [13, 23]]
 counts = profiling.recompiles(decode, steps)
 print(f"{len(steps)} decode steps -> compiles with int lists: {counts['list']}, with int64 tensors: {counts['tensor']}")
@@ -116,7 +117,7 @@ print(f"{len(steps)} decode steps -> compiles with int lists: {counts['list']}, 
 # %% tags=["nbval-ignore-output"]
 # Timing output is ignored by nbval (tag nbval-ignore-output): seconds differ on every run.
 variants = list(profiling.NPU_BACKENDS if BACKEND == "npu" else ("reference", "compiled"))
-report = profiling.profile(decode, variants, warmup=2, repeats=5)
+report = profiling.profile(decode_plan, variants, warmup=2, repeats=5)
 report
 
 # %%
@@ -134,6 +135,100 @@ with tempfile.TemporaryDirectory() as folder:
 report.figure()
 
 # %% [markdown]
+# ## The graph-mode matrix: `fia_kit.profiling.graph_modes`
+#
+# The op's own tests run every case in five modes (spec 25.4): **eager**; **GE static graph**
+# (`dynamic=False`); **dynamic** (`dynamic=True`); **tiling sink** (`tiling_schedule_optimize` with
+# `dynamic=True` and `mark_static` on q/k/v, so only the lengths vary); and **aclgraph** (captured NPU graph,
+# where the installed torch_npu has `torch_npu.npu.NPUGraph`). `graph_modes(plan, kv_steps)` runs a decode loop
+# in each, with new K/V lengths every step, and reports per mode the graphs compiled, the host time per step
+# (until the call returns: the launch cost), the step time, and how many length tensors each step sends from
+# the host. Off an NPU the five NPU modes are listed as unavailable, each with the reason, and the two CPU
+# look-alikes show the same recompile behaviour.
+
+# %% tags=["nbval-ignore-output"]
+# Timing output is ignored by nbval (tag nbval-ignore-output): milliseconds differ on every run.
+modes = profiling.graph_modes(decode_plan, steps)
+modes
+
+# %%
+for row in modes.rows:
+    status = f"{row.compiles} compiles, {row.length_copies} length copies/step" if row.available else "unavailable"
+    print(f"{row.mode:17s} {status}")
+
+# %% [markdown]
+# ### Where the host time goes
+#
+# * **`SymInt[]` lengths are host arrays.** torch_npu's op takes the actual lengths as int lists: in eager mode
+#   the op tiles on the host from them every call; in a graph compiled with `dynamic=False` each new list is a
+#   new constant, so every decode step with new lengths **recompiles** (or, in a captured graph, **rebinds**:
+#   the graph's task arguments are updated before the replay). One user report measured a graph update at
+#   3.7 ms against a replay at 1.2 ms per step. TorchAir's `tng.ops` take int64 **device tensors** instead: the
+#   graph is compiled once and the lengths are graph inputs.
+# * **Copies.** Device-tensor lengths still have to get to the device: one small host-to-device copy per length
+#   per step when the model builds them from Python lists (the "length copies" column). With tiling sink the
+#   kernel's tiling reads them on the device; without it GE tiles on the host and needs the values back.
+# * **Bubbles.** torch_npu queues launches: the Python thread *enqueues* (`Enqueue@aclnnFusedInferAttentionScoreV3`)
+#   and a second thread *dequeues* and launches (`Dequeue@...`, inside it `AscendCL@...`). When the dequeue
+#   thread lags, the device idles before FIA; in graph decode an `EventWait` task (a cross-stream wait) adds a
+#   gap on the device. Both show as FIA's **Wait Time(us)** and in `trace_view.json`, which
+#   `fia_kit.profiling.read_ascend` reads.
+
+# %% [markdown]
+# ## Reading real profiles: `fia_kit.profiling.read_ascend`
+#
+# `read_ascend(path)` reads what torch_npu's profiler writes (a `*_ascend_pt` folder: its
+# `ASCEND_PROFILER_OUTPUT/kernel_details.csv`, `trace_view.json`, `op_statistic.csv`) or an msprof
+# `op_summary_*.csv`, with torch_npu 2.13.0's column names. It keeps the FIA kernels (name, start, duration,
+# wait, block num, input shapes, the AI-core metrics present) with the host events around each one, and groups
+# them per distinct Input Shapes. On an Ascend box the next cell profiles the decode call live; elsewhere it reads
+# the **illustration** shipped in `examples/ascend_profile/` (synthetic files in the documented formats, written
+# by `examples/ascend_profile/make_example.py`: not a measurement).
+
+# %%
+EXAMPLES = Path("..") / "examples" / "ascend_profile"
+if BACKEND == "npu":
+    live = profiling.variants(decode_plan, ["npu"])["npu"]
+    source = profiling.write_trace(*live, Path(tempfile.mkdtemp()), "decode")
+    print("profiled live into", source)
+else:
+    source = EXAMPLES / "decode_baseline_ascend_pt"
+    print("reading the illustration:", (source / "ILLUSTRATION.txt").read_text().strip())
+prof = profiling.read_ascend(source)
+print(prof.table())
+
+# %%
+first = prof.kernels[0]
+print("first FIA kernel:", first.name[:40], "| block num", first.block_num, "| step", first.step)
+print("AI-core metrics present:", prof.metrics())
+print("host events around it:", [(event.kind, event.name.split("@")[0]) for event in first.host])
+if BACKEND != "npu":
+    dequeue = [e for k in prof.kernels for e in k.host if e.kind == "dequeue"]
+    waits = [e for k in prof.kernels for e in k.host if e.kind == "event_wait"]
+    print(f"EventWait before FIA: {len(waits)} tasks, median {sorted(e.duration_us for e in waits)[len(waits) // 2]:.1f} us")
+    print(f"Dequeue@ events: {len(dequeue)}; wait share of the 1024-token shape: {prof.shape_table()[0].wait_share:.0%}")
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+prof.timeline_figure()
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+prof.kv_figure()
+
+# %% [markdown]
+# ### Did my change regress? `fia_kit.profiling.compare_runs`
+#
+# The op's team gates performance at 8 % against a baseline (spec 25.4). `compare_runs(baseline, new)`
+# compares the median duration per shape; it takes `read_ascend` results, the kit's own `ProfileResult`
+# (or its JSON), or paths to either. The illustration's "new" run is 12 % slower at 4096 keys:
+
+# %%
+gate = profiling.compare_runs(EXAMPLES / "decode_baseline_ascend_pt", EXAMPLES / "decode_new_ascend_pt")
+print(gate.table())
+print("gate passed:", gate.passed)
+
+# %% [markdown]
 # ## Roofline: is the call memory- or compute-bound?
 #
 # `roofline.call_cost(call)` counts the work exactly: FLOPs over the in-band (query, key) pairs
@@ -143,7 +238,7 @@ report.figure()
 # your NPU's datasheet numbers as a `DevicePeaks`.
 
 # %%
-cost = roofline.call_cost(decode)
+cost = roofline.call_cost(decode_plan)
 by_hand = 4 * N * D * (10 + 20)           # decode: one query row per batch, 10 and 20 keys
 print("FLOPs:", cost.flops, "== 4 * N * D * (sum of L_kv):", cost.flops == by_hand)
 print("bytes (lower bound):", cost.bytes, {name: n for name, n in cost.bytes_by_tensor.items() if n})
@@ -153,7 +248,7 @@ print("intensity (FLOP/byte):", round(cost.intensity, 3), "-> decode is memory-b
 # Timing output is ignored by nbval (tag nbval-ignore-output): seconds differ on every run.
 peaks = roofline.measure_cpu_peaks(size=512, copy_mib=32, repeats=3)
 seconds = report.row("reference").median_s
-place = roofline.roofline(decode, seconds, peaks, label="decode, reference")
+place = roofline.roofline(decode_plan, seconds, peaks, label="decode, reference")
 print(place.table())
 place.figure()
 
@@ -167,5 +262,6 @@ print("an NPU's peaks are entered, not guessed:", roofline.DevicePeaks("my NPU")
 # * TorchAir: `config.mode = "max-autotune"`, `tiling_schedule_optimize`, `graph_dump`; lengths as int64 device
 #   tensors (`fia_kit.builders.length_tensor`).
 # * Elsewhere: `fia_kit.run(call, backend="compiled")`; int lists recompile per value, tensors do not.
-# * `fia_kit.profiling.profile` for timings, memory and traces; `fia_kit.roofline` for exact FLOPs, minimum
-#   bytes and the roofline.
+# * `fia_kit.profiling.profile` for timings, memory and traces; `graph_modes` for the graph-mode matrix
+#   (compiles, host time, length copies); `read_ascend` for torch_npu / msprof profiles; `compare_runs` for the
+#   8 % regression gate; `fia_kit.roofline` for exact FLOPs, minimum bytes and the roofline.
