@@ -5,11 +5,13 @@ box the same calls run torch_npu's op and compare it with the reference. "spec N
 section N.N of the repository's docs/ (docs/README.md maps sections to files).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import environment  # noqa: F401  (first: sets TORCH_DEVICE_BACKEND_AUTOLOAD=0 before torch loads)
 from .backends import compare, run
+from .capture import capture, load_capture
 from .errors import FIAArgumentError
+from .lint import lint
 from .planning import Plan, plan
 from .reference import (
     compute_dtype,
@@ -18,12 +20,14 @@ from .reference import (
 )
 
 if TYPE_CHECKING:
-    from .case import Case
     from .explorer import Explorer
 
 __all__ = [
     "FIAArgumentError",
     "Plan",
+    "capture",
+    "load_capture",
+    "lint",
     "plan",
     "compare",
     "run",
@@ -35,11 +39,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def explore(case: "Case | None" = None, backend: str = "reference") -> "Explorer":
+def explore(case: "Any" = None, backend: str = "reference") -> "Explorer":
     """Open the interactive explorer on a ``fia_kit.case.Case`` (default case if None); display the result.
 
+    ``case`` may also be a call, a Plan or a captured call (``load_capture``): it is turned into a case with
+    ``Case.from_call``, which keeps the call's own tensors until a control changes it.
     Imports ipywidgets and plotly on first use only; see ``fia_kit.explorer.explore``.
     """
+    from .case import Case
     from .explorer import explore as _explore
 
+    if case is not None and not isinstance(case, Case):
+        case = Case.from_call(case)
     return _explore(case, backend)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -98,6 +98,14 @@ class BuiltCall:
 
 
 @dataclass(frozen=True)
+class OwnArguments:
+    """A call's own arguments (``built``) and the case ``Case.from_call`` derived from them."""
+
+    case: Case
+    built: BuiltCall
+
+
+@dataclass(frozen=True)
 class Case:
     """What to try. Lengths are per batch (the builder turns them into cumulative ones where the op wants).
 
@@ -147,6 +155,7 @@ class Case:
     seed: int = 0
     device: str = "cpu"
     form: str | None = None
+    source: OwnArguments | None = field(default=None, repr=False, compare=False)  # set by from_call
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "q_lens", tuple(int(v) for v in self.q_lens))
@@ -227,6 +236,9 @@ class Case:
         torch_npu forms take lengths as int lists, TorchAir forms as int64 tensors on ``device``.
         """
         form = form or self.natural_form
+        if self.source is not None and self == self.source.case:  # unchanged since from_call: its own arguments
+            own = self.source.built
+            return own if form == own.form else BuiltCall(form, *own.args_for(form))
         version = version_of(form)
         if version == "v2" and self.prefix_len:
             raise FIAArgumentError("prefix_len", "v2 has no shared prefix (spec 1.2): build the v1 form", self.prefix_len)
@@ -276,6 +288,39 @@ class Case:
         kwargs = {spelled(k, version): self._to_device(k, v, form) for k, v in options.items()}
         move = lambda t: t.to(self.device)  # noqa: E731
         return BuiltCall(form, move(query), move(key), move(value), kwargs)
+
+    @classmethod
+    def from_call(cls, call: Any) -> Case:
+        """The case of a call (a FIACall, Plan, captured call, built call or case), keeping its own tensors.
+
+        While the case is unchanged, ``build`` returns the call's own arguments (respelled for another form);
+        once a field changes (``replace``, an explorer control) it builds seeded tensors as any case does.
+        Arguments a case cannot express (quantisation, left padding, its own rope values) live only in the call's
+        own arguments. Raises FIAArgumentError for a call the op refuses.
+        """
+        from .planning import plan as make_plan
+
+        p = make_plan(call)
+        o, c = p.call.options, p.call
+        mask = o["atten_mask"]
+        mask = "none" if mask is None else "compressed" if p.sparse_mode in (2, 3, 4) else mask
+        dense_kv = not p.paged and not p.layout.packed
+        fields = dict(
+            q_lens=p.q_len, kv_lens=p.kv_len, heads=p.num_heads, kv_heads=p.num_kv_heads, head_dim=p.head_dim,
+            value_dim=p.value_dim if p.value_dim != p.head_dim else None,
+            rope_dim=64 if p.query_rope is not None else 0, dtype=c.query.dtype, layout=p.layout.name,
+            sparse_mode=p.sparse_mode, pre_tokens=o["pre_tokens"], next_tokens=o["next_tokens"], mask=mask,
+            paged=p.paged, block_size=p.block_size or 16, cache_rank=c.key.dim() if p.paged else 4,
+            num_blocks=c.key.shape[0] if p.paged else None, prefix_len=p.prefix_len,
+            pse=o["pse_shift"] is not None, sinks=o.get("learnable_sink") is not None,
+            inner_precise=p.inner_precise, return_lse=p.return_lse, scale=p.scale,
+            q_seq=None if p.layout.packed else p.query.shape[2],
+            kv_seq=p.key.shape[2] if dense_kv else None, device=str(c.query.device), form=c.form)
+        if p.paged and fields["num_blocks"] < sum(-(-n // p.block_size) for n in p.kv_len):
+            fields["num_blocks"] = None  # blocks shared between sequences: seeded builds get their own
+        case = cls(**fields)
+        own = OwnArguments(case, BuiltCall(c.form, c.query, c.key, c.value, c.keywords()))
+        return dataclasses.replace(case, source=own)
 
     def to_fia_call(self, form: str | None = None) -> FIACall:
         """The parsed call of ``build(form)`` (None: ``natural_form``)."""

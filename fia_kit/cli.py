@@ -27,6 +27,35 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if table.passed else 1
 
 
+def _lint(args: argparse.Namespace) -> int:
+    """Print the findings of every distinct call of a capture file: a table, then (``--messages``) each message."""
+    import sys
+
+    from fia_kit.capture import CaptureFileError, format_table, load_capture
+    from fia_kit.lint import lint
+
+    try:
+        calls = load_capture(args.file)
+    except CaptureFileError as err:
+        print(f"fia-kit lint: {err}", file=sys.stderr)
+        return 2
+    rows, details, errors = [], [], 0
+    for call in calls:
+        findings = lint(call)
+        errors += sum(f.severity == "error" for f in findings)
+        rules = lambda severity: ", ".join(f.rule for f in findings if f.severity == severity) or "-"  # noqa: E731
+        rows.append({"#": str(call.index), "count": str(call.count), "entry": call.entry, "form": call.form,
+                     "query": "x".join(map(str, call.arguments["query"]["shape"])),
+                     "errors": rules("error"), "warnings": rules("warning"),
+                     "replay": "-" if not call.replayable else "exact" if call.exact else "regenerated"})
+        details += [f"  call {call.index}: {f}" for f in findings]
+    print(f"{args.file}: {len(calls)} distinct calls of {calls.total_calls}")
+    print(format_table(rows))
+    if args.messages and details:
+        print("\n".join(["", "findings:", *details]))
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser; each subcommand sets ``handler`` (args -> exit code)."""
     parser = argparse.ArgumentParser(
@@ -42,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--form", choices=["v1", "v2"], default="v1")
     check.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     check.set_defaults(handler=_check)
+    lint = commands.add_parser("lint", help="lint every distinct call of a capture file (fia_kit.capture)")
+    lint.add_argument("file", help="a capture file written by fia_kit.capture")
+    lint.add_argument("--messages", action="store_true", help="also print every finding's message")
+    lint.set_defaults(handler=_lint)
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import observe
 from .call import FIACall, parse_call
 from .kernel import ReferenceResult, RowStatus, compute_dtype, run_plan
 from .planning import Plan, build_plan
@@ -57,7 +58,11 @@ def npu_fused_infer_attention_score(query: torch.Tensor, key: torch.Tensor, valu
     Raises:
         FIAArgumentError: before any compute, for any argument that breaks the op's rules.
     """
-    return op_outputs(build_plan(parse_call("v1", query, key, value, kwargs)))
+    if not observe.watching():
+        return op_outputs(build_plan(parse_call("v1", query, key, value, kwargs)))
+    with observe.observed(f"{__name__}.npu_fused_infer_attention_score", "v1", "op", False,
+                          {"query": query, "key": key, "value": value, **kwargs}):
+        return op_outputs(build_plan(parse_call("v1", query, key, value, kwargs)))
 
 
 def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -69,7 +74,11 @@ def npu_fused_infer_attention_score_v2(query: torch.Tensor, key: torch.Tensor, v
     quant_scale_out/quant_offset_out, dequant_scale_query with query_quant_mode=3 (MLA full quantisation).
     ``num_key_value_heads`` defaults to 0 (= num_query_heads). v2 has no shared prefix and no left padding.
     """
-    return op_outputs(build_plan(parse_call("v2", query, key, value, kwargs)))
+    if not observe.watching():
+        return op_outputs(build_plan(parse_call("v2", query, key, value, kwargs)))
+    with observe.observed(f"{__name__}.npu_fused_infer_attention_score_v2", "v2", "op", False,
+                          {"query": query, "key": key, "value": value, **kwargs}):
+        return op_outputs(build_plan(parse_call("v2", query, key, value, kwargs)))
 
 
 def run_call(call: FIACall) -> ReferenceResult:
