@@ -12,9 +12,10 @@ companions (module attributes patched while capturing), ``torch.ops.npu.*`` / ``
 are seen too), ``tng.ops.*`` (``torchair.ops`` attributes), the kit's reference functions (a hook inside them, so a
 name imported before the capture is seen) and the kit's look-alike ops ``torch.ops.fia_kit.*``.
 
-Not seen: calls inside a compiled graph (torch.compile / TorchAir GE graphs) run as graph nodes, not Python calls;
-a capture sees them only if the op is called while tracing with real tensors, and never sees a replayed graph. With
-fake or meta tensors (tracing) only metadata is recorded. The file format is in docs/capture.md.
+Compiled graphs: a torch.compile graph whose nodes run through the dispatcher is recorded when it runs; a TorchAir
+GE graph runs on the device and is seen at trace time only, as metadata only (``torchair.get_npu_backend`` is
+wrapped to record each FIA node of a graph it compiles, from fake tensors), never per replay. The file format is in
+docs/capture.md.
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ class _DispatchWatcher(TorchDispatchMode):
     @staticmethod
     @functools.cache
     def _match(func: torch._ops.OpOverload) -> tuple[str, str, str, bool] | None:
-        namespace, _, name = func.name().partition("::")
+        namespace, name = func.namespace, func._schema.name.partition("::")[2]
         route = _route_of(name, func._overloadname)
         if route is None:
             return None
@@ -407,10 +408,52 @@ def _patch_targets(extra: Sequence[Any]) -> list[tuple[Any, str, bool]]:
     return targets
 
 
+def _graph_nodes(gm: torch.fx.GraphModule) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(entry, form, kind, arguments) of each FIA node of a traced graph; tensors are the nodes' fake values."""
+    def value(x: Any) -> Any:
+        return x.meta.get("example_value", x.meta.get("val")) if isinstance(x, torch.fx.Node) else x
+
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            continue
+        overload = target if isinstance(target, torch._ops.OpOverload) else target.default
+        name = overload._schema.name.partition("::")[2]
+        route = _route_of(name, overload._overloadname)
+        if route is None:
+            continue
+        entry = f"graph trace: torch.ops.{overload.namespace}.{name}.{overload._overloadname}"
+        args = _named(_positional(route[1]), tuple(value(a) for a in node.args),
+                      {k: value(v) for k, v in node.kwargs.items()})
+        yield entry, route[0], route[1], args
+
+
+def _wrap_backend_factory(get_npu_backend: Any) -> Any:
+    """``torchair.get_npu_backend`` whose backends record each FIA node of a graph they compile (trace time only,
+    metadata only: the graph's tensors are fake), then compile it as before."""
+    @functools.wraps(get_npu_backend)
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        backend = get_npu_backend(*args, **kwargs)
+
+        def recording_backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+            for entry, form, kind, arguments in _graph_nodes(gm):
+                if observe.OBSERVERS:
+                    observe.OBSERVERS[-1].begin(entry, form, kind, True, arguments)
+            return backend(gm, example_inputs)
+        return recording_backend
+    factory.__fia_kit_captured__ = get_npu_backend
+    return factory
+
+
 @contextlib.contextmanager
 def _patched(extra: Sequence[Any]) -> Iterator[None]:
     undo = []
     try:
+        torchair = sys.modules.get("torchair")
+        factory = getattr(torchair, "get_npu_backend", None)
+        if factory is not None and not hasattr(factory, "__fia_kit_captured__"):
+            torchair.get_npu_backend = _wrap_backend_factory(factory)
+            undo.append((torchair, "get_npu_backend", factory))
         for obj, prefix, graph in _patch_targets(extra):
             for name in _ATTRIBUTES:
                 fn = getattr(obj, name, None)

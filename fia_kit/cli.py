@@ -43,10 +43,10 @@ def _lint(args: argparse.Namespace) -> int:
     for call in calls:
         findings = lint(call)
         errors += sum(f.severity == "error" for f in findings)
-        rules = lambda severity: ", ".join(f.rule for f in findings if f.severity == severity) or "-"  # noqa: E731
+        rules = {s: ", ".join(f.rule for f in findings if f.severity == s) or "-" for s in ("error", "warning")}
         rows.append({"#": str(call.index), "count": str(call.count), "entry": call.entry, "form": call.form,
                      "query": "x".join(map(str, call.arguments["query"]["shape"])),
-                     "errors": rules("error"), "warnings": rules("warning"),
+                     "errors": rules["error"], "warnings": rules["warning"],
                      "replay": "-" if not call.replayable else "exact" if call.exact else "regenerated"})
         details += [f"  call {call.index}: {f}" for f in findings]
     print(f"{args.file}: {len(calls)} distinct calls of {calls.total_calls}")

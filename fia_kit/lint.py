@@ -45,6 +45,7 @@ RULES: dict[str, str] = {
     "query-past-lengths": "a packed query longer than its last cumulative length (spec 5.2, 25.1)",
     "decode-mask-noop": "a decode mask that changes nothing but costs a read (spec 6.5)",
     "graph-list-lengths": "int lists as lengths in graph mode: a recompile per value (spec 25.4)",
+    "not-checked": "a captured call known by its metadata only (traced with fake tensors): nothing checked",
 }
 _MAX_ROUNDS = 16
 
@@ -87,6 +88,10 @@ def lint(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | Non
     form_graph = False
     if getattr(target, "kind", None) == "infer_output":
         return []  # a captured _infer_output companion: it only allocates outputs, nothing to check
+    if getattr(target, "replayable", True) is False:
+        return [_finding("warning", "call", "not-checked", "the capture holds only this call's metadata (fake "
+                         "tensors of a traced graph, or a value the file cannot hold), so its rules cannot be "
+                         "checked (docs capture.md). Fix: capture the model eagerly, without torch.compile.")]
     try:
         if isinstance(target, str):
             version = target.rsplit(".", 1)[-1]
