@@ -132,6 +132,8 @@ def to_script(call_or_case: Any, path: str | Path, form: str | None = None) -> P
         The script's path.
     """
     path = Path(path)
+    if not callable(getattr(call_or_case, "build", None)) and callable(getattr(call_or_case, "to_fia_call", None)):
+        call_or_case = call_or_case.to_fia_call()  # e.g. a captured call (fia_kit.load_capture): its own form
     if isinstance(call_or_case, FIACall):
         form = call_or_case.form
         source = _tensor_source(call_or_case, path)
