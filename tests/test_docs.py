@@ -37,7 +37,7 @@ CITATION = re.compile(
     rf"\b(?:spec(?:\s+section)?|sections?)\s+({NUMBER}(?:\s*(?:,|and|-|–|/)\s*{NUMBER}(?!\w|\.\d))*)",
     re.IGNORECASE,
 )
-TABLE_ROW_CITATION = re.compile(r"\b(?:spec|section)\s+22,?\s+rows?\s+(\d+)", re.IGNORECASE)
+TABLE_ROW_CITATION = re.compile(r"\b(?:spec|section)\s+22,?\s+(?:rows?\s+|#)(\d+)", re.IGNORECASE)
 QUESTION_CITATION = re.compile(
     r"\b(?:spec|section)\s+23,?\s+(?:q\.|items?\s+|questions?\s+|open\s+questions?\s+)(\d+)"
     r"((?:\s*(?:,|and)\s*(?:q\.)?\d+)*)",
@@ -172,4 +172,4 @@ def test_the_patterns_catch_what_they_must() -> None:
     assert OUTSIDE.search("see ../" + "shared" + "/x") and OUTSIDE.search("fia_" + "spec.md")
     assert not OUTSIDE.search("docs/semantics.md")
     assert QUESTION_CITATION.findall("spec section 23, items 4 and 5") == [("4", " and 5")]
-    assert TABLE_ROW_CITATION.findall("spec section 22, row 9") == ["9"]
+    assert TABLE_ROW_CITATION.findall("spec section 22, row 9; spec 22 #8") == ["9", "8"]
