@@ -182,13 +182,18 @@ class AscendProfile:
     def steps(self) -> list[int]:
         return sorted({k.step for k in self.kernels if k.step is not None})
 
-    def table(self) -> str:
-        """The shape table as text, with its units."""
+    def _cells(self) -> tuple[str, list[str], list[list[str]]]:
+        caption = f"{len(self.kernels)} {FIA_TYPE} kernels from {self.kind} ({self.source.name}); times in us"
         head = ["Input Shapes", "KV len", "count", "median us", "p90 us", "wait share"]
         body = [[r.shapes, "-" if r.kv_length is None else str(r.kv_length), str(r.count), f"{r.median_us:.2f}",
                  f"{r.p90_us:.2f}", f"{r.wait_share:.1%}"] for r in self.shape_table()]
+        return caption, head, body
+
+    def table(self) -> str:
+        """The shape table as text, with its units."""
+        caption, head, body = self._cells()
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = [f"{len(self.kernels)} {FIA_TYPE} kernels from {self.kind} ({self.source.name}); times in us"]
+        lines = [caption]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         return "\n".join(lines)
 
@@ -196,11 +201,10 @@ class AscendProfile:
         return self.table()
 
     def _repr_html_(self) -> str:
-        lines = self.table().splitlines()
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in re.split(r"\s{2,}", line))
-                       + "</tr>" for line in lines[2:])
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in re.split(r"\s{2,}", lines[1]))
-        return f"<table><caption>{html.escape(lines[0])}</caption><tr>{head}</tr>{rows}</table>"
+        caption, head, body = self._cells()
+        cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+        rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
+        return f"<table><caption>{html.escape(caption)}</caption><tr>{cells(head, 'th')}</tr>{rows}</table>"
 
     def step_window(self, step: int | None = None) -> tuple[float, float]:
         """(start, end) us of ``step`` (its ProfilerStep#N event, else its kernels); default the first step."""

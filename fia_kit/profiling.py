@@ -449,14 +449,19 @@ class GateResult:
     def regressions(self) -> list[GateRow]:
         return [r for r in self.rows if r.verdict == "regressed"]
 
-    def table(self) -> str:
+    def _cells(self) -> tuple[str, list[str], list[list[str]]]:
+        caption = (f"regression gate at {self.threshold:.0%} on the median: "
+                   + ("PASS" if self.passed else f"FAIL ({len(self.regressions)} regressed)"))
         head = ["shape", "baseline median us", "new median us", "change", "verdict"]
         fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
         body = [[r.key, fmt(r.baseline_us), fmt(r.new_us), "-" if r.change is None else f"{r.change:+.1%}",
                  r.verdict] for r in self.rows]
+        return caption, head, body
+
+    def table(self) -> str:
+        caption, head, body = self._cells()
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = [f"regression gate at {self.threshold:.0%} on the median: "
-                 + ("PASS" if self.passed else f"FAIL ({len(self.regressions)} regressed)")]
+        lines = [caption]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         return "\n".join(lines)
 
@@ -464,11 +469,10 @@ class GateResult:
         return self.table()
 
     def _repr_html_(self) -> str:
-        lines = self.table().splitlines()
-        cells = lambda line, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
-                                          for c in re.split(r"\s{2,}", line.strip()))
-        rows = "".join(f"<tr>{cells(line, 'td')}</tr>" for line in lines[2:])
-        return f"<table><caption>{html.escape(lines[0])}</caption><tr>{cells(lines[1], 'th')}</tr>{rows}</table>"
+        caption, head, body = self._cells()
+        cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+        rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
+        return f"<table><caption>{html.escape(caption)}</caption><tr>{cells(head, 'th')}</tr>{rows}</table>"
 
 
 def _medians(run: Any) -> tuple[str, dict[str, float]]:
