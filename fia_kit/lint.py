@@ -204,7 +204,7 @@ def _neutralise(call: FIACall, names: list[str]) -> FIACall | None:
         elif name == "atten_mask" and options["sparse_mode"] in (2, 3, 4):
             new = compressed_causal_mask()
         else:
-            new = defaults.get(name)
+            new = _fitting(call, name, defaults.get(name))
         for n in (name, pairs.get(name)):
             if n is None:
                 continue
@@ -217,6 +217,29 @@ def _neutralise(call: FIACall, names: list[str]) -> FIACall | None:
     if not changed and all(_same(call.options[n], options[n]) for n in options):
         return None
     return dataclasses.replace(call, options=options, given=frozenset(given))
+
+
+def _fitting(call: FIACall, name: str, default: Any) -> Any:
+    """A value of ``name`` that the call's tensors agree with (block size, head counts), else the default."""
+    from . import paged
+    from .layouts import parse_layout
+
+    try:
+        layout = parse_layout(call.options["input_layout"])
+        is_paged = call.options["block_table"] is not None
+        if name == "block_size" and is_paged:
+            return paged.cache_block_size(call.key)
+        if name == "num_heads" and layout.heads_explicit:
+            return int(call.query.shape[layout.query.index("N")])
+        if name == "num_key_value_heads":
+            heads = paged.cache_num_heads(call.key) if is_paged else (
+                call.key.shape[layout.query.index("N")] if layout.heads_explicit else None)
+            if not heads and layout.heads_explicit:  # an H-shaped key or cache: H / the query's head dim
+                heads = call.key.shape[-1] // call.query.shape[-1]
+            return int(heads) if heads else default
+    except (FIAArgumentError, IndexError, ValueError, AttributeError):
+        pass
+    return default
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -138,3 +138,13 @@ def test_v2_spelling_and_other_targets():
     assert fia_kit.lint(fia_kit.plan("v1", q, k, v, **kw)) == []
     assert _rules(fia_kit.lint(Case(scale=1.0))) == ["scale-one"]
     assert str(fia_kit.lint(Case(scale=1.0))[0]).startswith("warning: scale: [scale-one]")
+
+
+def test_neutralised_arguments_take_values_the_tensors_agree_with():
+    q, k, v, kw = _args(layout="TND", q_lens=(5, 9, 3), kv_lens=(5, 9, 3), paged=True, block_size=128,
+                        cache_rank=3, head_dim=64, sparse_mode=3)
+    found = fia_kit.lint("v1", q, k, v, **{**kw, "actual_seq_lengths": [5, 9, 3], "block_size": 64})
+    assert [f.parameter for f in found] == ["block_size", "actual_seq_lengths"]
+    assert "[5, 14, 17]" in found[1].message  # the hint of the refusal
+    found = fia_kit.lint("v1", q, k, v, **{**kw, "num_heads": 3, "num_key_value_heads": 3, "inner_precise": 7})
+    assert [f.parameter for f in found] == ["num_heads", "num_key_value_heads", "inner_precise"]
