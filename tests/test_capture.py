@@ -386,3 +386,23 @@ def test_a_torchair_graph_is_seen_at_trace_time_as_metadata(npu_modules, path):
     assert trace.graph and not trace.replayable and trace.arguments["query"]["role"] == "fake"
     assert trace.arguments["query"]["shape"] == list(call.query.shape) and trace.arguments["num_heads"]["value"] == 2
     assert [f.rule for f in fia_kit.lint(trace)] == ["not-checked"] and recorder.total >= 1
+
+
+def test_an_out_attribute_and_torch_npus_out_list_are_recorded(path):
+    def out_op(q, k, v, *, out, **kw):  # torch_npu's Python binding: op.out(..., out=[attention_out, lse])
+        result = early_v1(q, k, v, **kw)
+        out[0].copy_(result[0])
+        return tuple(out)
+
+    def op(q, k, v, **kw):
+        return early_v1(q, k, v, **kw)
+
+    op.out = out_op
+    module = types.SimpleNamespace(__name__="npu_like", npu_fused_infer_attention_score=op)
+    q, k, v, kw = _case_args()
+    with capture(path, patch=[module]):
+        module.npu_fused_infer_attention_score.out(q, k, v, **kw, out=[torch.empty(2, 2, 6, 16), torch.empty(1)])
+    [call] = load_capture(path)
+    assert (call.entry, call.kind) == ("npu_like.npu_fused_infer_attention_score.out", "out")
+    assert call.arguments["attention_out"]["role"] == "output" and "out" not in call.arguments
+    assert torch.equal(fia_kit.run(call, "reference").attention_out, early_v1(q, k, v, **kw)[0])
