@@ -118,13 +118,3 @@ def convert_layout(x: torch.Tensor, source: str, target: str, num_heads: int) ->
     single-batch BNSD/BSND/BSH tensor converts to TND/NTD and back.
     """
     return from_canonical(to_canonical(x, source, num_heads), target)
-
-
-def head_dim_of(x: torch.Tensor, part: str, num_heads: int) -> int:
-    """The head dim D of a tensor in layout ``part`` (BSH: H / num_heads)."""
-    return x.shape[-1] // num_heads if part == "BSH" else x.shape[-1]
-
-
-def axis_names(part: str) -> tuple[str, ...]:
-    """The names of a part's axes, e.g. ("B", "S", "H") for BSH."""
-    return tuple("H" if c == "H" else c for c in part)

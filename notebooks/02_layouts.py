@@ -28,7 +28,7 @@ print("this notebook runs on backend:", BACKEND)
 
 # %%
 for name, (part_in, part_out) in layouts.INPUT_LAYOUTS.items():
-    axes_in = ", ".join(layouts.axis_names(part_in))
+    axes_in = ", ".join(part_in)
     print(f"{name:10s} inputs ({axes_in:10s}) -> output {part_out}")
 
 # %% [markdown]

@@ -20,8 +20,6 @@ from ..errors import FIAArgumentError
 from ..lengths import read_lengths
 from ..signatures import LENGTH_PARAMETERS, SCHEMAS, form_name, keyword_defaults, schema_arguments
 
-TARGETS = tuple(SCHEMAS)
-
 
 def target_of(call: FIACall, graph: bool) -> str:
     """The SCHEMAS key a call runs as: its own version, in torch_npu (eager) or TorchAir (graph) spelling."""

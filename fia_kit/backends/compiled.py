@@ -16,11 +16,17 @@ import torch
 from ..call import FIACall
 from ..planning import Plan
 from .bindings import call_keywords
-from .lookalike import op
 from .model import OpModule, own_forward
 from .registry import Runner, RunOptions
 
 Lengths = Literal["tensor", "list"]
+
+
+def op(schema_key: str) -> torch._ops.OpOverload:
+    """The look-alike op of ``schema_key``; registers the ``fia_kit`` custom ops on first use, not on import."""
+    from .lookalike import op as lookalike_op
+
+    return lookalike_op(schema_key)
 
 
 def lookalike_target(call: FIACall, lengths: Lengths) -> str:
