@@ -105,19 +105,96 @@ GRID = list(itertools.product(["BSH", "BNSD", "BSND_BNSD", "TND", "NTD_TND"], [0
                               FORMS))
 
 
+def _per_batch(x: torch.Tensor, part: str, b: int, length: int, cum: list[int], heads: int) -> torch.Tensor:
+    """(N, length, D) float64 rows of batch b of a tensor in layout ``part``, by plain views and permutes."""
+    if part == "BSH":
+        x = x.view(x.shape[0], x.shape[1], heads, -1).permute(0, 2, 1, 3)[b]
+    elif part == "BSND":
+        x = x.permute(0, 2, 1, 3)[b]
+    elif part == "BNSD":
+        x = x[b]
+    else:  # TND / NTD: rows cum[b-1]..cum[b]
+        x = (x if part == "NTD" else x.permute(1, 0, 2))[:, (cum[b - 1] if b else 0):cum[b]]
+    return x[:, :length].double()
+
+
+def _gathered(cache: torch.Tensor, table: torch.Tensor, b: int, length: int, heads: int) -> torch.Tensor:
+    """(N, length, D) float64 keys of batch b from a paged cache of rank 3, 4 or 5 (NZ), by its block table."""
+    if cache.dim() == 3:  # (blocks, bs, N*D)
+        blocks = cache.view(cache.shape[0], cache.shape[1], heads, -1).permute(0, 2, 1, 3)
+    elif cache.dim() == 4:  # (blocks, N, bs, D)
+        blocks = cache
+    else:  # NZ (blocks, N, D / c, bs, c)
+        blocks = cache.permute(0, 1, 3, 2, 4).reshape(cache.shape[0], cache.shape[1], cache.shape[3], -1)
+    bs = blocks.shape[2]
+    return torch.cat([blocks[int(i)] for i in table[b, :-(-length // bs)]], dim=1)[:, :length].double()
+
+
+def _band_visible(mode: int, lq: int, keys: int, pre: int, nxt: int) -> torch.Tensor:
+    """(lq, keys) bool: the keys each row sees in sparse_mode ``mode`` without an element-wise mask (spec 6.3)."""
+    i, j = torch.arange(lq).view(-1, 1), torch.arange(keys).view(1, -1)
+    delta = keys - lq
+    if mode in (0, 1):
+        return torch.ones(lq, keys, dtype=torch.bool)
+    if mode == 2:
+        return j <= i
+    if mode == 3:
+        return j <= i + delta
+    return (j - i >= delta - pre) & (j - i <= delta + nxt)
+
+
+def _golden_outputs(case: Case, built) -> list[torch.Tensor]:
+    """Per batch (N_q, L_q, Dv) float64, written from the case's intent (spec 3, 6, 11, 13, 14)."""
+    kw = built.kwargs
+    in_part = case.layout.split("_")[0]
+    q_cum = list(itertools.accumulate(case.q_lens))
+    kv_cum = list(itertools.accumulate(case.kv_lens))
+    group = case.heads // case.kv_heads
+    sink = kw.get("learnable_sink")
+    outs = []
+    for b, (lq, lk) in enumerate(zip(case.q_lens, case.kv_lens, strict=True)):
+        q = _per_batch(built.query, in_part, b, lq, q_cum, case.heads)
+        if case.paged:
+            k = _gathered(built.key, kw["block_table"], b, lk, case.kv_heads)
+            v = _gathered(built.value, kw["block_table"], b, lk, case.kv_heads)
+        else:
+            k = _per_batch(built.key, in_part, b, lk, kv_cum, case.kv_heads)
+            v = _per_batch(built.value, in_part, b, lk, kv_cum, case.kv_heads)
+        if case.prefix_len:
+            k = torch.cat([_per_batch(kw["key_shared_prefix"], in_part, 0, case.prefix_len, [], case.kv_heads), k], 1)
+            v = torch.cat([_per_batch(kw["value_shared_prefix"], in_part, 0, case.prefix_len, [], case.kv_heads), v],
+                          1)
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+        scores = torch.einsum("nid,njd->nij", q, k) * case.softmax_scale
+        visible = _band_visible(case.sparse_mode, lq, k.shape[1], case.pre_tokens, case.next_tokens)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        if sink is not None:
+            scores = torch.cat([scores, sink.double().view(-1, 1, 1).expand(-1, lq, 1)], dim=-1)
+        probs = scores.softmax(-1)[..., :k.shape[1]]
+        out = torch.einsum("nij,njd->nid", probs.nan_to_num(0.0), v)
+        outs.append(out.masked_fill(~visible.any(-1).view(1, -1, 1), 0.0))  # rows without a key are 0
+    return outs
+
+
 @pytest.mark.parametrize("layout,mode,rank,form", GRID)
 def test_every_built_call_is_accepted(layout, mode, rank, form):
     case = Case(layout=layout, sparse_mode=mode, paged=rank is not None, cache_rank=rank or 4,
                 pre_tokens=4 if mode == 4 else 2147483647, next_tokens=1 if mode == 4 else 2147483647,
                 sinks=form.endswith("v2") and layout in ("TND", "NTD_TND"),
-                prefix_len=2 if form.endswith("v1") and rank is None and layout in ("BSH", "BNSD") else 0)
+                prefix_len=2 if form.endswith("v1") and rank is None and layout in ("BSH", "BNSD") else 0,
+                dtype=torch.float64)
     built = case.build(form)
     if form.startswith("torchair"):
         lengths = [v for k, v in built.kwargs.items() if k.startswith("actual_")]
         assert lengths and all(t.dtype == torch.int64 for t in lengths)
     fn = fia_kit.npu_fused_infer_attention_score_v2 if form.endswith("v2") else fia_kit.npu_fused_infer_attention_score
     out, lse = built.call(fn)
-    assert torch.isfinite(out).all() and lse.dtype == torch.float32
+    assert lse.dtype == torch.float64  # float64 inputs: a float64 golden of the reference itself
+    out_part = case.layout.split("_")[-1]
+    q_cum = list(itertools.accumulate(case.q_lens))
+    for b, expected in enumerate(_golden_outputs(case, built)):
+        got = _per_batch(out, out_part, b, case.q_lens[b], q_cum, case.heads)
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
 
 
 def test_padding_holds_garbage_not_zeros():

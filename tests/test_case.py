@@ -85,11 +85,18 @@ def test_padded_sequence_axes_do_not_change_valid_rows():
 
 
 def test_describe_rows_name_every_v2_argument():
-    case = Case(layout="TND", sinks=True, pse=False, sparse_mode=3)
-    names = [row["name"] for row in case.describe_rows("v2")]
-    assert names[:3] == ["query", "key", "value"]
-    assert {"actual_seq_qlen", "actual_seq_kvlen", "learnable_sink", "atten_mask"} <= set(names)
-    assert set(names[3:]) == set(case.build("v2").kwargs)
+    case = Case(layout="TND", sinks=True, pse=False, sparse_mode=3)  # q_lens (6, 4), kv_lens (9, 12), N 2/1, D 16
+    rows = {row["name"]: row for row in case.describe_rows("v2")}
+    assert list(rows)[:3] == ["query", "key", "value"]
+    # What a v2 TND sink call with sparse_mode 3 passes (spec 1.2, 5, 6.4, 13), written out here.
+    assert set(rows) == {"query", "key", "value", "num_query_heads", "num_key_value_heads", "softmax_scale",
+                         "input_layout", "sparse_mode", "inner_precise", "return_softmax_lse", "actual_seq_qlen",
+                         "actual_seq_kvlen", "atten_mask", "learnable_sink"}
+    assert rows["query"]["shape / value"] == "(10, 2, 16)" and rows["key"]["shape / value"] == "(21, 1, 16)"
+    assert rows["atten_mask"]["shape / value"] == "(2048, 2048)" and rows["atten_mask"]["dtype"] == "bool"
+    assert rows["learnable_sink"]["shape / value"] == "(2,)"
+    assert "[6, 10]" in rows["actual_seq_qlen"]["shape / value"]
+    assert all(rows[n]["meaning"] for n in ("query", "atten_mask", "learnable_sink", "sparse_mode"))
 
 
 def test_standalone_helpers_have_documented_shapes():
@@ -106,26 +113,67 @@ def test_standalone_helpers_have_documented_shapes():
     assert builders.nz_block(torch.float32) == 8 and builders.nz_block(torch.float64) == 4
 
 
+def _bnsd(x: torch.Tensor) -> torch.Tensor:
+    """BSND (B, S, N, D) -> (B, N, S, D) float64, by a plain permute."""
+    return x.permute(0, 2, 1, 3).double()
+
+
+def _sequence(x: torch.Tensor, built, b: int, length: int, paged: bool) -> torch.Tensor:
+    """(N_kv, length, D) float64 keys of batch b: BSND rows, or gathered from a (blocks, N_kv, bs, D) cache."""
+    if not paged:
+        return _bnsd(x)[b, :, :length]
+    table = built.kwargs["block_table"][b]
+    bs = built.kwargs["block_size"]
+    return torch.cat([x[int(i)] for i in table[:-(-length // bs)]], dim=1)[:, :length].double()
+
+
+def _golden(case: Case, built) -> list[torch.Tensor]:
+    """Per batch (N_q, L_q, Dv) float64: softmax(scale (q k^T + q_r k_r^T) + pse) v, written from spec 3, 9, 12."""
+    kw = {name.replace("pse_shift", "pse"): value for name, value in built.kwargs.items()}
+    q = _bnsd(built.query)
+    group = case.heads // case.kv_heads
+    outs = []
+    for b, (lq, lk) in enumerate(zip(case.q_lens, case.kv_lens, strict=True)):
+        k = _sequence(built.key, built, b, lk, case.paged).repeat_interleave(group, 0)
+        v = _sequence(built.value, built, b, lk, case.paged).repeat_interleave(group, 0)
+        scores = torch.einsum("nid,njd->nij", q[b, :, :lq], k)
+        if "query_rope" in kw:
+            qr = _bnsd(kw["query_rope"])[b, :, :lq]
+            kr = _sequence(kw["key_rope"], built, b, lk, case.paged).repeat_interleave(group, 0)
+            scores = scores + torch.einsum("nid,njd->nij", qr, kr)
+        scores = scores * case.softmax_scale
+        if "pse" in kw:
+            scores = scores + kw["pse"][b, :, :lq, :lk].double()
+        outs.append(torch.einsum("nij,njd->nid", scores.softmax(-1), v))
+    return outs
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("paged", [False, True])
 def test_pse_cases_are_accepted(form, paged):
     case = Case(q_lens=(3, 1), kv_lens=(7, 20), heads=4, kv_heads=1, head_dim=32, layout="BSND", pse=True,
-                paged=paged, block_size=16)
+                paged=paged, block_size=16, dtype=torch.float64)
     built = case.build(form)
     assert built.kwargs["pse_shift"].shape == (2, 4, 3, 32 if paged else 20)
     out, _ = built.call(_entry_point(form))
-    assert out.shape == (2, 3, 4, 32) and torch.isfinite(out).all()
+    assert out.shape == (2, 3, 4, 32)
+    for b, expected in enumerate(_golden(case, built)):
+        lq = case.q_lens[b]
+        torch.testing.assert_close(_bnsd(out)[b, :, :lq], expected, atol=1e-10, rtol=1e-10)
+        assert not out[b, lq:].any()
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("paged", [False, True])
 def test_mla_rope_cases_are_accepted(form, paged):
     case = Case(q_lens=(1, 1), kv_lens=(7, 20), heads=4, kv_heads=1, head_dim=128, rope_dim=64, layout="BSND",
-                paged=paged, block_size=16)
+                paged=paged, block_size=16, dtype=torch.float64)
     built = case.build(form)
     assert built.kwargs["query_rope"].shape == (2, 1, 4, 64)
     out, _ = built.call(_entry_point(form))
-    assert out.shape == (2, 1, 4, 128) and torch.isfinite(out).all()
+    assert out.shape == (2, 1, 4, 128)
+    for b, expected in enumerate(_golden(case, built)):
+        torch.testing.assert_close(_bnsd(out)[b], expected, atol=1e-10, rtol=1e-10)
 
 
 def _entry_point(form: str):

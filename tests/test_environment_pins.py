@@ -129,15 +129,19 @@ def test_pyproject_pins_are_exact():
     exact_pins(pyproject_requirements(load_pyproject()), "pyproject.toml")
 
 
-def test_environment_pins_match_pyproject():
-    project = exact_pins(pyproject_requirements(load_pyproject()), "pyproject.toml")
-    env = environment_pins(load_environment())
+def check_pins_agree(project: dict[str, str], env: dict[str, str]) -> None:
+    """AssertionError naming every package pinned in only one file, or at different versions."""
     missing = {k: v for k, v in project.items() if k not in env}
     extra = {k: v for k, v in env.items() if k not in project}
     differ = {k: (project[k], env[k]) for k in project.keys() & env.keys() if project[k] != env[k]}
     assert not missing, f"pinned in pyproject.toml but not in environment.yml: {missing}"
     assert not extra, f"pinned in environment.yml but not in pyproject.toml: {extra}"
     assert not differ, f"version mismatch (pyproject, environment.yml): {differ}"
+
+
+def test_environment_pins_match_pyproject():
+    project = exact_pins(pyproject_requirements(load_pyproject()), "pyproject.toml")
+    check_pins_agree(project, environment_pins(load_environment()))
 
 
 def test_environment_installs_package_editable_and_python():
@@ -193,9 +197,19 @@ def test_parser_reads_sample():
     assert environment_pins(env) == {"torch": "2.13.0", "numpy": "2.2.6"}
 
 
+_SAMPLE_PROJECT = {"torch": "2.13.0", "numpy": "2.2.6"}
+
+
 def test_mismatch_is_detected():
-    env = environment_pins(parse_environment_yml(_GOOD_ENV.replace("numpy==2.2.6", "numpy==2.2.5")))
-    assert env["numpy"] != "2.2.6"
+    check_pins_agree(_SAMPLE_PROJECT, environment_pins(parse_environment_yml(_GOOD_ENV)))  # agreeing files pass
+    cases = {
+        "version mismatch.*numpy.*2.2.6.*2.2.5": _GOOD_ENV.replace("numpy==2.2.6", "numpy==2.2.5"),
+        "pyproject.toml but not in environment.yml.*numpy": _GOOD_ENV.replace("      - numpy==2.2.6\n", ""),
+        "environment.yml but not in pyproject.toml.*scipy": _GOOD_ENV.replace("- -e .", "- scipy==1.0\n      - -e ."),
+    }
+    for message, text in cases.items():
+        with pytest.raises(AssertionError, match=message):
+            check_pins_agree(_SAMPLE_PROJECT, environment_pins(parse_environment_yml(text)))
 
 
 def test_loose_pin_is_rejected():

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import fia_kit.reference as reference
+from fia_kit import explorer as E
+from fia_kit.case import Case
 from fia_kit.errors import FIAArgumentError
-
-Case = pytest.importorskip("fia_kit.case", reason="fia_kit.case (the explorer's Case) is not in the tree").Case
-from fia_kit import explorer as E  # noqa: E402  (needs fia_kit.case)
 
 VISIBLE = 3
 

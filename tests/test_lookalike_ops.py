@@ -54,6 +54,15 @@ def test_opcheck(target, case):
     torch.library.opcheck(lookalike.op(target), make(), _kw(target, **kw))
 
 
+# Spec 4.3 by hand, per case: (attention_out shape, softmax_lse shape); dtypes float32 (the query's) and float32.
+SHAPES = {
+    "bsh-gqa": ((2, 3, 4 * 16), (2, 4, 3, 1)),  # BSH out: H = N_q * value_d, value_d = 32 / N_kv
+    "bnsd-bsnd": ((2, 4, 2, 8), (0,)),          # output part BSND; no LSE requested: (0,)
+    "tnd": ((7, 2, 8), (7, 2, 1)),               # TND: (T, N_q, D) and LSE (T, N_q, 1)
+    "paged-bnsd": ((2, 2, 1, 8), (2, 2, 1, 1)),  # value_d from the (blocks, N_kv, bs, D) cache
+}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("target", ["torch_npu.v1", "torchair.v2"])
 def test_fake_kernel_matches_real_outputs(case, target):
@@ -64,8 +73,10 @@ def test_fake_kernel_matches_real_outputs(case, target):
         fake_args = [mode.from_tensor(a) for a in args]
         fake_kw = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in keywords.items()}
         fake_out, fake_lse = lookalike.op(target)(*fake_args, **fake_kw)
-    assert (fake_out.shape, fake_out.dtype) == (out.shape, out.dtype)
-    assert (fake_lse.shape, fake_lse.dtype) == (lse.shape, lse.dtype)
+    out_shape, lse_shape = SHAPES[case]
+    for o, lse_out in ((out, lse), (fake_out, fake_lse)):
+        assert (tuple(o.shape), o.dtype) == (out_shape, torch.float32)
+        assert (tuple(lse_out.shape), lse_out.dtype) == (lse_shape, torch.float32)
 
 
 def _options(**given):

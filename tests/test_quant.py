@@ -450,10 +450,17 @@ VALIDATION = {
                                    v=torch.randn(1, 1, S, 512), kw=dict(
         num_key_value_heads=1, query_rope=torch.zeros(1, N, 1, 64), key_rope=torch.zeros(1, 1, S, 64),
         key_antiquant_scale=None, value_antiquant_scale=None, quant_scale2=ONES_PT)), "quant_scale2 + query_rope"),
-    "mode 4 negative pre with offset": (dict(q=torch.randn(B, N, 4, D), **FLOAT_KV, kw=dict(
+    "mode 4 negative pre with int8 output": (dict(q=torch.randn(B, N, 4, D), **FLOAT_KV, kw=dict(
         key_antiquant_scale=None, value_antiquant_scale=None, quant_scale2=ONES_PT, sparse_mode=4, pre_tokens=-1,
         next_tokens=4, atten_mask=torch.triu(torch.ones(2048, 2048, dtype=torch.bool), 1))),
         "quant_scale2 + pre_tokens + next_tokens"),
+    # mode 4, L_q 20 > S 16, next 0: rows 0..3 have no key in the band (next + L_kv - L_q < 0, spec 16.1)
+    "mode 4 offset with uncomputed rows": (dict(q=torch.randn(B, N, 20, D), **FLOAT_KV, kw=dict(
+        key_antiquant_scale=None, value_antiquant_scale=None, quant_scale2=ONES_PT, quant_offset2=ONES_PT,
+        sparse_mode=4, pre_tokens=30, next_tokens=0,
+        atten_mask=torch.triu(torch.ones(2048, 2048, dtype=torch.bool), 1))),
+        "quant_offset2 + sparse_mode"),
+
     "full quant layout": (dict(q=int8((B, 4, N, D), torch.Generator()), k=int8((B, S, N, D), torch.Generator()),
                                v=int8((B, S, N, D), torch.Generator()), kw=dict(
         input_layout="BSND_BNSD", key_antiquant_scale=None, value_antiquant_scale=None, dequant_scale1=ONES_PT,
@@ -484,6 +491,19 @@ def test_validation_rule(name: str) -> None:
     with pytest.raises(FIAArgumentError) as info:
         op_v1(q, k, v, **kw)
     assert info.value.parameter == parameter, str(info.value)
+
+
+@pytest.mark.parametrize("next_tokens,accepted", [(4, True), (3, False)])
+def test_mode4_offset_needs_a_key_for_every_row(next_tokens: int, accepted: bool) -> None:
+    """L_q 20, L_kv 16, mode 4: row 0's last key is next + L_kv - L_q = next - 4, so next 4 reaches key 0."""
+    over = VALIDATION["mode 4 offset with uncomputed rows"][0]
+    q, k, v, kw = _case(**{**over, "kw": {**over["kw"], "next_tokens": next_tokens}})
+    if accepted:
+        out, _ = op_v1(q, k, v, **kw)
+        assert out.dtype == torch.int8 and out.shape == (B, N, 20, D)
+    else:
+        with pytest.raises(FIAArgumentError, match="uncomputed"):
+            op_v1(q, k, v, **kw)
 
 
 MLA = dict(num_query_heads=4, num_key_value_heads=1, input_layout="BNSD", query_quant_mode=3,
