@@ -38,11 +38,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
+import torch.nn.attention.flex_attention as _flex_module
 from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
 from .call import parse_call
@@ -115,8 +115,8 @@ def run_plan(plan: Plan, *, mode: Mode | None = None,
     """
     _decline(plan)
     dtype = compute_dtype or (torch.float64 if plan.query.dtype == torch.float64 else torch.float32)
-    problem = _Padded.of(plan, dtype)
-    out4, lse4 = problem.attend(_resolve_mode(mode, plan, problem))
+    chosen = _resolve_mode(mode, plan)
+    out4, lse4 = _Padded.of(plan, dtype, PACKED_BUCKET if chosen == "compiled" else 1).attend(chosen)
     out = from_canonical(out4.to(plan.out_dtype), plan.layout.out)
     if not plan.return_lse:
         return out, torch.empty(0, dtype=torch.float32, device=out.device)
@@ -152,9 +152,9 @@ def _needs_lse(plan: Plan) -> bool:
     return plan.return_lse or plan.learnable_sink is not None
 
 
-def _resolve_mode(mode: Mode | None, plan: Plan, problem: _Padded) -> Literal["eager", "compiled"]:
+def _resolve_mode(mode: Mode | None, plan: Plan) -> Literal["eager", "compiled"]:
     chosen = _check_mode(mode if mode is not None else _mode.get())
-    cpu = problem.query.device.type == "cpu"
+    cpu = plan.query.device.type == "cpu"
     if chosen == "compiled" and cpu and _needs_lse(plan):
         raise FlexUnsupported("compiled flex on CPU with the LSE output or learnable_sink (torch 2.13's CPU "
                               "flex kernel returns no LSE); use mode='eager'")
@@ -162,8 +162,23 @@ def _resolve_mode(mode: Mode | None, plan: Plan, problem: _Padded) -> Literal["e
         return chosen
     if not cpu:
         return "compiled"
-    big = problem.scores >= COMPILE_SCORES
+    rows = max(plan.q_len, default=0) if plan.layout.packed else plan.query.shape[2]
+    keys = plan.prefix_len + (max(plan.kv_len, default=0) if plan.layout.packed or plan.paged
+                              else plan.key.shape[2])
+    big = len(plan.batches) * plan.num_heads * rows * keys >= COMPILE_SCORES
     return "compiled" if big and not _needs_lse(plan) else "eager"
+
+
+@contextlib.contextmanager
+def _direct(eager: bool) -> Iterator[None]:
+    """Eager flex runs its higher-order op directly, as its debug switch does, instead of through dynamo's "eager"
+    backend, which re-traces every new shape (about a second each); forward only, which is all FIA needs."""
+    saved = _flex_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
+    _flex_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = eager or saved
+    try:
+        yield
+    finally:
+        _flex_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = saved
 
 
 @functools.cache
@@ -195,17 +210,13 @@ class _Padded:
         self.plan, self.query, self.key, self.value = plan, query, key, value
         self.q_len, self.n_keys, self.lo, self.hi, self.user, self.pse = q_len, n_keys, lo, hi, user, pse
 
-    @property
-    def scores(self) -> int:
-        b, n, length, _ = self.query.shape
-        return b * n * length * self.key.shape[2]
-
     @classmethod
-    def of(cls, plan: Plan, dtype: torch.dtype) -> _Padded:
+    def of(cls, plan: Plan, dtype: torch.dtype, bucket: int) -> _Padded:
+        """Pad ``plan``'s batches into one problem; packed layouts round rows and keys up to ``bucket``."""
         device = plan.query.device
         batches = plan.batches
         packed = plan.layout.packed
-        rows = _round_up(max((p.q_len for p in batches), default=0), PACKED_BUCKET) if packed \
+        rows = _round_up(max((p.q_len for p in batches), default=0), bucket) if packed \
             else plan.query.shape[2]
         q_index = _int([p.q_index for p in batches], device)
         q_start = _int([p.q_start for p in batches], device)
@@ -220,7 +231,7 @@ class _Padded:
             if plan.key_rope is not None:
                 key = torch.cat([key, _paged_keys(plan, plan.key_rope, dtype)], -1)
         else:
-            width = _round_up(int(own.max()) if len(batches) else 0, PACKED_BUCKET) if packed else plan.key.shape[2]
+            width = _round_up(int(own.max()) if len(batches) else 0, bucket) if packed else plan.key.shape[2]
             kv_index = _int([p.kv_index for p in batches], device)
             kv_start = _int([p.kv_start for p in batches], device)
             key, value = (_gather_rows(t, kv_index, kv_start, own, width, dtype) for t in (plan.key, plan.value))
@@ -251,11 +262,11 @@ class _Padded:
             out = self.query.new_zeros(b, n_q, rows, self.value.shape[-1])
             lse = self.query.new_full((b, n_q, rows), float("-inf"))
         else:
-            block_mask = create_block_mask(self._mask_mod(), b, None, rows, keys, device=self.query.device)
+            mask_mod, score_mod = self._mods(mode)
+            block_mask = create_block_mask(mask_mod, b, None, rows, keys, device=self.query.device)
             fn = _compiled(self.query.device.type) if mode == "compiled" else flex_attention
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-                result = fn(self.query, self.key, self.value, score_mod=self._score_mod(), block_mask=block_mask,
+            with torch.no_grad(), _direct(mode == "eager"):
+                result = fn(self.query, self.key, self.value, score_mod=score_mod, block_mask=block_mask,
                             scale=plan.scale, enable_gqa=plan.num_heads != plan.num_kv_heads,
                             return_aux=AuxRequest(lse=True) if want_lse else None)
             if want_lse:
@@ -269,29 +280,48 @@ class _Padded:
         lse = self._sentinels(lse)
         return self._scatter(out, lse)
 
-    def _mask_mod(self):
-        q_len, n_keys, lo, hi = self.q_len, self.n_keys, self.lo, self.hi
-        hidden = self.user if self.user is not None and self.plan.inner_precise & 2 else None
+    def _visible(self, b, i, j):
+        """Row i of batch b sees key j: a valid row, a valid key, inside the band and, for inner_precise 2/3, not
+        hidden by atten_mask. Works on flex's index scalars and on broadcast index tensors alike."""
+        seen = (i < self.q_len[b]) & (j < self.n_keys[b]) & (j - i >= self.lo[b]) & (j - i <= self.hi[b])
+        if self.user is not None and self.plan.inner_precise & 2:
+            seen = seen & ~self.user[b, i, j]
+        return seen
 
-        def mask_mod(b, h, i, j):
-            visible = (i < q_len[b]) & (j < n_keys[b]) & (j - i >= lo[b]) & (j - i <= hi[b])
-            return visible if hidden is None else visible & ~hidden[b, i, j]
-        return mask_mod
-
-    def _score_mod(self):
-        pse = self.pse
-        filled = self.user if self.user is not None and not self.plan.inner_precise & 2 else None
-        if pse is None and filled is None:
+    def _extra(self) -> torch.Tensor | None:
+        """(B|1, N_q|1, L, K): pse_shift to add after scaling, NaN where atten_mask writes -1e12 (inner_precise
+        0/1), or None when there is neither."""
+        fill = self.user is not None and not self.plan.inner_precise & 2
+        if self.pse is None and not fill:
             return None
-        pse_batch = pse is not None and pse.shape[0] > 1
+        extra = self.pse if self.pse is not None else self.query.new_zeros(1, 1, *self.user.shape[1:])
+        if fill:
+            extra = extra.masked_fill(self.user.unsqueeze(1), float("nan"))
+        return extra
+
+    def _mods(self, mode: str):
+        """(mask_mod, score_mod). Eager flex evaluates the mods under vmap, where each index into a captured tensor
+        is slow: there the visibility is evaluated once over the whole (B, L, K) grid and the mod reads it."""
+        if mode == "eager":
+            b, _, rows, _ = self.query.shape
+            grid = torch.meshgrid(*(torch.arange(n, device=self.query.device)
+                                    for n in (b, rows, self.key.shape[2])), indexing="ij")
+            dense = self._visible(*grid)
+
+            def mask_mod(b, h, i, j):
+                return dense[b, i, j]
+        else:
+            def mask_mod(b, h, i, j):
+                return self._visible(b, i, j)
+        extra = self._extra()
+        if extra is None:
+            return mask_mod, None
+        eb, eh = extra.shape[0] > 1, extra.shape[1] > 1
 
         def score_mod(score, b, h, i, j):
-            if pse is not None:
-                score = score + pse[b if pse_batch else 0, h, i, j]
-            if filled is not None:
-                score = torch.where(filled[b, i, j], MASK_FILL, score)
-            return score
-        return score_mod
+            e = extra[b if eb else 0, h if eh else 0, i, j]
+            return torch.where(torch.isnan(e), MASK_FILL, score + e)
+        return mask_mod, score_mod
 
     def _sentinels(self, lse: torch.Tensor) -> torch.Tensor:
         """+inf on rows flex saw no key for (spec 7 item 3); -3.40282e38 for decode batches without keys."""

@@ -209,7 +209,7 @@ def _same_table(cache: torch.Tensor, v4: torch.Tensor, table: torch.Tensor, bs: 
     return cache, table
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=50, **SETTINGS)
 @given(case=paged_calls())
 def test_flex_matches_the_reference_on_paged_calls(case):
     q, k, v, kwargs, empty = case
