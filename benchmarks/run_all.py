@@ -4,6 +4,7 @@
 
 1. bench_reference: the reference FIA op vs torch SDPA (time ratios, peak memory), plus the reference's achieved
    FLOP/s as a fraction of this CPU's measured float32 matmul FLOP/s (fia_kit.roofline).
+   bench_flex: flex eager and compiled next to the reference and SDPA on the same cases (``--no-flex`` skips it).
 2. bench_explorer (if present): the explorer's redraw time after a control change, run as its own process.
 3. notebooks/*.ipynb (if any): each executed top to bottom with nbclient in this environment's kernel, timed.
 
@@ -65,6 +66,15 @@ def reference_rows(quick: bool) -> list[SummaryRow]:
     return out
 
 
+def flex_rows(quick: bool) -> list[SummaryRow]:
+    import bench_flex
+
+    rows = bench_flex.run(repeats=3 if quick else 5, warmup=1, compiled=not quick)
+    print(bench_flex.table(rows))
+    return [SummaryRow("flex", f"{r.case} {r.dtype}: {r.backend} / SDPA time", r.vs_sdpa, "x")
+            for r in rows if r.backend.startswith("flex")]
+
+
 def explorer_rows(quick: bool) -> list[SummaryRow]:
     script = HERE / "bench_explorer.py"
     if not script.exists():
@@ -121,12 +131,16 @@ def summary_table(rows: list[SummaryRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, noisier numbers)")
+    parser.add_argument("--no-flex", action="store_true")
     parser.add_argument("--no-explorer", action="store_true")
     parser.add_argument("--no-notebooks", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the summary rows as JSON (atomically)")
     args = parser.parse_args(argv)
     print("== reference vs SDPA ==")
     rows = reference_rows(args.quick)
+    if not args.no_flex:
+        print("== flex vs reference vs SDPA ==")
+        rows += flex_rows(args.quick)
     if not args.no_explorer:
         print("== explorer ==")
         rows += explorer_rows(args.quick)

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.attention.flex_attention as _flex_module
-from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from .call import parse_call
 from .layouts import from_canonical
@@ -262,11 +262,10 @@ class _Padded:
             out = self.query.new_zeros(b, n_q, rows, self.value.shape[-1])
             lse = self.query.new_full((b, n_q, rows), float("-inf"))
         else:
-            mask_mod, score_mod = self._mods(mode)
-            block_mask = create_block_mask(mask_mod, b, None, rows, keys, device=self.query.device)
+            block_mask = self._block_mask(mode)
             fn = _compiled(self.query.device.type) if mode == "compiled" else flex_attention
             with torch.no_grad(), _direct(mode == "eager"):
-                result = fn(self.query, self.key, self.value, score_mod=score_mod, block_mask=block_mask,
+                result = fn(self.query, self.key, self.value, score_mod=self._score_mod(), block_mask=block_mask,
                             scale=plan.scale, enable_gqa=plan.num_heads != plan.num_kv_heads,
                             return_aux=AuxRequest(lse=True) if want_lse else None)
             if want_lse:
@@ -299,29 +298,39 @@ class _Padded:
             extra = extra.masked_fill(self.user.unsqueeze(1), float("nan"))
         return extra
 
-    def _mods(self, mode: str):
-        """(mask_mod, score_mod). Eager flex evaluates the mods under vmap, where each index into a captured tensor
-        is slow: there the visibility is evaluated once over the whole (B, L, K) grid and the mod reads it."""
-        if mode == "eager":
-            b, _, rows, _ = self.query.shape
-            grid = torch.meshgrid(*(torch.arange(n, device=self.query.device)
-                                    for n in (b, rows, self.key.shape[2])), indexing="ij")
-            dense = self._visible(*grid)
+    def _block_mask(self, mode: str) -> BlockMask:
+        """The block mask of ``_visible``. Its blocks come from the visibility evaluated once over the whole
+        (B, L, K) grid (evaluating a mod under vmap indexes captured tensors slowly). Eager flex reads that grid;
+        compiled flex gets the formula itself as its mask_mod, traced into the kernel."""
+        b, _, rows, _ = self.query.shape
+        keys = self.key.shape[2]
+        grid = torch.meshgrid(*(torch.arange(n, device=self.query.device) for n in (b, rows, keys)), indexing="ij")
+        dense = self._visible(*grid)
 
-            def mask_mod(b, h, i, j):
-                return dense[b, i, j]
-        else:
-            def mask_mod(b, h, i, j):
-                return self._visible(b, i, j)
+        def read_grid(b, h, i, j):
+            return dense[b, i, j]
+
+        blocks = create_block_mask(read_grid, b, None, rows, keys, device=self.query.device)
+        if mode == "eager":
+            return blocks
+
+        def formula(b, h, i, j):
+            return self._visible(b, i, j)
+        return BlockMask.from_kv_blocks(blocks.kv_num_blocks, blocks.kv_indices, blocks.full_kv_num_blocks,
+                                        blocks.full_kv_indices, BLOCK_SIZE=blocks.BLOCK_SIZE, mask_mod=formula,
+                                        seq_lengths=(rows, keys))
+
+    def _score_mod(self):
+        """score + pse after scaling, or -1e12 where atten_mask hides the key (inner_precise 0/1); None if neither."""
         extra = self._extra()
         if extra is None:
-            return mask_mod, None
+            return None
         eb, eh = extra.shape[0] > 1, extra.shape[1] > 1
 
         def score_mod(score, b, h, i, j):
             e = extra[b if eb else 0, h if eh else 0, i, j]
             return torch.where(torch.isnan(e), MASK_FILL, score + e)
-        return mask_mod, score_mod
+        return score_mod
 
     def _sentinels(self, lse: torch.Tensor) -> torch.Tensor:
         """+inf on rows flex saw no key for (spec 7 item 3); -3.40282e38 for decode batches without keys."""
