@@ -35,7 +35,7 @@ from .kernel import ReferenceResult, run_plan
 from .layouts import INPUT_LAYOUTS
 from .masks import SPARSE_MODES
 from .planning import Plan, build_plan
-from .signatures import LENGTH_PARAMETERS
+from .signatures import LENGTH_PARAMETERS, OP_NAMES, version_of
 
 FIGURES = ("visibility", "probabilities", "output", "lse", "difference", "paged KV", "layout")
 TABS = FIGURES[1:]  # shown in tabs under the visibility map; only the selected tab is redrawn at once
@@ -168,7 +168,7 @@ def call_code(call: FIACall, form: str, torchair: bool = False) -> str:
     tensors = {name: _describe(getattr(call, name)) for name in ("query", "key", "value")}
     args = [f"{name}={_value_code(name, value, tensors, torchair)}" for name, value in call.keywords(form).items()]
     header = "\n".join(f"# {name}: {desc}" for name, desc in tensors.items())
-    op = "npu_fused_infer_attention_score" + ("_v2" if form == "v2" else "")
+    op = OP_NAMES[version_of(form)]
     module = "tng.ops" if torchair else "torch_npu"
     inner = ",\n    ".join(["query, key, value", *args])
     return f"{header}\nattention_out, softmax_lse = {module}.{op}(\n    {inner},\n)"

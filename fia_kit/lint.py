@@ -24,7 +24,7 @@ from .call import FIACall, parse_call
 from .errors import FIAArgumentError
 from .masks import INT_MAX, compressed_causal_mask
 from .planning import Plan, build_plan
-from .signatures import SCHEMAS, V1_TO_V2, canonical_name, keyword_defaults
+from .signatures import SCHEMAS, canonical_name, keyword_defaults, spelled
 
 __all__ = ["Finding", "lint", "RULES"]
 
@@ -129,7 +129,7 @@ def _as_call(target: Any) -> FIACall:
 # ------------------------------------------------------------------------------------------------ errors
 
 def _spell(call: FIACall, canonical: str) -> str:
-    return V1_TO_V2.get(canonical, canonical) if call.form == "v2" else canonical
+    return spelled(canonical, call.form)
 
 
 def _finding(severity: Severity, parameter: str, rule: str, message: str, target: str | None = None) -> Finding:
