@@ -11,7 +11,7 @@
 # on the NPU and the replays compare it with the reference. Elsewhere the decoder calls the kit's reference.
 #
 # Docs: [capture.md](../docs/capture.md) (what is recorded, what is not, the file format); the pitfalls lint
-# warns about are section 25.5 of the [docs](../docs/README.md).
+# warns about are spec section 25.5 *Pitfalls users report* of the [docs](../docs/README.md).
 
 # %%
 import tempfile
@@ -40,7 +40,7 @@ else:
 # batch's tokens into one TND query (prefill: every prompt token; decode: one token per sequence), keeps K/V in
 # a pool of 128-token blocks (a rank-3 cache, `(num_blocks, block_size, N_kv·D)`) addressed through a block
 # table, and asks for causal attention with `sparse_mode=3` and the compressed 2048×2048 mask. TND takes the
-# query lengths as cumulative ends, the paged K/V lengths per sequence (docs section 5.2).
+# query lengths as cumulative ends, the paged K/V lengths per sequence (spec section 5.2).
 #
 # It also passes `pre_tokens=65535, next_tokens=0`, copied from an example with a band: mode 3 ignores them.
 # That is legal and harmless here, but it is not what whoever wrote it thought; lint will say so.
