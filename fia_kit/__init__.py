@@ -54,6 +54,10 @@ _LAZY: dict[str, str] = {
                                      "difference_figure", "paged_figure", "layout_figure", "timing_chart",
                                      "roofline_chart")},
     "profile": ".profiling",
+    "compare_runs": ".profiling",
+    "graph_modes": ".graph_modes",
+    "read_ascend": ".ascend_profile",
+    "method12": ".precision",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
 _SUBMODULES = ("builders", "figures", "layouts", "masks", "paged", "profiling", "quant", "roofline")
@@ -71,6 +75,8 @@ __all__ = [
     # figures, widgets, profiling (loaded on first use)
     "visibility_figure", "probabilities_figure", "output_figure", "lse_figure", "difference_figure",
     "paged_figure", "layout_figure", "timing_chart", "roofline_chart", "explore", "Explorer", "profile",
+    # profiles torch_npu / msprof wrote, the regression gate, the graph-mode matrix, the op team's precision rule
+    "read_ascend", "compare_runs", "graph_modes", "method12",
     *_SUBMODULES,
 ]
 __version__ = "0.1.0"

@@ -135,7 +135,7 @@ with tempfile.TemporaryDirectory() as folder:
 report.figure()
 
 # %% [markdown]
-# ## The graph-mode matrix: `fia_kit.profiling.graph_modes`
+# ## The graph-mode matrix: `fia_kit.graph_modes`
 #
 # The op's own tests run every case in five modes (spec 25.4): **eager**; **GE static graph**
 # (`dynamic=False`); **dynamic** (`dynamic=True`); **tiling sink** (`tiling_schedule_optimize` with
@@ -148,7 +148,7 @@ report.figure()
 
 # %% tags=["nbval-ignore-output"]
 # Timing output is ignored by nbval (tag nbval-ignore-output): milliseconds differ on every run.
-modes = profiling.graph_modes(decode_plan, steps)
+modes = fia_kit.graph_modes(decode_plan, steps)
 modes
 
 # %%
@@ -172,10 +172,10 @@ for row in modes.rows:
 #   and a second thread *dequeues* and launches (`Dequeue@...`, inside it `AscendCL@...`). When the dequeue
 #   thread lags, the device idles before FIA; in graph decode an `EventWait` task (a cross-stream wait) adds a
 #   gap on the device. Both show as FIA's **Wait Time(us)** and in `trace_view.json`, which
-#   `fia_kit.profiling.read_ascend` reads.
+#   `fia_kit.read_ascend` reads.
 
 # %% [markdown]
-# ## Reading real profiles: `fia_kit.profiling.read_ascend`
+# ## Reading real profiles: `fia_kit.read_ascend`
 #
 # `read_ascend(path)` reads what torch_npu's profiler writes (a `*_ascend_pt` folder: its
 # `ASCEND_PROFILER_OUTPUT/kernel_details.csv`, `trace_view.json`, `op_statistic.csv`) or an msprof
@@ -194,7 +194,7 @@ if BACKEND == "npu":
 else:
     source = EXAMPLES / "decode_baseline_ascend_pt"
     print("reading the illustration:", (source / "ILLUSTRATION.txt").read_text().strip())
-prof = profiling.read_ascend(source)
+prof = fia_kit.read_ascend(source)
 print(prof.table())
 
 # %%
@@ -217,14 +217,14 @@ prof.timeline_figure()
 prof.kv_figure()
 
 # %% [markdown]
-# ### Did my change regress? `fia_kit.profiling.compare_runs`
+# ### Did my change regress? `fia_kit.compare_runs`
 #
 # The op's team gates performance at 8 % against a baseline (spec 25.4). `compare_runs(baseline, new)`
 # compares the median duration per shape; it takes `read_ascend` results, the kit's own `ProfileResult`
 # (or its JSON), or paths to either. The illustration's "new" run is 12 % slower at 4096 keys:
 
 # %%
-gate = profiling.compare_runs(EXAMPLES / "decode_baseline_ascend_pt", EXAMPLES / "decode_new_ascend_pt")
+gate = fia_kit.compare_runs(EXAMPLES / "decode_baseline_ascend_pt", EXAMPLES / "decode_new_ascend_pt")
 print(gate.table())
 print("gate passed:", gate.passed)
 
