@@ -55,7 +55,7 @@ _LAZY: dict[str, str] = {
                                      "roofline_chart")},
     "profile": ".profiling",
     "compare_runs": ".profiling",
-    "graph_modes": ".graph_modes",
+    "graph_modes": ".mode_matrix",
     "read_ascend": ".ascend_profile",
     "method12": ".precision",
 }

@@ -51,7 +51,7 @@ from .backends import RunOptions, as_call, as_plan, backend_names, prepare, reco
 from .backends.graph import GraphOptions
 from .backends.model import synchronize
 from .call import FIACall
-from .graph_modes import MODES, ModeTable, graph_modes
+from .mode_matrix import MODES, ModeTable, graph_modes
 
 __all__ = ["profile", "variants", "ProfileResult", "ProfileRow", "compare_runs", "GateResult", "GateRow",
            "read_ascend", "AscendProfile", "ProfileFormatError", "recompiles", "peak_memory", "write_trace",

@@ -1,4 +1,4 @@
-"""fia_kit.graph_modes: the graph-mode matrix run through the stand-in torch_npu / torchair (tests/fake_npu) and the
+"""fia_kit.graph_modes (fia_kit/mode_matrix.py): the graph-mode matrix run through the stand-in torch_npu / torchair (tests/fake_npu) and the
 compiled look-alike ops; recompiles counted by dynamo, length copies per step, unavailable modes say why."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fake_npu import torchair as fake_torchair
 import fia_kit
 from fia_kit.call import parse_call
 from fia_kit.environment import detect
-from fia_kit.graph_modes import CPU_MODES, NPU_MODES, graph_modes
+from fia_kit.mode_matrix import CPU_MODES, NPU_MODES, graph_modes
 
 STEPS = [[24, 9], [25, 10], [26, 11]]
 
