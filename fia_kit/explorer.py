@@ -34,7 +34,7 @@ from .errors import FIAArgumentError
 from .kernel import ReferenceResult, run_plan
 from .layouts import INPUT_LAYOUTS
 from .masks import SPARSE_MODES
-from .planning import Plan, build_plan
+from .planning import Plan, plan
 from .signatures import LENGTH_PARAMETERS, OP_NAMES, version_of
 
 FIGURES = ("visibility", "probabilities", "output", "lse", "difference", "paged KV", "layout")
@@ -91,11 +91,6 @@ def usable_backends() -> list[str]:
     return [name for name, (usable, _) in detect().backends().items() if usable]
 
 
-def call_form(case: Case) -> str:
-    """The torch_npu form that can express ``case``: v2 for learnable sinks (v2-only), else v1 (prefix: v1-only)."""
-    return "v2" if case.sinks else "v1"
-
-
 def compute(case: Case, backend: str = "reference") -> Outcome:
     """Build, validate and run ``case`` on ``backend``; a rejected case gives an Outcome with ``error`` set.
 
@@ -103,12 +98,12 @@ def compute(case: Case, backend: str = "reference") -> Outcome:
     output the difference figure compares with.
     """
     try:
-        call = case.build(call_form(case)).to_fia_call()
-        problem = build_plan(call)
+        problem = plan(case)  # the case's natural form: v2 for learnable sinks (v2-only), else its own / v1
+        call = problem.call
         reference = run_plan(problem)
         if backend == "reference":
             return Outcome(case, backend, call, problem, reference)
-        ran = run_backend(call, backend)
+        ran = run_backend(problem, backend)
     except FIAArgumentError as err:
         return Outcome(case, backend, error=str(err))
     lse = ran.softmax_lse.cpu() if ran.softmax_lse.numel() else reference.softmax_lse

@@ -141,3 +141,17 @@ def test_torchair_form_calls_go_through_run_and_compare(form):
     expected = fia_kit.run(plain, "reference").attention_out
     torch.testing.assert_close(fia_kit.run(call, "reference").attention_out, expected, atol=0, rtol=0)
     assert fia_kit.compare(call, ["reference", "compiled"]).passed
+
+
+def test_v2_only_case_and_torchair_call_go_through_the_explorer(validations):
+    from fia_kit import explorer
+
+    outcome = explorer.compute(V2_ONLY, "compiled")
+    assert outcome.error is None and outcome.call.form == "v2" and outcome.problem.learnable_sink is not None
+    built = Case(q_lens=(4, 2), kv_lens=(6, 9), layout="TND", sparse_mode=3).build("torchair-v2")
+    call = parse_call("torchair-v2", built.query, built.key, built.value, built.kwargs)
+    case = Case.from_call(call)
+    validations.clear()
+    outcome = explorer.compute(case, "reference")
+    assert outcome.error is None and len(validations) == 1
+    torch.testing.assert_close(outcome.result.attention_out, fia_kit.run(call, "reference").attention_out)
