@@ -219,6 +219,7 @@ class Recorder:
     _dirty: bool = False
     _last_write: float = 0.0
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _timer: threading.Timer | None = None
 
     @property
     def distinct(self) -> int:
@@ -294,7 +295,31 @@ class Recorder:
         return dict(out, data=None, stats=_stats(t))
 
     def _maybe_write(self, force: bool) -> None:
-        if force or time.monotonic() - self._last_write >= self.flush_seconds:
+        """Write now when forced or ``flush_seconds`` have passed; else make sure a timer writes it then."""
+        wait = self.flush_seconds - (time.monotonic() - self._last_write)
+        if force or wait <= 0:
+            self.write()
+        elif self._timer is None:
+            self._timer = threading.Timer(wait, self._write_if_dirty)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _write_if_dirty(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._dirty:
+                try:
+                    self.write()
+                except Exception as exc:  # a background write must not raise into nowhere
+                    warnings.warn(f"fia_kit.capture could not write {self.path}: {exc}", RuntimeWarning,
+                                  stacklevel=1)
+
+    def close(self) -> None:
+        """Stop the timer and write the file a last time."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.write()
 
     def index(self) -> dict[str, Any]:
@@ -495,7 +520,8 @@ def capture(path: str | os.PathLike, *, tensors: Policy = "auto", max_tensor_byt
             shape, dtype, strides and stats (min/max/mean/std) for the rest, which a replay regenerates.
         max_total_bytes: tensor data kept in all ("auto"); later tensors are left out (and counted).
         flush_seconds: the file is rewritten at most this long after a change (0: after every new distinct
-            call) and on exit, so a crash leaves the last written file whole.
+            call; a timer writes a change that no later call flushes) and on exit, so a crash leaves the last
+            written file whole, missing at most the last ``flush_seconds`` of calls.
         patch: further modules or objects whose op attributes (``npu_fused_infer_attention_score[_v2]`` and
             companions) to wrap, e.g. a model module that did ``from torch_npu import ...``.
     Yields:
@@ -511,7 +537,7 @@ def capture(path: str | os.PathLike, *, tensors: Policy = "auto", max_tensor_byt
             yield recorder
     finally:
         observe.OBSERVERS.remove(recorder)
-        recorder.write()
+        recorder.close()
 
 
 # ------------------------------------------------------------------------------------------------ loading

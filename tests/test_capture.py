@@ -406,3 +406,16 @@ def test_an_out_attribute_and_torch_npus_out_list_are_recorded(path):
     assert (call.entry, call.kind) == ("npu_like.npu_fused_infer_attention_score.out", "out")
     assert call.arguments["attention_out"]["role"] == "output" and "out" not in call.arguments
     assert torch.equal(fia_kit.run(call, "reference").attention_out, early_v1(q, k, v, **kw)[0])
+
+
+def test_a_change_is_written_within_flush_seconds_without_further_calls(path):
+    import time
+
+    q, k, v, kw = _case_args()
+    with capture(path, flush_seconds=0.3):
+        early_v1(q, k, v, **kw)
+        early_v1(q, k, v, **{**kw, "actual_seq_lengths_kv": [3, 4]})
+        deadline = time.monotonic() + 10
+        while len(load_capture(path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(load_capture(path)) == 2  # the timer wrote it while the model kept running
