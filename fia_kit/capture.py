@@ -611,13 +611,15 @@ class CapturedCall:
         return parse_call(self.form, query, key, value, keywords)
 
     def shapes(self) -> str:
-        """"query (B,S,H) bf16, key ..." for the three positional tensors."""
-        parts = []
+        """"q 17x2x64 k 4x128x64 v 4x128x64 float16": the three positional tensors' shapes and dtype(s)."""
+        parts, dtypes = [], []
         for name in ("query", "key", "value"):
             a = self.arguments.get(name)
             if a and a["kind"] == "tensor":
-                parts.append(f"{name} {tuple(a['shape'])} {a['dtype']}")
-        return ", ".join(parts)
+                parts.append(f"{name[0]} {'x'.join(map(str, a['shape']))}")
+                if a["dtype"] not in dtypes:
+                    dtypes.append(a["dtype"])
+        return " ".join(parts + ["/".join(dtypes)])
 
     def describe(self) -> str:
         """One line per argument: name, shape/dtype/device (+ kept / left out) or value."""
