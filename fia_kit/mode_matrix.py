@@ -10,8 +10,9 @@ Modes:
 * ``ge-dynamic``: the same with ``dynamic=True``.
 * ``tiling-sink``: ``tiling_schedule_optimize`` + ``dynamic=True`` + ``torch._dynamo.mark_static`` on q/k/v: only the
   lengths vary, and tiling runs on the device from the device lengths.
-* ``aclgraph``: torch_npu's eager op (``SymInt[]`` lengths) under TorchAir's ``reduce-overhead`` mode, captured
-  into an aclgraph (NPUGraph); only where the installed torch_npu has ``torch_npu.npu.NPUGraph``.
+* ``aclgraph``: torch_npu's eager op (``SymInt[]`` lengths) under TorchAir's ``npugraph_ex`` mode (torch_npu
+  2.13.0's CompilerConfig; ``reduce-overhead`` where a release lacks it, deprecated in 2.13.0), captured into an
+  aclgraph (NPUGraph); only where the installed torch_npu has ``torch_npu.npu.NPUGraph``.
 * ``lookalike-list`` / ``lookalike-tensor``: ``torch.compile(dynamic=False)`` of the kit's look-alike op with
   torch_npu's list lengths / TorchAir's tensor lengths, on CPU: the same recompile behaviour, on any machine.
 
@@ -56,7 +57,7 @@ WHERE_TILING = {
     "ge-static": "host, at graph execution (device lengths read back)",
     "ge-dynamic": "host, at graph execution (device lengths read back)",
     "tiling-sink": "device (tiling sink)",
-    "aclgraph": "captured once; lengths updated per replay",
+    "aclgraph": "captured graph; new SymInt[] values recompile or update it",
     "lookalike-list": "(CPU stand-in)",
     "lookalike-tensor": "(CPU stand-in)",
 }
@@ -193,6 +194,14 @@ def _unavailable(mode: str, torch_npu: Any, torchair: Any) -> tuple[Any, Any, st
     return torch_npu, torchair, None
 
 
+def _aclgraph_config(torchair: Any) -> Any:
+    """CompilerConfig in mode "npugraph_ex" (torch_npu 2.13.0), else the older "reduce-overhead"."""
+    try:
+        return compiler_config(torchair, GraphOptions(mode="npugraph_ex"))
+    except (ValueError, TypeError, AssertionError):
+        return compiler_config(torchair, GraphOptions(mode="reduce-overhead"))
+
+
 def _make_step(mode: str, call: FIACall, torch_npu: Any, torchair: Any, device: torch.device,
                counter: _Counter) -> Step:
     kv_name = KV_NAME[call.form]
@@ -207,8 +216,7 @@ def _make_step(mode: str, call: FIACall, torch_npu: Any, torchair: Any, device: 
                         target_of(call, graph=False)).keywords
         if mode == "eager":
             return _length_step(fn, keywords, kv_name, False, device, counter, None)
-        backend = torchair.get_npu_backend(compiler_config=compiler_config(torchair, GraphOptions(
-            mode="reduce-overhead")))
+        backend = torchair.get_npu_backend(compiler_config=_aclgraph_config(torchair))
         return _length_step(fn, keywords, kv_name, False, device, counter, {"backend": backend, "dynamic": False})
     fn = op_of(torchair.ops, call.form)
     keywords = bind(fn, call_keywords(call, target_of(call, graph=True), device), target_of(call, graph=True)).keywords

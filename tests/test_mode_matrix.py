@@ -3,6 +3,8 @@ compiled look-alike ops; recompiles counted by dynamo, length copies per step, u
 
 from __future__ import annotations
 
+import types
+
 import fake_npu
 import pytest
 import torch
@@ -10,6 +12,7 @@ from fake_npu import torch_npu as fake_torch_npu
 from fake_npu import torchair as fake_torchair
 
 import fia_kit
+from fia_kit.backends import lookalike
 from fia_kit.call import parse_call
 from fia_kit.environment import detect
 from fia_kit.mode_matrix import CPU_MODES, NPU_MODES, graph_modes
@@ -54,6 +57,19 @@ def test_modes_with_stand_ins(form):
     text = table.table()
     assert "length copies/step" in text and "unavailable: this torch_npu has no" in text
     assert "<table>" in table._repr_html_()
+
+
+def test_aclgraph_with_a_torch_npu_that_has_npugraph():
+    """A stand-in torch_npu whose op is the torch_npu-schema look-alike (a real custom op) and which has
+    ``npu.NPUGraph``: aclgraph compiles through TorchAir's npugraph_ex mode, and its SymInt[] lengths recompile."""
+    torch._dynamo.reset()
+    fake_torchair.CONFIGS.clear()
+    npu = types.SimpleNamespace(npu_fused_infer_attention_score=lookalike.op("torch_npu.v1"),
+                                npu=types.SimpleNamespace(NPUGraph=object), __version__="stand-in")
+    row = graph_modes(decode_call(), STEPS, modes=["aclgraph"], torch_npu=npu, torchair=fake_torchair,
+                      device="cpu").row("aclgraph")
+    assert row.available and row.compiles == len(STEPS) and row.length_copies == 0
+    assert [c.mode for c in fake_torchair.CONFIGS] == ["npugraph_ex"]
 
 
 def test_without_an_npu_each_npu_mode_says_why():
