@@ -35,6 +35,7 @@ from .environment import detect
 from .errors import FIAArgumentError
 from .kernel import ReferenceResult, RowStatus
 from .lint import lint
+from .lse import merge_attention
 from .masks import compressed_causal_mask
 from .planning import Plan, plan
 from .reference import (
@@ -43,6 +44,7 @@ from .reference import (
     npu_fused_infer_attention_score_v2,
 )
 from .signatures import FORMS
+from .targets import Target, target
 from .visibility import Visibility
 
 # name -> module (relative to fia_kit) that defines it, imported on first use.
@@ -78,6 +80,8 @@ __all__ = [
     # profiles torch_npu / msprof wrote, the regression gate, the graph-mode matrix, the op team's precision rule
     "read_ascend", "compare_runs", "graph_modes", "method12",
     *_SUBMODULES,
+    # products and versions; context-parallel merging of partial results
+    "target", "Target", "merge_attention",
 ]
 __version__ = "0.1.0"
 

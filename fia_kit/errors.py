@@ -24,13 +24,17 @@ class FIAArgumentError(ValueError):
         parameter: the keyword (or keywords, joined by " + ") that broke the rule.
         rule: the rule, in words, with the spec section where it comes from ("spec N.N" = docs/ section N.N).
         got: a description of the value received.
+        target: the product / CANN version the rule was checked for ("A3 / CANN 9.1"), where the rule depends
+            on it (``fia_kit.targets``); None otherwise.
     """
 
-    def __init__(self, parameter: str, rule: str, got: Any = None, *, hint: str | None = None) -> None:
+    def __init__(self, parameter: str, rule: str, got: Any = None, *, hint: str | None = None,
+                 target: str | None = None) -> None:
         self.parameter = parameter
         self.rule = rule
         self.got = got if isinstance(got, str) else describe_value(got)
         self.hint = hint
+        self.target = target
         message = f"{parameter}: {rule} (got {self.got})"
         if hint:
             message += f". Hint: {hint}"

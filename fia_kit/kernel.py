@@ -19,6 +19,7 @@ import torch
 
 from . import paged, quant
 from .layouts import from_canonical
+from .lse import no_key_lse
 from .masks import MASK_FILL
 from .planning import BatchPlan, Plan
 
@@ -60,7 +61,8 @@ class ReferenceResult:
     Attributes:
         attention_out: in the output layout, the op's dtype.
         softmax_lse: (B, N_q, S_q, 1) or (T, N_q, 1) float32 (float64 for float64 inputs), natural log; +inf on
-            rows that are not COMPUTED (except FULLY_MASKED with inner_precise 0/1: -1e12 + ln(count), [inferred]);
+            rows that are not COMPUTED (except FULLY_MASKED with inner_precise 0/1: -1e12 + ln(count), [inferred]),
+            but -3.40282e38 (float32 lowest) for a batch without keys on the IFA path (``fia_kit.lse``);
             always filled, even when the call did not ask for it.
         row_status: (B, S_q) or (1, T) int8 ``RowStatus`` per canonical query row.
     """
@@ -94,6 +96,8 @@ def run_plan(problem: Plan) -> ReferenceResult:
             continue
         rows = slice(plan.q_start, plan.q_start + plan.q_len)
         out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype)
+        if plan.kv_len + problem.prefix_len == 0:
+            lse_b = lse_b.fill_(no_key_lse(problem))  # the sentinel of this path (spec 7, 25.1)
         out4[plan.q_index, :, rows] = out_b
         lse4[plan.q_index, :, rows] = lse_b.to(lse_dtype)
         status[plan.q_index, rows] = status_b

@@ -1,7 +1,8 @@
 """Actual sequence lengths: per-batch with broadcast, or cumulative for packed layouts (spec 5).
 
-torch_npu takes them as Python int lists (``SymInt[]``), TorchAir as int64 tensors on the device; both are read
-here into plain tuples of ints, once.
+torch_npu takes them as ``SymInt[]``, which torch's argument parser fills from lists, tuples, numpy integer arrays
+and 1-D integer tensors (spec 25.2: sglang passes ``np.cumsum(...)``, vllm-ascend numpy slices); TorchAir takes
+int64 tensors on the device. All are read here into plain tuples of ints, once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import targets
 from .errors import FIAArgumentError
 
 
@@ -18,12 +20,19 @@ def read_lengths(name: str, value: object) -> tuple[int, ...] | None:
 
     Args:
         name: the keyword, for error messages.
-        value: None, a sequence of ints, or an integer tensor of rank 0 or 1 on any device.
+        value: None, a sequence of ints, a numpy integer array of rank 0 or 1, or an integer tensor of rank 0 or
+            1 on any device.
     Returns:
         None when ``value`` is None, else the values.
     """
     if value is None:
         return None
+    if _is_numpy_array(value):
+        if value.dtype.kind not in "iu":
+            raise FIAArgumentError(name, "a numpy length array must have an integer dtype", value)
+        if value.ndim > 1:
+            raise FIAArgumentError(name, "a numpy length array must be 1-D", value)
+        return tuple(int(v) for v in value.reshape(-1).tolist())
     if isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise FIAArgumentError(name, "a length tensor must have an integer dtype (int64 as TorchAir wants)",
@@ -32,7 +41,8 @@ def read_lengths(name: str, value: object) -> tuple[int, ...] | None:
             raise FIAArgumentError(name, "a length tensor must be 1-D", value)
         return tuple(int(v) for v in value.reshape(-1).tolist())
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise FIAArgumentError(name, "must be a list of ints or an integer tensor", value)
+        raise FIAArgumentError(name, "must be a list or tuple of ints, a numpy integer array or an integer tensor",
+                               value)
     values = []
     for v in value:
         if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
@@ -65,11 +75,13 @@ def per_batch_lengths(name: str, values: tuple[int, ...] | None, batch: int, lim
     return values
 
 
-def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int,
-                       total_name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int, total_name: str,
+                       last_rule: str = "at_least") -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Starts and lengths of each batch from cumulative lengths (packed layouts, spec 5.2).
 
     Element b is the total length of batches 0..b: non-decreasing, non-negative, the last at most ``total``.
+    ``last_rule`` "equal" (the query's lengths on older CANN: ``fia_kit.targets`` rule tnd_last_length) also
+    requires the last to equal ``total``.
     Returns:
         (starts, lengths), one entry per batch.
     """
@@ -92,6 +104,10 @@ def cumulative_lengths(name: str, values: tuple[int, ...] | None, total: int,
     if previous > total:
         raise FIAArgumentError(name, f"the last cumulative length must be at most {total_name}={total} "
                                "(spec 5.2)", list(values))
+    if last_rule == "equal" and previous != total:
+        raise targets.refuse(name, "tnd_last_length", f"the last cumulative length ({previous}) must equal "
+                             f"{total_name}={total}: T > last is only allowed from the 2026-08 kernels on",
+                             list(values))
     starts = (0, *values[:-1])
     return starts, tuple(e - s for s, e in zip(starts, values, strict=True))
 
@@ -103,3 +119,8 @@ def cumulative(lengths: Sequence[int]) -> list[int]:
         total += int(n)
         out.append(total)
     return out
+
+
+def _is_numpy_array(value: object) -> bool:
+    """Whether ``value`` is a numpy ndarray, without importing numpy when the caller did not."""
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "ndim")

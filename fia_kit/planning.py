@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import paged, shapes
+from . import paged, shapes, targets
 from .call import FIACall
 from .errors import FIAArgumentError
 from .layouts import Layout, parse_layout, to_canonical
@@ -34,8 +34,7 @@ ROPE_DIM = 64
 UNSUPPORTED_TENSORS = ("key_rope_antiquant_scale", "quant_scale_p")
 RESERVED_DTYPE_HINTS = ("query_dtype", "key_dtype", "value_dtype", "query_rope_dtype", "key_rope_dtype",
                         "key_shared_prefix_dtype", "value_shared_prefix_dtype", "dequant_scale_query_dtype",
-                        "dequant_scale_key_dtype", "dequant_scale_value_dtype", "dequant_scale_key_rope_dtype",
-                        "out_dtype")
+                        "dequant_scale_key_dtype", "dequant_scale_value_dtype", "dequant_scale_key_rope_dtype")
 MLA_LAYOUTS = {
     512: {"BSH", "BSND", "BNSD", "BNSD_NBSD", "BSND_NBSD", "BSH_NBSD", "TND", "TND_NTD"},
     128: {"BSH", "BSND", "TND", "BNSD", "NTD", "BSH_BNSD", "BSND_BNSD", "BNSD_BSND", "NTD_TND"},
@@ -142,6 +141,7 @@ def build_plan(call: FIACall) -> Plan:
     """Check every rule of the op on ``call`` and resolve its geometry. Raises FIAArgumentError."""
     o = call.options
     _reject_unsupported(call)
+    _check_out_dtype(call)
     layout = parse_layout(o["input_layout"])
     query, key, value = call.query, call.key, call.value
     check_input_dtypes(query, key, value)
@@ -188,7 +188,8 @@ def build_plan(call: FIACall) -> Plan:
     return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, _spelled(call, "softmax_lse_flag"))
     quant = check_quant(call, QuantContext(
         layout, batch, num_heads, num_kv_heads, head_dim, value_dim, kv_axis, decode, paged_kv,
-        key.shape[0] if paged_kv else 0, block_size, rope, _left_padding_given(call), return_lse))
+        key.shape[0] if paged_kv else 0, block_size, rope, _left_padding_given(call), return_lse,
+        key.dim() if paged_kv else 0))
     if left_padded and sparse_mode == 0:
         pre_tokens = next_tokens = INT_MAX  # spec 15, 6.3
 
@@ -225,9 +226,18 @@ def _reject_unsupported(call: FIACall) -> None:
             raise FIAArgumentError(_spelled(call, name), "is reserved (key rope antiquant) or Ascend950-only "
                                    "(quant_scale_p) and not modelled by the reference (spec 1.2, 1.6)", o[name])
     for name in RESERVED_DTYPE_HINTS:
+        if o.get(name) in shapes.ASCEND950_DTYPE_CODES:
+            raise targets.refuse(name, "fp8_inputs", f"{shapes.ASCEND950_DTYPE_CODES[o[name]]} inputs are "
+                                 "Ascend950 only, not modelled by the kit (spec 25.3)", o[name])
         if o.get(name) is not None:
             raise FIAArgumentError(name, "is a reserved storage-reinterpretation hint (spec 1.2): pass None",
                                    o[name])
+    for name in ("query", "key", "value", "query_rope", "key_rope"):
+        t = call.query if name == "query" else call.key if name == "key" else call.value if name == "value" \
+            else o.get(name)
+        if isinstance(t, torch.Tensor) and t.dtype in shapes.FP8_DTYPES:
+            raise targets.refuse(name, "fp8_inputs", f"{t.dtype} (FP8) inputs are Ascend950 only, not modelled "
+                                 "by the kit (spec 25.3)", t)
 
 
 def _spelled(call: FIACall, canonical: str) -> str:
@@ -235,13 +245,39 @@ def _spelled(call: FIACall, canonical: str) -> str:
 
 
 def _out_dtype(call: FIACall, quant: QuantSpec | None) -> torch.dtype:
-    """int8 with output quantisation; float16 (v1) or the rope's dtype (v2 MLA) for an int8 query (spec 4.3)."""
+    """int8 with output quantisation; for an int8 query v2's out_dtype if given, else the rope's dtype (v2 MLA) or
+    float16 (spec 4.3, 25.1)."""
+    code = call.options.get("out_dtype")
     if quant is not None and quant.output is not None:
         return torch.int8
     if call.query.dtype == torch.int8:
+        if code is not None:
+            return shapes.DTYPE_CODES[code]
         rope = call.options["query_rope"]
         return rope.dtype if rope is not None else torch.float16
     return call.query.dtype
+
+
+def _check_out_dtype(call: FIACall) -> None:
+    """v2 out_dtype (spec 1.2, 25.1): with an int8 query it picks float16 (5) or bfloat16 (15); with
+    quant_scale_out, int8 (1); FP8/HiFloat8 codes are Ascend950's. Elsewhere the op ignores it: refused."""
+    code = call.options.get("out_dtype")
+    if code is None:
+        return
+    if code in shapes.ASCEND950_DTYPE_CODES:
+        raise targets.refuse("out_dtype", "fp8_inputs", f"{shapes.ASCEND950_DTYPE_CODES[code]} output is Ascend950 "
+                             "only, not modelled by the kit (spec 25.3)", code)
+    if call.options.get("quant_scale2") is not None:
+        if code != 1:
+            raise FIAArgumentError("out_dtype + quant_scale_out", "with quant_scale_out the output is int8 (code 1) "
+                                   "on A2/A3 (spec 16.1, 25.1)", code)
+        return
+    if call.query.dtype != torch.int8:
+        raise FIAArgumentError("out_dtype", "selects the output dtype only with an int8 query or quant_scale_out; "
+                               "with a float query the op ignores it, so the kit refuses it (spec 1.2, 25.1)", code)
+    if code not in (5, 15):
+        raise FIAArgumentError("out_dtype", "with an int8 query must be 5 (float16) or 15 (bfloat16) (spec 25.1)",
+                               code)
 
 
 def _left_padding_given(call: FIACall) -> bool:
@@ -256,7 +292,9 @@ def _apply_left_padding(call: FIACall, layout: Layout, q4: torch.Tensor, k4: tor
 
     Valid query rows [S_q - qpad - L_q, S_q - qpad), keys [S_kv - kvpad - L_kv, S_kv - kvpad). Only element [0] of
     each int64 padding tensor is read, negative counts as 0, and each takes effect only with its actual-length
-    argument (query padding only for S_q > 1). Returns the shifted plans and whether any shift applies.
+    argument (query padding only for S_q > 1). A kv start below 0 is an error for S_q > 1 (PFA: "unpredictable")
+    and, for decode, leaves that batch without keys: an all-zero output (spec 15, 25.1). Returns the shifted plans
+    and whether any shift applies.
     """
     o = call.options
     if not _left_padding_given(call):
@@ -281,6 +319,10 @@ def _apply_left_padding(call: FIACall, layout: Layout, q4: torch.Tensor, k4: tor
         pad_value = max(0, int(pad.reshape(-1)[0]))
         for b, (index, _, length) in enumerate(plans):
             start = s - pad_value - length
+            if start < 0 and decode:
+                plans[b] = (index, 0, 0)  # IFA: an all-zero output for that batch, no error (spec 15, 25.1)
+                shifted = True
+                continue
             if start < 0:
                 raise FIAArgumentError(f"{name} + {lengths}", f"batch {b}: S - padding - length = {s} - "
                                        f"{pad_value} - {length} < 0 (spec 15)", pad_value)
@@ -412,7 +454,7 @@ def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.
     q_values = read_lengths(q_name, o["actual_seq_lengths"])
     kv_values = read_lengths(kv_name, o["actual_seq_lengths_kv"])
     if layout.packed:
-        q_starts, q_lens = cumulative_lengths(q_name, q_values, q4.shape[2], "T_q")
+        q_starts, q_lens = cumulative_lengths(q_name, q_values, q4.shape[2], "T_q", targets.rule("tnd_last_length"))
         batch = len(q_lens)
         if kv_values is None:
             raise FIAArgumentError(kv_name, "is required for packed layouts (cumulative without paging, "
@@ -465,7 +507,7 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
         raise FIAArgumentError("query_rope", f"must have the query's shape with head dim {ROPE_DIM} (spec 12)",
                                q_rope)
     if paged_kv:
-        expected = _rope_shape_of(call.key, num_kv_heads)
+        expected = _rope_shape_of(call.key, num_kv_heads, k_rope.dtype)
         if tuple(k_rope.shape) != expected:
             raise FIAArgumentError("key_rope", f"must be the paged key cache's shape with head dim {ROPE_DIM}: "
                                    f"{expected} (spec 11, 12)", k_rope)
@@ -478,13 +520,16 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     return qr4, kr4
 
 
-def _rope_shape_of(cache: torch.Tensor, num_kv_heads: int) -> tuple[int, ...]:
+def _rope_shape_of(cache: torch.Tensor, num_kv_heads: int, rope_dtype: torch.dtype) -> tuple[int, ...]:
+    """key_rope's paged shape: the key cache's with D = 64; an NZ rope is tiled by 32 bytes of its OWN dtype
+    (a bf16 rope beside an int8 key is (blocks, N_kv, 4, bs, 16)) (spec 25.1)."""
     s = tuple(cache.shape)
     if cache.dim() == 3:
         return (s[0], s[1], num_kv_heads * ROPE_DIM)
     if cache.dim() == 4:
         return (*s[:3], ROPE_DIM)
-    return (s[0], s[1], ROPE_DIM // s[4], s[3], s[4])
+    c = 32 // torch.empty(0, dtype=rope_dtype).element_size()
+    return (s[0], s[1], ROPE_DIM // c, s[3], c)
 
 
 def _check_prefix(call: FIACall, layout: Layout, num_kv_heads: int, head_dim: int, value_dim: int,
@@ -538,6 +583,9 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tup
                                "(spec 6.3)", mode)
     if rope and head_dim == 512 and mode not in (0, 3, 4):
         raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3 or 4 (spec 6.5, 12)", mode)
+    if decode and mode != 0 and call.key.dtype in (torch.int8, torch.int32) and call.query.dtype != torch.int8:
+        raise FIAArgumentError("sparse_mode", "with S_q == 1 and int8/int4 K/V, sparse_mode must be 0: the kernel "
+                               "refuses others (mask_checker CheckAntiquantSparseMode) (spec 25.1)", mode)
     if mode != 0 and o["atten_mask"] is None:
         raise FIAArgumentError("atten_mask", f"should not be null when sparse_mode is {mode} (modes 1-4 need a "
                                "mask; 2-4 the compressed 2048x2048 template) (spec 6.3)", None)
@@ -698,9 +746,9 @@ def _check_scale(value: object, name: str) -> float:
 def _check_lse_flag(value: object, rope: bool, head_dim: int, name: str) -> bool:
     if not isinstance(value, bool):
         raise FIAArgumentError(name, "must be a bool", value)
-    if value and rope and head_dim == 512:
-        raise FIAArgumentError(name, "MLA with D=512 does not return softmax_lse (spec 8, 12)", value)
-    return value
+    if value and rope and head_dim == 512 and not targets.rule("mla_d512_lse"):
+        raise targets.refuse(name, "mla_d512_lse", "MLA with D=512 does not return softmax_lse", value)
+    return value  # accepted: vllm-ascend's context-parallel MLA decode uses it; the docs disagree (spec 25.1)
 
 
 def plan(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | None = None,

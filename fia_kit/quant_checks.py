@@ -51,6 +51,7 @@ class QuantContext:
     rope: bool
     left_padding: bool
     return_lse: bool
+    cache_rank: int = 0  # rank of the paged cache (3, 4, 5 = NZ); 0 when not paged
 
 
 def check_input_dtypes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -288,7 +289,14 @@ def _kv_dequant(call: FIACall, ctx: QuantContext, which: str, mode: int, scale: 
     if not isinstance(scale, torch.Tensor):
         raise FIAArgumentError(name, "must be a tensor (spec 16.3)", scale)
     shape = sh = tuple(scale.shape)
-    if mode == 0:
+    if mode == 0 and _gqa_nz_decode(ctx):
+        if shape not in ((1,), (n, 1, d)):
+            raise FIAArgumentError(name, f"with a BNSD decode query and an NZ (rank-5) cache, a per-channel scale "
+                                   f"must be (N_kv, 1, D) = {(n, 1, d)} (or one per-tensor value); the kernel's "
+                                   "CheckGqaAntiQuantPerChannel refuses other shapes, (1, N_kv, 1, D) included "
+                                   "(spec 25.1)", scale)
+        ok, norm = True, (1, 1, 1) if shape == (1,) else (n, 1, d)
+    elif mode == 0:
         shapes = [(1,), (1, n, 1, d), (1, n, d), (1, n * d)] + ([] if ctx.decode else [(n, 1, d), (n, d), (n * d,)])
         ok, norm = shape in shapes, (1, 1, 1) if shape == (1,) else (n, 1, d)
     elif mode == 1:
@@ -313,6 +321,11 @@ def _kv_dequant(call: FIACall, ctx: QuantContext, which: str, mode: int, scale: 
         raise FIAArgumentError(_name(call, f"{which}_antiquant_offset"), f"must have {name}'s shape and dtype "
                                "(spec 16.3)", offset)
     return KVDequant(mode, scale.reshape(norm), None if offset is None else offset.reshape(norm), int4)
+
+
+def _gqa_nz_decode(ctx: QuantContext) -> bool:
+    """GQA int8 decode with a BNSD query and an NZ cache: the path of CheckGqaAntiQuantPerChannel (spec 25.1)."""
+    return ctx.decode and ctx.paged and ctx.cache_rank == 5 and ctx.layout.query == "BNSD"
 
 
 def _check_combined(call: FIACall, ctx: QuantContext, int4: bool) -> tuple[KVDequant, KVDequant]:
@@ -379,7 +392,11 @@ def _check_output_quant(call: FIACall, ctx: QuantContext, key_dq: KVDequant | No
     else:
         shapes = {"BSH": [(1, 1, n * d), (n * d,)], "BNSD": [(1, n, 1, d), (n, d)],
                   "BSND": [(1, 1, n, d), (n, d)]}[ctx.layout.out]
-        if tuple(scale.shape) not in shapes:
+        if ctx.layout.out == "BSH" and scale.numel() != n * d:
+            raise FIAArgumentError(sname, f"per-tensor (one value) or per-channel with H = {n * d} elements in any "
+                                   "shape, e.g. (1, 1, H), (H,), (1, H), (N, D), for output layout BSH "
+                                   "(spec 16.1, 25.1)", scale)
+        if ctx.layout.out != "BSH" and tuple(scale.shape) not in shapes:
             raise FIAArgumentError(sname, f"per-tensor (one value) or per-channel {shapes} for output layout "
                                    f"{ctx.layout.out} (spec 16.1)", scale)
         for other, bad in (("kv_padding_size", ctx.left_padding), ("softmax_lse_flag", ctx.return_lse),

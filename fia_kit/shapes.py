@@ -16,9 +16,15 @@ import torch
 from . import paged
 from .layouts import Layout, parse_layout, to_canonical
 
-# v2's storage-reinterpretation dtype codes (spec 1.2) that the output dtype may take.
-DTYPE_CODES: dict[int, torch.dtype] = {5: torch.float16, 15: torch.bfloat16, 23: torch.float8_e5m2,
-                                       24: torch.float8_e4m3fn}
+# v2's dtype codes (spec 1.2) that out_dtype may take, as torch_npu's meta maps them (spec 25.2).
+DTYPE_CODES: dict[int, torch.dtype] = {1: torch.int8, 5: torch.float16, 15: torch.bfloat16,
+                                       23: torch.float8_e5m2, 24: torch.float8_e4m3fn, 290: torch.uint8,
+                                       291: torch.float8_e5m2, 292: torch.float8_e4m3fn}
+# Codes of dtypes only Ascend950 takes (FP8, HiFloat8, FP4): not modelled by the kit (spec 25.3).
+ASCEND950_DTYPE_CODES: dict[int, str] = {23: "float8_e5m2", 24: "float8_e4m3fn", 290: "hifloat8",
+                                         291: "float8_e5m2", 292: "float8_e4m3fn", 296: "float4_e2m1",
+                                         297: "float4_e1m2"}
+FP8_DTYPES = (torch.float8_e5m2, torch.float8_e4m3fn)
 
 
 @dataclass(frozen=True)

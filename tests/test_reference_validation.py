@@ -205,7 +205,6 @@ CASES = [
     ("key_rope_dim", rope_call(kr_d=32), "key_rope", "64", None),
     ("rope_head_dim", rope_call(d=64), "query", "512", None),
     ("mla512_kv_heads", rope_call(d=512, n_kv=2), "num_key_value_heads", "one kv head", None),
-    ("mla512_lse", rope_call(d=512, return_softmax_lse=True), "return_softmax_lse", "softmax_lse", None),
     ("mla512_sparse_mode", rope_call(d=512, sparse_mode=2, atten_mask=CMASK), "sparse_mode", "0, 3 or 4", None),
     ("mla_layout", rope_call(d=512, layout="BSND_BNSD"), "input_layout", "MLA", None),
     # --- shared prefix (spec 14)
