@@ -17,6 +17,7 @@ INT_MAX = 2147483647
 MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
 COMPRESSED_MASK_SIZE = 2048
 SPARSE_MODES = {0: "defaultMask", 1: "allMask", 2: "leftUpCausal", 3: "rightDownCausal", 4: "band"}
+TREE_MODE = 9  # the tree mask (v2, MLA D=512): no band, visibility from ``tree_visibility`` (spec 6.6, 25.1)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def sparse_band(sparse_mode: int, pre_tokens: int, next_tokens: int, delta: int,
         has_mask: whether atten_mask was given (mode 0 without a mask ignores pre/next).
         decode: S_q == 1 without rope: sparse_mode, pre and next are ignored.
     """
-    if decode or sparse_mode == 1 or (sparse_mode == 0 and not has_mask):
+    if decode or sparse_mode in (1, TREE_MODE) or (sparse_mode == 0 and not has_mask):
         return Band()
     if sparse_mode == 0:
         return Band(_bound(-pre_tokens), _bound(next_tokens))
@@ -107,6 +108,24 @@ def sparse_band(sparse_mode: int, pre_tokens: int, next_tokens: int, delta: int,
 def _bound(offset: int) -> int | None:
     """Offsets at or beyond +/- INT_MAX mean "no limit" (the op's default pre/next)."""
     return None if abs(offset) >= INT_MAX else offset
+
+
+def tree_visibility(tree: torch.Tensor, q_len: int, kv_len: int, num_keys: int) -> torch.Tensor:
+    """Hidden keys (True) of one batch under the tree mask, sparse_mode 9 (spec 6.6, 25.1).
+
+    Keys j < L_kv - L_q (the context) are all visible; key j >= L_kv - L_q is hidden from row i where
+    ``tree[i, j - (L_kv - L_q)]`` is 1. Keys from L_kv up to ``num_keys`` are hidden (never read).
+
+    Args:
+        tree: (L_q, L_q) bool, this batch's tree mask (1 = hidden).
+    Returns:
+        (L_q, num_keys) bool, True = hidden.
+    """
+    context = kv_len - q_len
+    hidden = torch.ones(q_len, num_keys, dtype=torch.bool, device=tree.device)
+    hidden[:, :context] = False
+    hidden[:, context:kv_len] = tree.to(torch.bool)
+    return hidden
 
 
 @cache

@@ -18,7 +18,16 @@ from .call import FIACall
 from .errors import FIAArgumentError
 from .layouts import Layout, parse_layout, to_canonical
 from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
-from .masks import COMPRESSED_MASK_SIZE, INT_MAX, SPARSE_MODES, Band, is_compressed_causal_mask, sparse_band
+from .masks import (
+    COMPRESSED_MASK_SIZE,
+    INT_MAX,
+    SPARSE_MODES,
+    TREE_MODE,
+    Band,
+    is_compressed_causal_mask,
+    sparse_band,
+    tree_visibility,
+)
 from .quant import QuantSpec
 from .quant_checks import QuantContext, check_input_dtypes, check_output_quant_rows, check_quant, int4_factor
 from .signatures import spelled
@@ -161,10 +170,11 @@ def build_plan(call: FIACall) -> Plan:
             raise FIAArgumentError("key", f"batch size must equal the query's ({q4.shape[0]})", key)
     if head_dim != q4.shape[-1]:
         raise FIAArgumentError("key", f"head dim must equal the query's ({q4.shape[-1]})", key)
-    _check_key_value_shapes(layout, k4, v4, paged_kv, head_dim, value_dim, o["sparse_mode"])
+    _check_key_value_shapes(layout, k4, v4, paged_kv, head_dim, value_dim, o["sparse_mode"], call.query.dtype,
+                            o["query_rope"] is not None)
     decode = not layout.packed and q4.shape[2] == 1 and not rope  # with rope, S_q == 1 keeps modes 0/3/4 (6.5)
 
-    block_table, block_size = _check_paging(call, num_kv_heads) if paged_kv else (None, 0)
+    block_table, block_size = _check_paging(call, num_kv_heads, decode) if paged_kv else (None, 0)
     capacity = block_table.shape[1] * block_size if paged_kv else None
     batch, plans_q, plans_kv = _resolve_lengths(call, layout, q4, k4, capacity, decode)
     if paged_kv:
@@ -181,6 +191,8 @@ def build_plan(call: FIACall) -> Plan:
     q_axis = max((q[2] for q in plans_q), default=0) if layout.packed else q4.shape[2]
     sparse_mode, pre_tokens, next_tokens = _check_sparse(call, rope, head_dim, decode)
     atten_mask = _check_mask(call, layout, batch, q_axis, key_columns, decode, rope, head_dim, value_dim, paged_kv)
+    if sparse_mode == TREE_MODE:
+        atten_mask = _tree_mask(call, layout, plans_q, plans_kv, q_axis, kv_axis, head_dim)
     pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope)
     sink = _check_sink(call, layout, num_heads, value_dim, pse)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
@@ -368,6 +380,10 @@ def _head_counts(call: FIACall, layout: Layout, paged_kv: bool) -> tuple[int, in
     if num_heads % num_kv:
         raise FIAArgumentError("num_key_value_heads", f"must divide {heads_name}={num_heads} (GQA, spec 10)",
                                num_kv)
+    ratio = targets.rule("gqa_ratio")
+    if ratio is not None and num_heads // num_kv > ratio:
+        raise targets.refuse("num_key_value_heads", "gqa_ratio", f"{heads_name} / num_key_value_heads = "
+                             f"{num_heads // num_kv} must be at most {ratio}", num_kv)
     key_heads = paged.cache_num_heads(key) if paged_kv else (
         key.shape[layout.query.index("N")] if layout.heads_explicit else None)
     if key_heads is not None and key_heads != num_kv:
@@ -383,18 +399,28 @@ def _head_counts(call: FIACall, layout: Layout, paged_kv: bool) -> tuple[int, in
 
 
 def _check_key_value_shapes(layout: Layout, k4: torch.Tensor, v4: torch.Tensor, paged_kv: bool, head_dim: int,
-                            value_dim: int, sparse_mode: int) -> None:
+                            value_dim: int, sparse_mode: int, query_dtype: torch.dtype, rope: bool) -> None:
+    """K and V share all axes but D; Q/K D may differ from V D only as the target allows (rule qk_v_head_dims);
+    TND-family float16/bfloat16 Q/K D as rule tnd_head_dims (float32/64 inputs are the kit's extension)."""
     if _shape_without_head_dim(k4, paged_kv) != _shape_without_head_dim(v4, paged_kv):
         raise FIAArgumentError("value", f"must have the key's shape {tuple(k4.shape)} except the head dim "
                                "(spec 4.2)", v4)
+    dims = targets.rule("tnd_head_dims")
+    if layout.packed and not rope and dims is not None and query_dtype in OP_FLOAT_DTYPES and head_dim not in dims:
+        raise targets.refuse("query", "tnd_head_dims", f"TND-family Q/K head dim must be one of {dims}",
+                             head_dim)
     if value_dim == head_dim:
         return
     packed_192 = layout.packed and head_dim == 192 and value_dim == 128
     small = head_dim <= 128 and value_dim <= 128 and sparse_mode in (0, 2, 3)
-    if not (packed_192 or small):
-        raise FIAArgumentError("value", f"head dim {value_dim} differs from the key's {head_dim}: allowed only "
-                               "for TND-family Q/K D=192 with V D=128, or all D <= 128 with sparse_mode 0/2/3 "
-                               "(spec 12, 18.5)", v4)
+    if targets.rule("qk_v_head_dims") == "any":
+        ok, allowed = packed_192 or small, "TND-family Q/K D=192 with V D=128, or all D <= 128 with sparse_mode 0/2/3"
+    else:
+        ok, allowed = packed_192 or (layout.packed and small), "TND-family Q/K D=192 with V D=128, or (TND family) " \
+            "all D <= 128 with sparse_mode 0/2/3; other layouts need Ascend950"
+    if not ok:
+        raise targets.refuse("value", "qk_v_head_dims", f"head dim {value_dim} differs from the key's {head_dim}: "
+                             f"allowed only for {allowed}", v4)
 
 
 def _shape_without_head_dim(t: torch.Tensor, paged_kv: bool) -> tuple[int, ...]:
@@ -404,7 +430,7 @@ def _shape_without_head_dim(t: torch.Tensor, paged_kv: bool) -> tuple[int, ...]:
     return tuple(t.shape[:-1])
 
 
-def _check_paging(call: FIACall, num_kv_heads: int) -> tuple[torch.Tensor, int]:
+def _check_paging(call: FIACall, num_kv_heads: int, decode: bool) -> tuple[torch.Tensor, int]:
     o = call.options
     block_table, block_size = o["block_table"], o["block_size"]
     if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32:
@@ -412,10 +438,12 @@ def _check_paging(call: FIACall, num_kv_heads: int) -> tuple[torch.Tensor, int]:
                                block_table)
     if not isinstance(block_size, int) or block_size <= 0:
         raise FIAArgumentError("block_size", "must be > 0 when block_table is given (spec 11)", block_size)
+    low, high = targets.rule("block_size")
     if block_size % 16 or block_size > 1024:
-        raise FIAArgumentError("block_size", "must be a multiple of 16 and at most 1024 (the widest rule across "
-                               "op versions; prefill on older CANN needs 128..512 in steps of 128) (spec 11)",
-                               block_size)
+        raise targets.refuse("block_size", "block_size", "must be a multiple of 16 and at most 1024", block_size)
+    if not decode and (block_size % low or not low <= block_size <= high):
+        raise targets.refuse("block_size", "block_size", f"prefill (S_q > 1) paging needs {low}..{high} in steps "
+                             f"of {low}", block_size)
     if o["actual_seq_lengths_kv"] is None:
         raise FIAArgumentError(_spelled(call, "actual_seq_lengths_kv"), "is required with paged attention "
                                "(block_table) (spec 5.1, 11)", None)
@@ -496,8 +524,11 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     if layout.name not in MLA_LAYOUTS[d]:
         raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
                                layout.name)
-    if d == 512 and num_kv_heads != 1:
-        raise FIAArgumentError("num_key_value_heads", "MLA with D=512 needs one kv head (spec 12)", num_kv_heads)
+    heads = targets.rule("mla_heads")
+    if d == 512 and call.query.dtype != torch.int8 and heads is not None and (num_kv_heads != 1
+                                                                               or num_heads not in heads):
+        raise targets.refuse("num_key_value_heads", "mla_heads", f"MLA with D=512 needs N_kv = 1 and N_q in "
+                             f"{heads} (N_q={num_heads}, N_kv={num_kv_heads})", num_kv_heads)
     if d == 512 and layout.packed and not paged_kv:
         raise FIAArgumentError("block_table", "MLA D=512 with TND needs a paged cache (spec 12)", None)
     if q_rope.dim() != layout.rank:
@@ -576,13 +607,14 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tup
     for name, v in (("sparse_mode", mode), ("pre_tokens", pre), ("next_tokens", nxt)):
         if not isinstance(v, int) or isinstance(v, bool):
             raise FIAArgumentError(name, "must be an int", v)
-    if mode not in SPARSE_MODES:
-        extra = " (9, the tree mask, is v2 MLA-only and not in the reference: spec 6.6 is [inferred])" \
-            if mode == 9 else ""
-        raise FIAArgumentError("sparse_mode", f"must be 0-4 (modes 5-8 are not supported by FIA){extra} "
-                               "(spec 6.3)", mode)
-    if rope and head_dim == 512 and mode not in (0, 3, 4):
-        raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3 or 4 (spec 6.5, 12)", mode)
+    if mode == TREE_MODE:
+        _check_tree_mode(call, rope, head_dim)
+    elif mode not in SPARSE_MODES:
+        raise FIAArgumentError("sparse_mode", "must be 0-4, or 9 (the tree mask: v2, MLA); modes 5-8 are not "
+                               "supported by FIA (spec 6.3, 6.6)", mode)
+    if rope and head_dim == 512 and mode not in (0, 3, 4, TREE_MODE):
+        raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3, 4 or 9 (v2) (spec 6.5, 12)",
+                               mode)
     if decode and mode != 0 and call.key.dtype in (torch.int8, torch.int32) and call.query.dtype != torch.int8:
         raise FIAArgumentError("sparse_mode", "with S_q == 1 and int8/int4 K/V, sparse_mode must be 0: the kernel "
                                "refuses others (mask_checker CheckAntiquantSparseMode) (spec 25.1)", mode)
@@ -597,6 +629,56 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tup
             raise FIAArgumentError("pre_tokens + next_tokens", "next_tokens < -pre_tokens leaves no band "
                                    "(spec 6.3)", (pre, nxt))
     return mode, pre, nxt
+
+
+def _check_tree_mode(call: FIACall, rope: bool, head_dim: int) -> None:
+    """sparse_mode 9 (spec 6.6, 18.3, 25.1): v2, MLA D=512, a mask; no pse, no int8 output; by target."""
+    o = call.options
+    if not targets.rule("tree_mask"):
+        raise targets.refuse("sparse_mode", "tree_mask", "sparse_mode 9 (the tree mask) is not available", 9)
+    if call.form != "v2":
+        raise FIAArgumentError("sparse_mode", "9 (the tree mask) is v2 only (spec 6.6)", 9)
+    if not rope or head_dim != 512:
+        raise FIAArgumentError("sparse_mode + query_rope", "9 (the tree mask) is for MLA (query_rope/key_rope, "
+                               "D=512) only (spec 6.6, 25.1)", head_dim)
+    if o["atten_mask"] is None:
+        raise FIAArgumentError("atten_mask", "sparse_mode 9 needs the tree mask (B, S_q, S_q), or for TND the "
+                               "per-batch L_q x L_q masks concatenated in 1-D (spec 6.6)", None)
+    for name in ("pse_shift", "quant_scale2"):
+        if o.get(name) is not None:
+            raise FIAArgumentError(f"sparse_mode + {_spelled(call, name)}", "the tree mask cannot be combined with "
+                                   "pse or int8 output (spec 18.3)", "given")
+
+
+def _tree_mask(call: FIACall, layout: Layout, plans_q: list[tuple[int, int, int]],
+               plans_kv: list[tuple[int, int, int]], q_axis: int, kv_axis: int, head_dim: int) -> torch.Tensor:
+    """The tree mask as the kit's prefill mask plane (B, q_axis, kv_axis) bool in batch-local coordinates."""
+    mask = call.options["atten_mask"]
+    if not isinstance(mask, torch.Tensor) or mask.dtype not in MASK_DTYPES:
+        raise FIAArgumentError("atten_mask", "dtype must be bool, int8 or uint8 (1 = masked out) (spec 6.1)", mask)
+    batch = len(plans_q)
+    q_lens = [q[2] for q in plans_q]
+    for b, (lq, (_, _, lkv)) in enumerate(zip(q_lens, plans_kv, strict=True)):
+        if lq > lkv:
+            raise FIAArgumentError("sparse_mode + actual_seq_kvlen", f"the tree mask needs L_q <= L_kv per batch; "
+                                   f"batch {b} has L_q={lq}, L_kv={lkv} (spec 6.6)", (lq, lkv))
+    if layout.packed:
+        total = sum(n * n for n in q_lens)
+        if mask.dim() != 1 or mask.numel() != total:
+            raise FIAArgumentError("atten_mask", f"a TND tree mask is 1-D, the per-batch L_q x L_q masks "
+                                   f"concatenated: sum L_q^2 = {total} elements (spec 6.6, 25.1)", mask)
+        offsets = [sum(n * n for n in q_lens[:b]) for b in range(batch)]
+        trees = [mask[o:o + n * n].view(n, n) for o, n in zip(offsets, q_lens, strict=True)]
+    else:
+        s_q = call.query.shape[layout.query.index("S")]
+        if tuple(mask.shape) != (batch, s_q, s_q):
+            raise FIAArgumentError("atten_mask", f"a tree mask is (B, S_q, S_q) = {(batch, s_q, s_q)} for "
+                                   f"{layout.query} (spec 6.6, 25.1)", mask)
+        trees = [mask[b, :n, :n] for b, n in enumerate(q_lens)]
+    plane = torch.ones(batch, q_axis, kv_axis, dtype=torch.bool, device=mask.device)
+    for b, (tree, (_, _, lkv)) in enumerate(zip(trees, plans_kv, strict=True)):
+        plane[b, :q_lens[b]] = tree_visibility(tree, q_lens[b], lkv, kv_axis)
+    return plane
 
 
 def _check_band_per_batch(mode: int, pre: int, nxt: int, q_len: int, kv_len: int, has_mask: bool,
@@ -628,8 +710,8 @@ def _check_mask(call: FIACall, layout: Layout, batch: int, q_axis: int, kv_axis:
     """Validate atten_mask; return it as (B|1, S_q', S_kv') or, for decode, (B|1, S_kv') bool, or None."""
     o = call.options
     mask, mode = o["atten_mask"], o["sparse_mode"]
-    if mask is None:
-        return None
+    if mask is None or mode == TREE_MODE:
+        return None  # the tree mask is read by _tree_mask
     if not isinstance(mask, torch.Tensor) or mask.dtype not in MASK_DTYPES:
         raise FIAArgumentError("atten_mask", "dtype must be bool, int8 or uint8 (True/1 = masked out) "
                                "(spec 6.1)", mask)

@@ -182,6 +182,9 @@ def _check_mla_full(call: FIACall, ctx: QuantContext) -> tuple[torch.Tensor, KVD
     if not ctx.rope or ctx.head_dim != 512:
         raise FIAArgumentError("query_rope", "an int8 query in v2 is MLA D=512 full quantisation: query_rope/"
                                "key_rope are required (spec 16.4)", o["query_rope"])
+    if ctx.num_kv_heads != 1 or not 1 <= ctx.num_heads <= 128:
+        raise FIAArgumentError("num_key_value_heads + num_query_heads", "MLA full quantisation needs N_kv = 1 and "
+                               "N_q in 1..128 (spec 25.1)", (ctx.num_heads, ctx.num_kv_heads))
     for name in ("query_rope", "key_rope"):
         if o[name].dtype != torch.bfloat16:
             raise FIAArgumentError(name, "must be bfloat16 with MLA full quantisation (spec 16.4)", o[name])

@@ -88,12 +88,12 @@ _RULES = (
     Rule("tnd_head_dims", "TND family without rope: Q/K head dim (float16/bfloat16 queries)", "spec 12, 25.5", (
         Variant(A2A3, "8.0", (64, 128, 192), "Q/K D in {64, 128, 192} (V D 128 with Q/K D 192)"),
         Variant(("Ascend950",), "8.0", None, "any D <= 512"))),
-    Rule("mla_heads", "MLA D=512 decode: query / kv head counts", "spec 12, 25.1", (
-        Variant(ALL, "8.0", ((1, 2, 4, 8, 16, 32, 64, 128), 1),
-                "N_q in {1, 2, 4, ..., 128}, N_kv = 1; full quant N_q <= 128, N_kv = 1"),)),
-    Rule("block_size", "paged attention: block_size", "spec 11, 22 #8", (
-        Variant(ALL, "8.2", (16, 1024), "a multiple of 16, at most 1024"),
-        Variant(ALL, "8.0", (128, 512), "prefill: 128..512 in steps of 128 (torch_npu doc); decode multiple of 16"))),
+    Rule("mla_heads", "MLA D=512 (non-quantised): query / kv head counts", "spec 12, 25.1", (
+        Variant(ALL, NEWER_KERNELS, None, "any N_q / N_kv (full quant always: N_q <= 128, N_kv = 1)"),
+        Variant(ALL, "8.0", (1, 2, 4, 8, 16, 32, 64, 128), "N_q in {1, 2, 4, ..., 128}, N_kv = 1"))),
+    Rule("block_size", "paged attention: block_size for prefill (S_q > 1)", "spec 11, 22 #8", (
+        Variant(ALL, NEWER_KERNELS, (16, 1024), "a multiple of 16, at most 1024 (V5 doc)"),
+        Variant(ALL, "8.0", (128, 512), "128..512 in steps of 128 (torch_npu doc); decode: a multiple of 16"))),
     Rule("mla_d512_lse", "MLA D=512 with softmax_lse", "spec 8, 25.1", (
         Variant(ALL, "8.0", True, "accepted (vllm-ascend context-parallel MLA decode uses it; the docs say "
                                   "unsupported)"),)),
