@@ -37,7 +37,7 @@ SCHEMA_V1 = (
     "int num_heads=1, float scale=1.0, int pre_tokens=2147483647, int next_tokens=2147483647, "
     'str input_layout="BSH", int num_key_value_heads=0, int sparse_mode=0, int inner_precise=0, '
     "int block_size=0, int antiquant_mode=0, int key_antiquant_mode=0, int value_antiquant_mode=0, "
-    "bool softmax_lse_flag=False) -> (Tensor attention_out, Tensor softmax_lse)"
+    "bool softmax_lse_flag=False) -> (Tensor, Tensor)"
 )
 
 SCHEMA_V2 = (
@@ -90,6 +90,35 @@ SCHEMAS: dict[str, str] = {
     "torch_npu.v2": SCHEMA_V2,
     "torchair.v1": torchair_schema(SCHEMA_V1),
     "torchair.v2": torchair_schema(SCHEMA_V2),
+}
+
+
+
+def _arguments(schema: str) -> str:
+    """The argument list of a schema string, without the parentheses."""
+    return schema.split("(", 1)[1].rsplit(") ->", 1)[0]
+
+
+# torch_npu 2.13.0's companion ops (spec 25.2): `.out` overloads with a workspace, the workspace query, and the
+# output allocator, each with a v2 twin. Keyed "torch_npu.v1.out" etc.
+COMPANION_SCHEMAS: dict[str, str] = {
+    "torch_npu.v1.out": f"npu_fused_infer_attention_score.out({_arguments(SCHEMA_V1)}, Tensor? workspace=None, "
+                        "Tensor(a!) attention_out, Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))",
+    "torch_npu.v2.out": f"npu_fused_infer_attention_score_v2.out({_arguments(SCHEMA_V2)}, Tensor? workspace=None, "
+                        "Tensor(a!) attention_out, Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))",
+    "torch_npu.v1.get_max_workspace": f"_npu_fused_infer_attention_score_get_max_workspace({_arguments(SCHEMA_V1)})"
+                                      " -> Tensor",
+    "torch_npu.v2.get_max_workspace": "_npu_fused_infer_attention_score_v2_get_max_workspace("
+                                      f"{_arguments(SCHEMA_V2)}) -> Tensor",
+    "torch_npu.v1.infer_output": "_npu_fused_infer_attention_score_infer_output(Tensor query, Tensor value, *, "
+                                 'str input_layout="BSH", Tensor? quant_scale2=None, Tensor? block_table=None, '
+                                 "int num_heads=1, int num_key_value_heads=0, bool softmax_lse_flag=False, "
+                                 "Tensor? query_rope=None) -> (Tensor, Tensor)",
+    "torch_npu.v2.infer_output": "_npu_fused_infer_attention_score_v2_infer_output(Tensor query, Tensor value, *, "
+                                 'int? query_dtype=None, int? value_dtype=None, str input_layout="BSH", '
+                                 "Tensor? quant_scale_out=None, Tensor? block_table=None, int num_query_heads=1, "
+                                 "int num_key_value_heads=0, bool return_softmax_lse=False, Tensor? query_rope=None, "
+                                 "int? out_dtype=None) -> (Tensor, Tensor)",
 }
 
 # v1 name -> v2 name, for parameters both forms have under different names (spec 1.6).

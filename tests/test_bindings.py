@@ -35,7 +35,7 @@ def _v1_call(**extra):
 
 
 def test_kit_schemas_are_the_real_ones():
-    assert SCHEMAS == fake_npu.SCHEMAS
+    assert SCHEMAS == {key: fake_npu.SCHEMAS[key] for key in SCHEMAS}
 
 
 @pytest.mark.parametrize("form", ["v1", "v2"])
@@ -78,10 +78,13 @@ def test_graph_receives_int64_tensor_lengths_and_config(form):
 
 
 def test_stand_in_rejects_wrong_types():
-    """The stand-in is strict: a tensor where torch_npu wants SymInt[] and a list where TorchAir wants a Tensor."""
+    """The stand-in is strict: a float or 2-D tensor where torch_npu wants SymInt[] (torch's parser takes lists,
+    tuples, numpy integer arrays and 1-D integer tensors, spec 25.2) and a list where TorchAir wants a Tensor."""
     q, k, v = _tensors()
     with pytest.raises(TypeError, match="actual_seq_lengths"):
-        fake_torch_npu.npu_fused_infer_attention_score(q, k, v, num_heads=4, actual_seq_lengths=torch.tensor([1]))
+        fake_torch_npu.npu_fused_infer_attention_score(q, k, v, num_heads=4, actual_seq_lengths=torch.tensor([1.0]))
+    assert fake_npu.problems("torch_npu.v1", {"actual_seq_lengths": torch.tensor([[1]])})
+    assert not fake_npu.problems("torch_npu.v1", {"actual_seq_lengths": torch.tensor([1], dtype=torch.int32)})
     assert fake_npu.problems("torchair.v1", {"actual_seq_lengths": [1]})
     assert fake_npu.problems("torchair.v1", {"actual_seq_lengths": torch.tensor([1], dtype=torch.int32)})
     assert fake_npu.problems("torch_npu.v2", {"num_heads": 4})
@@ -90,6 +93,8 @@ def test_stand_in_rejects_wrong_types():
 @pytest.mark.parametrize("keywords", [
     {"actual_seq_lengths": [1, 2], "num_heads": 2, "scale": 1, "softmax_lse_flag": True},
     {"actual_seq_lengths": torch.tensor([1, 2])},
+    {"actual_seq_lengths": torch.tensor([1.0, 2.0])},
+    {"actual_seq_lengths": (1, 2)},
     {"num_heads": 2.0},
     {"softmax_lse_flag": 1},
     {"num_query_heads": 2},

@@ -141,7 +141,7 @@ def schema_violations(target: str, keywords: Mapping[str, Any]) -> list[str]:
     """Why ``keywords`` do not fit ``SCHEMAS[target]`` (empty when they do).
 
     Every keyword must be in the schema (types as torch's parser prints them): ``SymInt[]?`` (Optional[List[int]])
-    takes a list of ints, ``Tensor?`` a tensor (TorchAir lengths: int64), ``int``/``float``/``bool``/``str`` their
+    takes a list or tuple of ints, a 1-D numpy integer array or a 1-D integer tensor (spec 25.2), ``Tensor?`` a tensor (TorchAir lengths: int64), ``int``/``float``/``bool``/``str`` their
     Python types, ``int?`` an int or None.
     """
     arguments = {a.name: a for a in schema_arguments(target) if a.keyword_only}
@@ -151,15 +151,19 @@ def schema_violations(target: str, keywords: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name}: not in the {target} schema")
         elif not _fits(arguments[name].type, value):
             problems.append(f"{name}: {type(value).__name__} does not fit {arguments[name].type}")
-        elif name in LENGTH_PARAMETERS and isinstance(value, torch.Tensor) and value.dtype != torch.int64:
+        elif target.startswith("torchair") and name in LENGTH_PARAMETERS and isinstance(value, torch.Tensor) \
+                and value.dtype != torch.int64:
             problems.append(f"{name}: TorchAir lengths must be int64, got {value.dtype}")
     return problems
 
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "Tensor": lambda v: isinstance(v, torch.Tensor),
-    "List[int]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
-                                                               for x in v),
+    # SymInt[]: torch's parser takes lists, tuples, numpy integer arrays and 1-D integer tensors (spec 25.2)
+    "List[int]": lambda v: (isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                for x in v))
+    or (type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 1 and v.dtype.kind in "iu")
+    or (isinstance(v, torch.Tensor) and v.dim() == 1 and not v.is_floating_point() and v.dtype != torch.bool),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),

@@ -8,6 +8,11 @@
 Each has the reference as its CPU and CUDA kernel and a fake (meta) kernel with spec 4.3's shape rules
 (``fia_kit.shapes``), so ``torch.compile(fullgraph=True)`` traces a model calling it as one graph node, the
 way TorchAir's ``torch.ops.air.*`` ops enter a GE graph. Schema strings come from ``fia_kit.signatures.SCHEMAS``.
+
+torch_npu's companions (spec 25.2; schemas ``fia_kit.signatures.COMPANION_SCHEMAS``) are there too, for
+graph-capture callers: ``torch.ops.fia_kit.npu_fused_infer_attention_score.out`` (and ``_v2.out``), which write
+into ``attention_out`` / ``softmax_lse``; ``torch.ops.fia_kit._npu_fused_infer_attention_score_get_max_workspace``
+and ``torch.ops.fia_kit._npu_fused_infer_attention_score_infer_output`` with their ``_v2`` twins.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import torch
 from .. import reference
 from ..call import parse_call
 from ..shapes import infer_output
+from ..signatures import COMPANION_SCHEMAS, SCHEMAS, keyword_defaults
 from ..signatures import OP_NAMES as OP_NAME_OF_VERSION
-from ..signatures import SCHEMAS, keyword_defaults
 
 NAMESPACE = "fia_kit"
 # SCHEMAS key -> op name in the fia_kit namespace: torch_npu's name, "air_"-prefixed for TorchAir's schema.
@@ -72,3 +77,64 @@ for _key, _name in OP_NAMES.items():
     for _device in ("CPU", "CUDA"):
         _library.impl(_name, _kernel(_version(_key)), _device)
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake(_version(_key)), lib=_library)
+
+
+def companion(schema_key: str) -> torch._ops.OpOverload:
+    """The look-alike of ``COMPANION_SCHEMAS[schema_key]`` ("torch_npu.v1.out", "torch_npu.v2.get_max_workspace",
+    "torch_npu.v1.infer_output", ...)."""
+    name, _, overload = COMPANION_SCHEMAS[schema_key].split("(", 1)[0].partition(".")
+    return getattr(getattr(getattr(torch.ops, NAMESPACE), name), overload or "default")
+
+
+def _out_kernel(version: str):
+    function = reference.npu_fused_infer_attention_score_out if version == "v1" else \
+        reference.npu_fused_infer_attention_score_v2_out
+
+    def kernel(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
+        function(query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse,
+                 **_given(version, kwargs))
+        return attention_out, softmax_lse
+    return kernel
+
+
+def _out_fake(version: str):
+    def fake(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
+        return attention_out, softmax_lse
+    return fake
+
+
+def _workspace_kernel(version: str):
+    function = reference.npu_fused_infer_attention_score_get_max_workspace if version == "v1" else \
+        reference.npu_fused_infer_attention_score_v2_get_max_workspace
+
+    def kernel(query, key, value, **kwargs):
+        return function(query, key, value, **_given(version, kwargs))
+    return kernel
+
+
+def _workspace_fake(version: str):
+    def fake(query, key, value, **kwargs):
+        return query.new_empty((0,), dtype=torch.uint8)
+    return fake
+
+
+def _infer_output_kernel(version: str):
+    function = reference.npu_fused_infer_attention_score_infer_output if version == "v1" else \
+        reference.npu_fused_infer_attention_score_v2_infer_output
+
+    def kernel(query, value, **kwargs):
+        return function(query, value, **kwargs)
+    return kernel
+
+
+_COMPANION_KERNELS = {"out": (_out_kernel, _out_fake), "get_max_workspace": (_workspace_kernel, _workspace_fake),
+                      "infer_output": (_infer_output_kernel, _infer_output_kernel)}
+
+for _key, _schema in COMPANION_SCHEMAS.items():
+    _version_name, _kind = _key.split(".")[1:]
+    _library.define(_schema)
+    _op_name = _schema.split("(", 1)[0]
+    _make_kernel, _make_fake = _COMPANION_KERNELS[_kind]
+    for _device in ("CPU", "CUDA"):
+        _library.impl(_op_name, _make_kernel(_version_name), _device)
+    torch.library.register_fake(f"{NAMESPACE}::{_op_name}", _make_fake(_version_name), lib=_library)

@@ -32,7 +32,7 @@ TORCH_NPU_V1 = (
     "int num_heads=1, float scale=1.0, int pre_tokens=2147483647, int next_tokens=2147483647, "
     'str input_layout="BSH", int num_key_value_heads=0, int sparse_mode=0, int inner_precise=0, '
     "int block_size=0, int antiquant_mode=0, int key_antiquant_mode=0, int value_antiquant_mode=0, "
-    "bool softmax_lse_flag=False) -> (Tensor attention_out, Tensor softmax_lse)"
+    "bool softmax_lse_flag=False) -> (Tensor, Tensor)"
 )
 TORCH_NPU_V2 = (
     "npu_fused_infer_attention_score_v2(Tensor query, Tensor key, Tensor value, *, "
@@ -51,11 +51,35 @@ TORCH_NPU_V2 = (
     "int? dequant_scale_query_dtype=None, int? dequant_scale_key_dtype=None, int? dequant_scale_value_dtype=None, "
     "int? dequant_scale_key_rope_dtype=None, int? out_dtype=None) -> (Tensor, Tensor)"
 )
+_OUT_TAIL = "Tensor? workspace=None, Tensor(a!) attention_out, Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))"
+
+
+def _renamed(schema: str, name: str, tail: str) -> str:
+    """``schema`` with its name replaced by ``name`` and its ") -> ..." replaced by ``tail``."""
+    return name + "(" + schema.split("(", 1)[1].rsplit(") ->", 1)[0] + tail
+
+
 SCHEMAS = {
     "torch_npu.v1": TORCH_NPU_V1,
     "torch_npu.v2": TORCH_NPU_V2,
     "torchair.v1": re.sub(r"SymInt\[\]\? ", "Tensor? ", TORCH_NPU_V1),
     "torchair.v2": re.sub(r"SymInt\[\]\? ", "Tensor? ", TORCH_NPU_V2),
+    # torch_npu 2.13.0's companions (the wheel's npu_native_functions_by_codegen.yaml; spec 25.2)
+    "torch_npu.v1.out": _renamed(TORCH_NPU_V1, "npu_fused_infer_attention_score.out", ", " + _OUT_TAIL),
+    "torch_npu.v2.out": _renamed(TORCH_NPU_V2, "npu_fused_infer_attention_score_v2.out", ", " + _OUT_TAIL),
+    "torch_npu.v1.get_max_workspace": _renamed(TORCH_NPU_V1, "_npu_fused_infer_attention_score_get_max_workspace",
+                                               ") -> Tensor"),
+    "torch_npu.v2.get_max_workspace": _renamed(TORCH_NPU_V2, "_npu_fused_infer_attention_score_v2_get_max_workspace",
+                                               ") -> Tensor"),
+    "torch_npu.v1.infer_output": (
+        "_npu_fused_infer_attention_score_infer_output(Tensor query, Tensor value, *, str input_layout=\"BSH\", "
+        "Tensor? quant_scale2=None, Tensor? block_table=None, int num_heads=1, int num_key_value_heads=0, "
+        "bool softmax_lse_flag=False, Tensor? query_rope=None) -> (Tensor, Tensor)"),
+    "torch_npu.v2.infer_output": (
+        "_npu_fused_infer_attention_score_v2_infer_output(Tensor query, Tensor value, *, int? query_dtype=None, "
+        "int? value_dtype=None, str input_layout=\"BSH\", Tensor? quant_scale_out=None, Tensor? block_table=None, "
+        "int num_query_heads=1, int num_key_value_heads=0, bool return_softmax_lse=False, Tensor? query_rope=None, "
+        "int? out_dtype=None) -> (Tensor, Tensor)"),
 }
 LENGTHS = {key: frozenset(re.findall(r"SymInt\[\]\? (\w+)", SCHEMAS[key.replace("torchair", "torch_npu")]))
            for key in SCHEMAS}
@@ -77,11 +101,15 @@ def _fits(jit_type: Any, value: Any) -> bool:
     kind = jit_type.kind()
     if kind == "OptionalType":
         return value is None or _fits(jit_type.getElementType(), value)
-    if kind == "ListType":
+    if kind == "ListType":  # SymInt[]: torch's parser also takes numpy integer arrays and 1-D integer tensors
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1:
+            return value.dtype.kind in "iu"
+        if isinstance(value, torch.Tensor):
+            return value.dim() == 1 and not value.is_floating_point() and value.dtype != torch.bool
         return isinstance(value, (list, tuple)) and all(_fits(jit_type.getElementType(), v) for v in value)
     return {
         "TensorType": lambda: isinstance(value, torch.Tensor),
-        "IntType": lambda: isinstance(value, int) and not isinstance(value, bool),
+        "IntType": lambda: hasattr(value, "__index__") and not isinstance(value, bool),
         "FloatType": lambda: isinstance(value, (int, float)) and not isinstance(value, bool),
         "BoolType": lambda: isinstance(value, bool),
         "StringType": lambda: isinstance(value, str),
