@@ -170,8 +170,7 @@ def build_plan(call: FIACall) -> Plan:
             raise FIAArgumentError("key", f"batch size must equal the query's ({q4.shape[0]})", key)
     if head_dim != q4.shape[-1]:
         raise FIAArgumentError("key", f"head dim must equal the query's ({q4.shape[-1]})", key)
-    _check_key_value_shapes(layout, k4, v4, paged_kv, head_dim, value_dim, o["sparse_mode"], call.query.dtype,
-                            o["query_rope"] is not None)
+    _check_key_value_shapes(layout, k4, v4, paged_kv, head_dim, value_dim, o["sparse_mode"])
     decode = not layout.packed and q4.shape[2] == 1 and not rope  # with rope, S_q == 1 keeps modes 0/3/4 (6.5)
 
     block_table, block_size = _check_paging(call, num_kv_heads, decode) if paged_kv else (None, 0)
@@ -399,16 +398,11 @@ def _head_counts(call: FIACall, layout: Layout, paged_kv: bool) -> tuple[int, in
 
 
 def _check_key_value_shapes(layout: Layout, k4: torch.Tensor, v4: torch.Tensor, paged_kv: bool, head_dim: int,
-                            value_dim: int, sparse_mode: int, query_dtype: torch.dtype, rope: bool) -> None:
-    """K and V share all axes but D; Q/K D may differ from V D only as the target allows (rule qk_v_head_dims);
-    TND-family float16/bfloat16 Q/K D as rule tnd_head_dims (float32/64 inputs are the kit's extension)."""
+                            value_dim: int, sparse_mode: int) -> None:
+    """K and V share all axes but D; Q/K D may differ from V D only as the target allows (rule qk_v_head_dims)."""
     if _shape_without_head_dim(k4, paged_kv) != _shape_without_head_dim(v4, paged_kv):
         raise FIAArgumentError("value", f"must have the key's shape {tuple(k4.shape)} except the head dim "
                                "(spec 4.2)", v4)
-    dims = targets.rule("tnd_head_dims")
-    if layout.packed and not rope and dims is not None and query_dtype in OP_FLOAT_DTYPES and head_dim not in dims:
-        raise targets.refuse("query", "tnd_head_dims", f"TND-family Q/K head dim must be one of {dims}",
-                             head_dim)
     if value_dim == head_dim:
         return
     packed_192 = layout.packed and head_dim == 192 and value_dim == 128

@@ -50,7 +50,7 @@ def test_rows_with_no_keys_anywhere_merge_to_zero_without_nan():
 
 def test_merge_of_tnd_float16_parts(gen):
     """Two halves of each batch's keys (TND, cumulative lengths): the LSE is (T, N, 1), merged row by row."""
-    n, d = 2, 64  # TND float16 takes Q/K D in {64, 128, 192} (docs/targets.md)
+    n, d = 2, 64
     q = torch.randn(2, n, d, generator=gen).half()  # two batches of one query row
     halves_k = [torch.randn(6, n, d, generator=gen).half() for _ in range(2)]
     halves_v = [torch.randn(6, n, d, generator=gen).half() for _ in range(2)]

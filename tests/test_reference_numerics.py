@@ -135,7 +135,7 @@ def test_every_layout_matches_sdpa(layout: str, gen: torch.Generator) -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["BSH", "BNSD", "TND"])
 def test_half_precision_within_spec_tolerance(layout: str, dtype: torch.dtype, gen: torch.Generator) -> None:
-    b, n, s, d = 2, 2, 16, 64  # TND float16/bfloat16 take Q/K D in {64, 128, 192} (docs/targets.md)
+    b, n, s, d = 2, 2, 16, 32
     q, k, v = (rand(gen, b, n, s, d, dtype=dtype) for _ in range(3))
     part = layout
     kw = dict(num_heads=n, scale=d ** -0.5, input_layout=layout, softmax_lse_flag=True)

@@ -91,12 +91,11 @@ def test_gqa_ratio_limit_by_product(gen):
     torch.testing.assert_close(out[0], attention(q[0], k[0], v[0], 1.0)[0])
 
 
-def test_tnd_head_dims_for_op_dtypes():
+def test_tnd_head_dims_are_documented_not_checked():
+    """The kernel's TND D set is in the table, but the kit computes any D (cheap examples); the table says so."""
+    assert not targets.RULES["tnd_head_dims"].checked and "| no |" in targets.table_markdown()
     q = torch.zeros(4, 2, 96).half()
-    with pytest.raises(FIAArgumentError, match="tnd_head_dims"):
-        fia(q, q, q, num_heads=2, input_layout="TND", actual_seq_lengths=[4], actual_seq_lengths_kv=[4])
-    with fia_kit.target(product="Ascend950"):
-        fia(q, q, q, num_heads=2, input_layout="TND", actual_seq_lengths=[4], actual_seq_lengths_kv=[4])
+    fia(q, q, q, num_heads=2, input_layout="TND", actual_seq_lengths=[4], actual_seq_lengths_kv=[4])
 
 
 def test_mla_kv_heads_by_version(gen):
