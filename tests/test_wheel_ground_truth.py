@@ -18,7 +18,10 @@ from npu_wheel import wheel_text
 
 from fia_kit.backends import lookalike
 from fia_kit.call import parse_call
-from fia_kit.reference import npu_fused_infer_attention_score_infer_output, npu_fused_infer_attention_score_v2_infer_output
+from fia_kit.reference import (
+    npu_fused_infer_attention_score_infer_output,
+    npu_fused_infer_attention_score_v2_infer_output,
+)
 from fia_kit.shapes import infer_output
 from fia_kit.signatures import COMPANION_SCHEMAS, SCHEMAS
 
