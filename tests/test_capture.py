@@ -31,16 +31,9 @@ from fia_kit.signatures import keyword_defaults
 
 NAMESPACE = "capture_test_npu"
 _V1 = fake_npu.SCHEMAS["torch_npu.v1"]
-_OUT_TAIL = ", Tensor? workspace=None, Tensor(a!) attention_out, Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))"
 _lib = torch.library.Library(NAMESPACE, "DEF")
-_lib.define(_V1)
-_lib.define(_V1.replace("score(", "score.out(", 1).replace(") -> (Tensor attention_out, Tensor softmax_lse)",
-                                                             _OUT_TAIL))
-_lib.define(_V1.replace("npu_fused", "_npu_fused", 1).replace("score(", "score_get_max_workspace(", 1)
-            .replace("-> (Tensor attention_out, Tensor softmax_lse)", "-> Tensor"))
-_lib.define("_npu_fused_infer_attention_score_infer_output(Tensor query, Tensor value, *, str input_layout=\"BSH\", "
-            "Tensor? quant_scale2=None, Tensor? block_table=None, int num_heads=1, int num_key_value_heads=0, "
-            "bool softmax_lse_flag=False, Tensor? query_rope=None) -> (Tensor, Tensor)")
+for _key in ("torch_npu.v1", "torch_npu.v1.out", "torch_npu.v1.get_max_workspace", "torch_npu.v1.infer_output"):
+    _lib.define(fake_npu.SCHEMAS[_key])  # the wheel's schemas (tests/test_wheel_ground_truth.py checks them)
 
 
 def _given(kwargs):
