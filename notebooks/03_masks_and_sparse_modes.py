@@ -223,9 +223,10 @@ for inner_precise in (0, 2):
           f"row 0 is zero: {bool((out[:, :, 0] == 0).all())}")
 
 # %% [markdown]
-# The LSE of such rows is not settled by the sources (spec section 7, item 3: the docs say +inf, the code
-# writes 3e99 or −3.4e38, and the mask-only case gives `−1e12 + ln(count)` by the math, **[inferred]**), so
-# tests should not compare it.
+# The LSE of a row that sees no key depends on the kernel path (spec section 7 item 3, 25.1): rows the prefill
+# kernel does not compute get +inf, while the decode kernel writes −3.40282e38 (float32's lowest) for a batch
+# without keys, so that a log-sum-exp merge gives it weight 0 (`fia_kit.merge_attention` merges either). The
+# mask-only case gives `−1e12 + ln(count)` by the math, **[inferred]**.
 #
 # ## Invalid combinations
 #
@@ -241,6 +242,42 @@ for options in (dict(sparse_mode=3),
         print(type(error).__name__, "->", error)
 
 # %% [markdown]
+# ## Tree mask (sparse_mode 9) and where versions differ
+#
+# For speculative decoding, v2 MLA (D = 512) takes a **tree mask** (spec section 6.6, 25.1): per batch the first
+# `L_kv − L_q` keys (the context) are all visible, and key `j ≥ L_kv − L_q` is hidden from row `i` where
+# `mask[b, i, j − (L_kv − L_q)]` is 1. The mask is `(B, S_q, S_q)` (TND: the per-batch `L_q × L_q` masks
+# concatenated in 1-D). Here three draft tokens follow two context keys; tokens 1 and 2 are siblings under token 0:
+
+# %%
+tree = torch.tensor([[[0, 1, 1], [0, 0, 1], [0, 1, 0]]], dtype=torch.int8)
+q_nope, q_rope = torch.randn(1, 3, 2, 512), torch.randn(1, 3, 2, 64)
+k_nope, k_rope = torch.randn(1, 5, 1, 512), torch.randn(1, 5, 1, 64)
+tree_call = dict(query_rope=q_rope, key_rope=k_rope, num_query_heads=2, num_key_value_heads=1, input_layout="BSND",
+                 softmax_scale=576 ** -0.5, sparse_mode=9, atten_mask=tree)
+visibility_map(fia_kit.plan("v2", q_nope, k_nope, k_nope, **tree_call))
+
+# %% [markdown]
+# Some rules depend on the product and the CANN version; `fia_kit.target` chooses them (default: the newest
+# A2/A3 stack), and such an error names the rule and the target (the whole table: [docs/targets.md](../docs/targets.md)).
+# The tree mask is in the 2026-08 kernels and refused on Ascend950; a TND query longer than its last cumulative
+# length is accepted by the same newer kernels and refused by older ones:
+
+# %%
+t_query = torch.zeros(6, 2, 64)
+for product, cann in (("A3", "9.1"), ("A2", "8.3"), ("Ascend950", "9.1")):
+    with fia_kit.target(product=product, cann=cann):
+        for name, build in (("tree mask", lambda: fia_kit.plan("v2", q_nope, k_nope, k_nope, **tree_call)),
+                            ("TND T > last", lambda: fia_kit.plan("v1", t_query, t_query, t_query, num_heads=2,
+                                                                  input_layout="TND", actual_seq_lengths=[4],
+                                                                  actual_seq_lengths_kv=[4]))):
+            try:
+                build()
+                print(f"{product} / CANN {cann}: {name}: accepted")
+            except fia_kit.FIAArgumentError as error:
+                print(f"{product} / CANN {cann}: {name}: refused by rule {error.rule.split('[rule ')[1].split()[0]}")
+
+# %% [markdown]
 # ## Summary
 #
 # | mode | visible when | origin | mask |
@@ -251,6 +288,7 @@ for options in (dict(sparse_mode=3),
 # | 2 | `j ≤ i` | top-left | 2048 template |
 # | 3 | `j ≤ i + δ` | bottom-right, `δ = P + L_kv − L_q` | 2048 template |
 # | 4 | `i + δ − pre ≤ j ≤ i + δ + next` | bottom-right | 2048 template |
+# | 9 (v2 MLA) | `j < L_kv − L_q`, or the tree mask does not hide it | bottom-right | (B, S_q, S_q) tree |
 #
 # With S_q = 1 (decode) sparse_mode, pre and next are ignored: notebook 05.
 # Next: [04 · sequence lengths](04_sequence_lengths.ipynb).

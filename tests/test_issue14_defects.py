@@ -263,3 +263,36 @@ def test_tnd_query_t_below_last_cumulative_length_refused():
 
 def test_causal_golden_helper_is_right_down():
     assert causal(2, 3).tolist() == [[True, True, False], [True, True, True]]
+
+
+# ------------------------------------------------------------------- 8. refused before compute, naming the target
+
+def test_refusals_come_before_any_compute(monkeypatch, gen):
+    """Every refusal of this issue is an FIAArgumentError raised while planning: the kernel never runs."""
+    import fia_kit
+    from fia_kit import reference
+
+    def must_not_run(problem):
+        raise AssertionError("computed a call that should have been refused")
+
+    monkeypatch.setattr(reference, "run_plan", must_not_run)
+    q, kc, vc, call, _ = _int8_decode_nz(gen, (1, 2, 1, 32))
+    f16 = torch.zeros(1, 2, 2, 64).half()
+    t6 = torch.zeros(6, 2, 8)
+    refused = [
+        (lambda: fia(q, kc, vc, **call), "key_antiquant_scale", None),
+        (lambda: fia(q, kc, vc, **{**call, "key_antiquant_scale": call["key_antiquant_scale"].reshape(2, 1, 32),
+                                   "value_antiquant_scale": call["value_antiquant_scale"].reshape(2, 1, 32),
+                                   "sparse_mode": 3, "atten_mask": torch.zeros(2, 128, dtype=torch.bool)}),
+         "sparse_mode", None),
+        (lambda: fia_v2(f16, f16, f16, num_query_heads=2, input_layout="BNSD", out_dtype=15), "out_dtype", None),
+        (lambda: fia_v2(f16, f16, f16, num_query_heads=2, input_layout="BNSD", query_dtype=290), "query_dtype",
+         "A3 / CANN 9.1"),
+        (lambda: fia(t6, t6, t6, num_heads=2, input_layout="TND", actual_seq_lengths=[4], actual_seq_lengths_kv=[4]),
+         "actual_seq_lengths", "A2 / CANN 8.3"),
+    ]
+    for make, parameter, target in refused:
+        with fia_kit.target(product="A2", cann="8.3") if target == "A2 / CANN 8.3" else fia_kit.target():
+            with pytest.raises(FIAArgumentError) as err:
+                make()
+        assert err.value.parameter == parameter and err.value.target == target, str(err.value)
