@@ -191,7 +191,7 @@ def build_plan(call: FIACall) -> Plan:
     sparse_mode, pre_tokens, next_tokens = _check_sparse(call, rope, head_dim, decode)
     atten_mask = _check_mask(call, layout, batch, q_axis, key_columns, decode, rope, head_dim, value_dim, paged_kv)
     if sparse_mode == TREE_MODE:
-        atten_mask = _tree_mask(call, layout, plans_q, plans_kv, q_axis, kv_axis, head_dim)
+        atten_mask = _tree_mask(call, layout, plans_q, plans_kv, q_axis, kv_axis)
     pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope)
     sink = _check_sink(call, layout, num_heads, value_dim, pse)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
@@ -645,7 +645,7 @@ def _check_tree_mode(call: FIACall, rope: bool, head_dim: int) -> None:
 
 
 def _tree_mask(call: FIACall, layout: Layout, plans_q: list[tuple[int, int, int]],
-               plans_kv: list[tuple[int, int, int]], q_axis: int, kv_axis: int, head_dim: int) -> torch.Tensor:
+               plans_kv: list[tuple[int, int, int]], q_axis: int, kv_axis: int) -> torch.Tensor:
     """The tree mask as the kit's prefill mask plane (B, q_axis, kv_axis) bool in batch-local coordinates."""
     mask = call.options["atten_mask"]
     if not isinstance(mask, torch.Tensor) or mask.dtype not in MASK_DTYPES:
