@@ -246,9 +246,9 @@ def _reject_unsupported(call: FIACall) -> None:
     for name in ("query", "key", "value", "query_rope", "key_rope"):
         t = call.query if name == "query" else call.key if name == "key" else call.value if name == "value" \
             else o.get(name)
-        if isinstance(t, torch.Tensor) and t.dtype in shapes.FP8_DTYPES:
-            raise targets.refuse(name, "fp8_inputs", f"{t.dtype} (FP8) inputs are Ascend950 only, not modelled "
-                                 "by the kit (spec 25.3)", t)
+        if isinstance(t, torch.Tensor) and t.dtype in shapes.ASCEND950_TORCH_DTYPES:
+            raise targets.refuse(name, "fp8_inputs", f"{t.dtype} (FP8 / FP4) inputs are Ascend950 only, not "
+                                 "modelled by the kit (spec 25.3)", t)
 
 
 def _spelled(call: FIACall, canonical: str) -> str:

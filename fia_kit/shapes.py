@@ -24,7 +24,8 @@ DTYPE_CODES: dict[int, torch.dtype] = {1: torch.int8, 5: torch.float16, 15: torc
 ASCEND950_DTYPE_CODES: dict[int, str] = {23: "float8_e5m2", 24: "float8_e4m3fn", 290: "hifloat8",
                                          291: "float8_e5m2", 292: "float8_e4m3fn", 296: "float4_e2m1",
                                          297: "float4_e1m2"}
-FP8_DTYPES = (torch.float8_e5m2, torch.float8_e4m3fn)
+# torch dtypes of FP8 / MxFP8 scales / FP4 tensors: Ascend950 inputs the kit does not model (spec 25.3).
+ASCEND950_TORCH_DTYPES = (torch.float8_e5m2, torch.float8_e4m3fn, torch.float8_e8m0fnu, torch.float4_e2m1fn_x2)
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,11 @@ def test_ascend950_accepts_qk_dim_different_from_v_dim_outside_tnd(gen):
 
 
 def test_fp8_inputs_are_ascend950_only_not_reserved():
-    q = torch.zeros(1, 2, 2, 64, dtype=torch.float8_e4m3fn)
-    for product in ("A3", "Ascend950"):
-        with fia_kit.target(product=product), pytest.raises(FIAArgumentError, match="Ascend950 only, not modelled"):
-            fia_v2(q, q, q, num_query_heads=2, input_layout="BNSD")
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.float4_e2m1fn_x2):
+        q = torch.zeros(1, 2, 2, 64, dtype=torch.uint8).view(dtype)
+        for product in ("A3", "Ascend950"):
+            with fia_kit.target(product=product), pytest.raises(FIAArgumentError, match="Ascend950 only, not mod"):
+                fia_v2(q, q, q, num_query_heads=2, input_layout="BNSD")
     f = torch.zeros(1, 2, 2, 64).half()
     for name, code in (("query_dtype", 290), ("key_dtype", 296), ("out_dtype", 24)):
         with pytest.raises(FIAArgumentError, match=f"{name}.*Ascend950 only, not modelled") as err:
