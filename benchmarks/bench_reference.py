@@ -48,7 +48,7 @@ from fia_kit.profiling import atomic_write_json, peak_memory
 from fia_kit.reference import npu_fused_infer_attention_score
 from fia_kit.roofline import call_cost
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CASES = ("prefill", "decode")
 TIME_TARGETS = {"prefill": 1.5, "decode": 2.0}  # FIA median time / SDPA median time, at most
 MEMORY_TARGETS = {"prefill": 2**30}  # bytes of FIA peak, under

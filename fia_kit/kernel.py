@@ -3,15 +3,24 @@
 Per batch b and kv head h, with the G query heads of h stacked as one matrix (no repeated K/V):
 scores = scale * Q K^T (+ pse); positions outside the sparse-mode band get -inf and positions the user mask hides
 get -1e12, as the kernel writes; softmax in the compute dtype (float32, or float64 for golden checks), with the
-learnable sink in the denominator; O = P V. Query rows are processed in tiles, and each tile multiplies only the
-key columns its band can reach, so causal and band modes skip the keys they cannot see.
+learnable sink in the denominator; O = P V.
+
+One tile loop (``_attend_rows``) computes everything, on the inputs' device: query rows in tiles; each tile reads
+only the key columns its band can reach, chunk by chunk (``BatchKeys``: a paged cache is read through block_table
+a few blocks at a time, never gathered whole); the tile's score rows are kept whole, so its softmax is the one-pass
+softmax (no online rescaling moves the numerics) and each key and value block is read once per row tile. Outputs
+(``attend_batch``, ``run_plan``) and probabilities for figures (``pooled_probabilities``: only the heads shown,
+pooled as they are computed) come from it; ``batch_row_status`` needs no attention (it reads the plan's
+``fia_kit.visibility.Visibility``, as the loop does for the user mask).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,6 +34,7 @@ from .planning import BatchPlan, Plan
 
 TILE_ROWS = 128
 TILE_BYTES = 64 * 2**20  # cap on one tile's score matrix
+CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
                                                                                    default=None)
@@ -111,6 +121,16 @@ def run_plan(problem: Plan) -> ReferenceResult:
     return ReferenceResult(out, lse, status)
 
 
+def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None,
+                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved)."""
+    dtype = resolve_compute_dtype(problem) if dtype is None else dtype
+    tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype))
+    return tiles.out, tiles.lse, tiles.status
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
 def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
     """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
     rows = slice(plan.q_start, plan.q_start + plan.q_len)
@@ -122,35 +142,116 @@ def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.T
     return q
 
 
-def batch_keys_values(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first.
+@dataclass(frozen=True)
+class KeyChunk:
+    """Keys (or values) [start, start + n) of one batch, prefix first: ``rows`` (N_kv, n, D [+ 64 rope] or Dv)."""
 
-    int8/int4 K/V (and an int8 prefix) are dequantised here (spec 16.3); v1 full quant keeps them as integers
-    (spec 16.2).
+    start: int
+    rows: torch.Tensor
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.rows.shape[1]
+
+
+class BatchKeys:
+    """The keys and values one batch sees, [shared prefix | own keys], in the compute dtype, handed out in chunks.
+
+    Dense keys are one chunk (the prefix concatenated in front): views of the inputs when no conversion is needed,
+    else one converted (dequantised) copy per batch. A paged cache is read ``CHUNK_KEYS`` keys (whole blocks) at
+    a time through the batch's block_table row (``fia_kit.paged.gather_blocks``): each block is read once per row
+    tile and the sequence is never gathered whole (a shared prefix is then its own chunk). int8/int4 K/V are
+    dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2).
     """
-    key_dq, value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None else (None, None)
-    block_ids = problem.block_table[plan.kv_index] if problem.paged else None
 
-    def floats(rows: torch.Tensor, dq: quant.KVDequant | None) -> torch.Tensor:
-        return rows.to(dtype) if dq is None else \
-            quant.dequantize_kv(rows, dq, plan.kv_index, plan.kv_start, block_ids, dtype)
+    def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> None:
+        self.problem, self.plan, self.dtype = problem, plan, dtype
+        self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
+            else (None, None)
+        self.block_ids = problem.block_table[plan.kv_index] if problem.paged else None
+        self.prefix_len = problem.prefix_len if problem.prefix_key is not None else 0
+        self.num_keys = self.prefix_len + plan.kv_len
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        if self.prefix_len:
+            p = self.prefix_len
+            keys.append(self._floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
+            values.append(self._floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
+        if not problem.paged:
+            span = slice(plan.kv_start, plan.kv_start + plan.kv_len)
+            key = self._floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
+            if problem.key_rope is not None:
+                key = torch.cat([key, problem.key_rope[plan.kv_index, :, span].to(dtype)], dim=-1)
+            keys.append(key)
+            values.append(self._floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
+        # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense)
+        self._dense = [] if not keys else [
+            (KeyChunk(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
+             KeyChunk(0, torch.cat(values, 1) if len(values) > 1 else values[0]))]
 
-    key = floats(_kv_rows(problem, problem.key, plan), key_dq)
-    value = floats(_kv_rows(problem, problem.value, plan), value_dq)
-    if problem.key_rope is not None:
-        key = torch.cat([key, _kv_rows(problem, problem.key_rope, plan).to(dtype)], dim=-1)
-    if problem.prefix_key is not None and problem.prefix_len:
-        p = problem.prefix_len
-        key = torch.cat([floats(problem.prefix_key[0, :, :p], key_dq), key], dim=1)
-        value = torch.cat([floats(problem.prefix_value[0, :, :p], value_dq), value], dim=1)
-    return key, value
+    def keys(self, start: int, stop: int) -> Iterator[KeyChunk]:
+        """Key chunks covering keys [start, stop) exactly, in order."""
+        return self._chunks(start, stop, 0)
+
+    def values(self, start: int, stop: int) -> Iterator[KeyChunk]:
+        """Value chunks covering keys [start, stop) exactly, in order."""
+        return self._chunks(start, stop, 1)
+
+    def _chunks(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
+        pieces = (pair[which] for pair in self._dense)
+        if self.problem.paged:
+            pieces = itertools.chain(pieces, self._paged(start, stop, which))
+        for chunk in pieces:
+            lo, hi = max(start, chunk.start) - chunk.start, min(stop, chunk.stop) - chunk.start
+            if hi > lo:
+                yield chunk if (lo, hi) == (0, chunk.rows.shape[1]) else \
+                    KeyChunk(chunk.start + lo, chunk.rows[:, lo:hi])
+
+    def _paged(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
+        """Own keys (which=0) or values (1) of the blocks holding keys [start, stop), CHUNK_KEYS at a time."""
+        problem, plan, bs = self.problem, self.plan, self.problem.block_size
+        first, last = max(0, start - self.prefix_len), min(plan.kv_len, stop - self.prefix_len)
+        step = max(1, CHUNK_KEYS // bs)
+        for i0 in range(first // bs, -(-last // bs), step):
+            i1 = min(i0 + step, -(-last // bs))
+            count, ids, at = min(plan.kv_len, i1 * bs) - i0 * bs, self.block_ids[i0:], plan.kv_start + i0 * bs
+            if which == 1:
+                rows = self._gather(problem.value, ids[:i1 - i0], count)
+                yield KeyChunk(self.prefix_len + i0 * bs, self._floats(rows, self.value_dq, at, ids))
+                continue
+            key = self._floats(self._gather(problem.key, ids[:i1 - i0], count), self.key_dq, at, ids)
+            if problem.key_rope is not None:
+                key = torch.cat([key, self._gather(problem.key_rope, ids[:i1 - i0], count).to(self.dtype)], dim=-1)
+            yield KeyChunk(self.prefix_len + i0 * bs, key)
+
+    def _gather(self, cache: torch.Tensor, block_ids: torch.Tensor, count: int) -> torch.Tensor:
+        return paged.gather_blocks(cache, block_ids, self.problem.num_kv_heads)[:, :count]
+
+    def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
+                block_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(N_kv, n, D) rows in the compute dtype; ``start``/``block_ids``: where they lie, for per-token scales."""
+        if dq is None:
+            return rows.to(self.dtype)
+        ids = self.block_ids if block_ids is None else block_ids
+        return quant.dequantize_kv(rows, dq, self.plan.kv_index, start, ids, self.dtype)
 
 
-def _kv_rows(problem: Plan, tensor: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-    if problem.paged:
-        return paged.gather_sequence(tensor, problem.block_table[plan.kv_index], plan.kv_len, problem.num_kv_heads)
-    return tensor[plan.kv_index, :, plan.kv_start:plan.kv_start + plan.kv_len]
+def batch_keys_values(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first, whole.
 
+    For figures and tests; the tile loop reads them chunk by chunk instead (``BatchKeys``).
+    """
+    source = BatchKeys(problem, plan, dtype)
+    n_kv, device = problem.num_kv_heads, problem.query.device
+    dk = problem.head_dim + (problem.key_rope.shape[-1] if problem.key_rope is not None else 0)
+    keys = [c.rows for c in source.keys(0, source.num_keys)] or [torch.zeros(n_kv, 0, dk, dtype=dtype,
+                                                                              device=device)]
+    values = [c.rows for c in source.values(0, source.num_keys)] or [
+        torch.zeros(n_kv, 0, problem.value_dim, dtype=dtype, device=device)]
+    return torch.cat(keys, 1), torch.cat(values, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- masking
 
 def pse_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """(N_q, rows, cols) pse_shift for batch-local rows [r0, r1) and keys [c0, c1), shifted by left padding."""
@@ -164,42 +265,6 @@ def _score_scale(problem: Plan) -> float:
     return problem.scale * (full.dequant_scale1 if full is not None else 1.0)
 
 
-def attend_batch(problem: Plan, b: int, plan: BatchPlan,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,)."""
-    q = batch_queries(problem, plan, dtype)
-    key, value = batch_keys_values(problem, plan, dtype)
-    n_kv, group = problem.num_kv_heads, problem.group_size
-    num_keys, q_len, device = key.shape[1], plan.q_len, q.device
-    out = torch.zeros(problem.num_heads, q_len, problem.value_dim, dtype=dtype, device=device)
-    lse = torch.full((problem.num_heads, q_len), float("inf"), dtype=dtype, device=device)
-    status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
-    qg = q.view(n_kv, group, q_len, q.shape[-1])
-    sink = problem.learnable_sink.to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
-        if problem.learnable_sink is not None else None
-    full = problem.quant.full if problem.quant is not None else None
-    step = _tile_rows(problem.num_heads, num_keys, dtype)
-    for r0 in range(0, q_len, step):
-        r1 = min(q_len, r0 + step)
-        c0, c1 = plan.band.key_range(r0, r1, num_keys)
-        if c1 <= c0:
-            continue
-        rows = r1 - r0
-        scores, hidden, outside = _masked_scores(problem, b, qg, key, (r0, r1, c0, c1), dtype)
-        tile_status = _tile_status(plan.band.key_counts(r0, r1, num_keys).to(device), hidden, outside)
-        out_t, lse_t = _softmax_values(scores, value[:, c0:c1], sink, full)
-        fully_masked = tile_status == RowStatus.FULLY_MASKED
-        invalid = tile_status == RowStatus.OUT_OF_BAND
-        if problem.inner_precise & 2:
-            invalid = invalid | fully_masked  # "row invalid correction" zeroes fully masked rows (spec 7)
-        out_t = out_t.reshape(problem.num_heads, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
-        lse_t = lse_t.reshape(problem.num_heads, rows).masked_fill_(invalid.view(1, rows), float("inf"))
-        out[:, r0:r1] = out_t
-        lse[:, r0:r1] = lse_t
-        status[r0:r1] = tile_status
-    return out, lse, status
-
-
 @dataclass(frozen=True)
 class OutsideStrip:
     """The out-of-band positions of a tile: ``mask`` (rows, width) covers tile columns [start, start + width)."""
@@ -208,21 +273,23 @@ class OutsideStrip:
     mask: torch.Tensor
 
 
-def _masked_scores(problem: Plan, b: int, qg: torch.Tensor, key: torch.Tensor,
+def _masked_scores(problem: Plan, b: int, q: torch.Tensor, key: torch.Tensor, heads: slice,
                    tile: tuple[int, int, int, int], dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
     """Scaled scores (+ pse) of rows [r0, r1) over keys [c0, c1), masked as the kernel masks them.
 
-    qg: (N_kv, G, L_q, D) queries; key: (N_kv, P + L_kv, D). Returns the scores (N_kv, G, rows, cols), with
-    MASK_FILL where atten_mask hides a key and -inf outside the band, the (rows, cols) hidden tile, and the strip
-    of columns the band cuts (only that strip is masked: for causal modes it is the diagonal block).
+    q: (N_kv', G, rows, D) the tile's queries; key: (N_kv', cols, D) the chunk's keys; heads: the query heads
+    (a slice of N_q) they are. Returns the scores (N_kv', G, rows, cols), with MASK_FILL where atten_mask hides a
+    key and -inf outside the band, the (rows, cols) hidden tile, and the strip of columns the band cuts (only
+    that strip is masked: for causal modes it is the diagonal block).
     """
     r0, r1, c0, c1 = tile
-    n_kv, group, rows, device = qg.shape[0], qg.shape[1], r1 - r0, qg.device
-    scores = torch.bmm(qg[:, :, r0:r1].reshape(n_kv, group * rows, -1), key[:, c0:c1].transpose(1, 2))
+    n_kv, group, rows, device = q.shape[0], q.shape[1], r1 - r0, q.device
+    scores = torch.bmm(q.reshape(n_kv, group * rows, -1), key.transpose(1, 2))
     scores = scores.view(n_kv, group, rows, c1 - c0).mul_(_score_scale(problem))
     if problem.pse is not None:
-        scores += pse_tile(problem, b, r0, r1, c0, c1).to(dtype).view(n_kv, group, rows, c1 - c0)
+        scores += pse_tile(problem, b, r0, r1, c0, c1)[heads].to(device=device, dtype=dtype).view(
+            n_kv, group, rows, c1 - c0)
     hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
     if hidden is not None:
         hidden = hidden.to(device)
@@ -236,27 +303,52 @@ def _masked_scores(problem: Plan, b: int, qg: torch.Tensor, key: torch.Tensor,
     return scores, hidden, strip
 
 
-def _tile_status(band_counts: torch.Tensor, hidden: torch.Tensor | None,
-                 outside: OutsideStrip | None) -> torch.Tensor:
-    """(rows,) int8 RowStatus of a tile from its band key counts, its user-mask tile and its out-of-band strip."""
+def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> torch.Tensor | None:
+    """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
+    if hidden is None:
+        return None
+    visible = ~hidden
+    if outside is not None:
+        visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
+    return visible.any(-1)
+
+
+def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+    """(rows,) int8 RowStatus from the band key counts and, with a user mask, whether any key is visible."""
     status = torch.full_like(band_counts, int(RowStatus.COMPUTED), dtype=torch.int8)
-    if hidden is not None:
-        visible = ~hidden
-        if outside is not None:
-            visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
-        status[~visible.any(-1)] = RowStatus.FULLY_MASKED
+    if visible is not None:
+        status[~visible] = RowStatus.FULLY_MASKED
     status[band_counts == 0] = RowStatus.OUT_OF_BAND
     return status
 
 
-def _softmax_values(scores: torch.Tensor, value: torch.Tensor, sink: torch.Tensor | None,
-                    full: quant.FullQuant | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+# ---------------------------------------------------------------------------------------------------- the loop
+
+@dataclass
+class RowTiles:
+    """What the tile loop computed for the query heads it was given (N' of them) and the batch's L_q rows.
+
+    out (N', L_q, Dv) and lse (N', L_q) in the compute dtype (0 and +inf where not computed); status (L_q,) int8
+    RowStatus (OUT_OF_BAND for rows of tiles the loop was not asked for).
+    """
+
+    out: torch.Tensor
+    lse: torch.Tensor
+    status: torch.Tensor
+    offset: torch.Tensor  # (N', L_q) the row max (0 where it is -inf): P = exp(s - offset) / total
+    total: torch.Tensor  # (N', L_q) sum of exp(s - offset), plus exp(sink - offset) with learnable sinks; 0: row is 0
+
+
+def _softmax_values(scores: torch.Tensor, values: Iterable[KeyChunk], c0: int, sink: torch.Tensor | None,
+                    full: quant.FullQuant | None, want_values: bool
+                    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
 
-    scores: (N_kv, G, rows, keys), overwritten with the unnormalised probabilities; value: (N_kv, keys, Dv);
-    sink: (N_kv, G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13).
-    Returns (N_kv, G, rows, Dv) and the LSE (N_kv, G, rows), which excludes the sink ([inferred], spec 8).
-    With v1 full quant, P V uses the int8-quantised probabilities times dequant_scale2 (spec 16.2).
+    scores: (N_kv', G, rows, keys) over keys [c0, c0 + keys), overwritten with the unnormalised probabilities;
+    values: the value chunks of those keys, (N_kv, n, Dv) each, of which heads ``_head_view`` are used; sink:
+    (N_kv', G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13); so does the LSE
+    ([inferred], spec 8). With v1 full quant, P V uses the int8-quantised probabilities times dequant_scale2
+    (spec 16.2). Returns (out (N_kv', G, rows, Dv) or None, lse, offset, total), the last three (N_kv', G, rows).
     """
     n_kv, group, rows, keys = scores.shape
     row_max = scores.amax(-1, keepdim=True)
@@ -266,48 +358,227 @@ def _softmax_values(scores: torch.Tensor, value: torch.Tensor, sink: torch.Tenso
     lse = (row_max + torch.log(total)).squeeze(-1)
     if sink is not None:
         total = total + torch.exp(sink - row_max)
-    pv = probs if full is None else quant.quantize_probs(probs, full)
-    weighted = torch.bmm(pv.view(n_kv, group * rows, keys), value).view(n_kv, group, rows, -1)
+    if not want_values:
+        return None, lse, row_max.squeeze(-1), total.squeeze(-1)
+    pv = (probs if full is None else quant.quantize_probs(probs, full)).view(n_kv, group * rows, keys)
+    weighted = None
+    for chunk in values:
+        part = torch.bmm(pv[..., chunk.start - c0:chunk.stop - c0], chunk.rows)
+        weighted = part if weighted is None else weighted.add_(part)
+    weighted = weighted.view(n_kv, group, rows, -1)
     if full is not None:
         weighted.mul_(full.dequant_scale2)
-    return weighted.div_(torch.where(total > 0, total, torch.ones_like(total))), lse
+    out = weighted.div_(torch.where(total > 0, total, torch.ones_like(total)))
+    return out, lse, row_max.squeeze(-1), total.squeeze(-1)
 
 
-def _tile_rows(num_heads: int, num_keys: int, dtype: torch.dtype) -> int:
-    per_row = max(1, num_heads * num_keys * torch.finfo(dtype).bits // 8)
-    return max(16, min(TILE_ROWS, TILE_BYTES // per_row))
+def _row_tiles(problem: Plan, b: int, dtype: torch.dtype, heads: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous row tiles [r0, r1) covering batch b's L_q rows, sized so one score tile stays under TILE_BYTES."""
+    plan = problem.batches[b]
+    num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
+    per_row = max(1, (heads or problem.num_heads) * num_keys * torch.finfo(dtype).bits // 8)
+    step = max(16, min(TILE_ROWS, TILE_BYTES // per_row))
+    return [(r0, min(plan.q_len, r0 + step)) for r0 in range(0, plan.q_len, step)]
 
 
-def batch_probabilities(problem: Plan, b: int, heads: list[int] | None = None) -> torch.Tensor:
-    """(len(heads), L_q, P + L_kv) softmax probabilities of batch b for the given query heads (default: all).
+def _head_span(kv_heads: Iterable[int]) -> slice:
+    heads = sorted(set(kv_heads))
+    if not heads or heads != list(range(heads[0], heads[-1] + 1)):
+        raise ValueError(f"kv heads must be a non-empty contiguous range, got {heads}")
+    return slice(heads[0], heads[-1] + 1)
 
-    p[n, i, j] = exp(s[i, j] - lse[n, i]) / (1 + exp(sink[n] - lse[n, i])), with the masked scores s and the LSE of
-    ``attend_batch`` (the sink term only with learnable_sink). Rows the op writes as zero (not computed, or fully
+
+def _head_view(chunks: Iterable[KeyChunk], span: slice, all_heads: bool) -> Iterator[KeyChunk]:
+    for chunk in chunks:
+        yield chunk if all_heads else KeyChunk(chunk.start, chunk.rows[span])
+
+
+def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[int],
+                 tiles: Iterable[tuple[int, int]],
+                 observe: Callable[[int, int, int, torch.Tensor], None] | None = None,
+                 values: bool = True) -> RowTiles:
+    """THE tile loop: attention of batch b for the query heads of ``kv_heads`` over the given row tiles.
+
+    For each row tile [r0, r1): the keys its band can reach [c0, c1), read chunk by chunk (``BatchKeys``: views
+    for dense K/V, a few blocks at a time for a paged cache), each chunk's masked scores (``_masked_scores``)
+    written into the tile's score rows; ``observe(r0, r1, c0, scores (N', rows, c1 - c0))`` may read them; then
+    the softmax of the whole rows (so the numerics are those of one pass: no rescaling) and P V, reading the value
+    chunks once. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are wanted).
+    Rows the op writes as 0 (out of band; fully masked with inner_precise 2/3, "row invalid correction",
+    spec 7) get out 0, lse +inf and total 0.
+    """
+    plan = problem.batches[b]
+    span = _head_span(kv_heads)
+    all_heads = span == slice(0, problem.num_kv_heads)
+    group = problem.group_size
+    q_heads = slice(span.start * group, span.stop * group)
+    n_kv, n_q = span.stop - span.start, (span.stop - span.start) * group
+    device, q_len = problem.query.device, plan.q_len
+    out = torch.zeros(n_q, q_len, problem.value_dim if values else 0, dtype=dtype, device=device)
+    lse = torch.full((n_q, q_len), float("inf"), dtype=dtype, device=device)
+    status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
+    offsets = torch.zeros((n_q, q_len), dtype=dtype, device=device)
+    totals = torch.zeros((n_q, q_len), dtype=dtype, device=device)
+    if q_len == 0:
+        return RowTiles(out, lse, status, offsets, totals)
+    q = batch_queries(problem, plan, dtype)
+    qg = (q if all_heads else q[q_heads]).view(n_kv, group, q_len, q.shape[-1])
+    keys = BatchKeys(problem, plan, dtype)
+    sink = problem.learnable_sink[q_heads].to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
+        if problem.learnable_sink is not None else None
+    full = problem.quant.full if problem.quant is not None else None
+    for r0, r1 in tiles:
+        c0, c1 = plan.band.key_range(r0, r1, keys.num_keys)
+        if c1 <= c0:
+            continue
+        rows, scores, visible = r1 - r0, None, None
+        for chunk in _head_view(keys.keys(c0, c1), span, all_heads):
+            part, hidden, outside = _masked_scores(problem, b, qg[:, :, r0:r1], chunk.rows, q_heads,
+                                                   (r0, r1, chunk.start, chunk.stop), dtype)
+            if chunk.start == c0 and chunk.stop == c1:
+                scores = part
+            else:
+                if scores is None:
+                    scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
+                scores[..., chunk.start - c0:chunk.stop - c0] = part
+            seen = _any_visible(hidden, outside)
+            visible = seen if visible is None else visible | seen
+        if observe is not None:
+            observe(r0, r1, c0, scores.view(n_q, rows, c1 - c0))
+        tile_status = _row_status(plan.band.key_counts(r0, r1, keys.num_keys).to(device), visible)
+        out_t, lse_t, offset_t, total_t = _softmax_values(
+            scores, _head_view(keys.values(c0, c1), span, all_heads), c0, sink, full, values)
+        invalid = tile_status == RowStatus.OUT_OF_BAND
+        if problem.inner_precise & 2:
+            invalid = invalid | (tile_status == RowStatus.FULLY_MASKED)  # "row invalid correction" (spec 7)
+        if out_t is not None:
+            out[:, r0:r1] = out_t.reshape(n_q, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
+        lse[:, r0:r1] = lse_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), float("inf"))
+        status[r0:r1] = tile_status
+        offsets[:, r0:r1] = offset_t.reshape(n_q, rows)
+        totals[:, r0:r1] = total_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), 0.0)
+    return RowTiles(out, lse, status, offsets, totals)
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+def batch_row_status(problem: Plan, b: int) -> torch.Tensor:
+    """(L_q,) int8 ``RowStatus`` of batch b's rows, from the band and atten_mask alone (no attention computed).
+
+    The same rule as the tile loop: OUT_OF_BAND without a key in the band, FULLY_MASKED when atten_mask hides
+    every key in it, else COMPUTED.
+    """
+    plan = problem.batches[b]
+    device = problem.query.device
+    num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
+    status = torch.full((plan.q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
+    for r0 in range(0, plan.q_len, TILE_ROWS):
+        r1 = min(plan.q_len, r0 + TILE_ROWS)
+        c0, c1 = plan.band.key_range(r0, r1, num_keys)
+        if c1 <= c0:
+            continue
+        hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
+        visible = None
+        if hidden is not None:
+            cut = plan.band.cut_columns(r0, r1, c0, c1)
+            strip = None if cut is None else OutsideStrip(cut[0] - c0,
+                                                          plan.band.outside_tile(r0, r1, cut[0], cut[1], device))
+            visible = _any_visible(hidden.to(device), strip)
+        status[r0:r1] = _row_status(plan.band.key_counts(r0, r1, num_keys).to(device), visible)
+    return status
+
+
+@dataclass(frozen=True)
+class PooledProbabilities:
+    """Softmax probabilities of one batch for some query heads, max-pooled into blocks (what a figure shows).
+
+    Attributes:
+        heads: the query heads, in the order of ``values``.
+        values: (len(heads), R, C) float64 on the CPU: cell [k, r, c] is the largest probability of head
+            heads[k] over query rows [r * row_block, (r + 1) * row_block) (or row r * row_block alone when
+            ``sampled_rows``) and keys [c * col_block, (c + 1) * col_block) (prefix keys first).
+        row_block, col_block: block height and width (1: not pooled).
+        sampled_rows: rows were sampled (one per block: the first) rather than pooled.
+    """
+
+    heads: tuple[int, ...]
+    values: torch.Tensor
+    row_block: int
+    col_block: int
+    sampled_rows: bool
+
+
+def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = None, max_cells: int | None = 256,
+                         sample_rows: bool = False) -> PooledProbabilities:
+    """Probabilities of batch b for ``heads`` (default: the query heads of kv head 0), pooled as they are computed.
+
+    One pass of the tile loop over the kv heads of ``heads`` only: each score chunk is max-reduced into column
+    blocks as it goes, and with the final row max and denominator, p = exp(s - m) / total per block (the largest
+    p of a block is exp(max s - m) / total, exactly). The full heads x L_q x keys array never exists: memory is
+    len(heads) x L_q x C. ``max_cells`` bounds R and C (None: no pooling, one cell per row and key).
+    ``sample_rows`` computes only the first row of each row block (rows / row_block times less work) instead of
+    pooling all rows; the figure says so.
+
+    p[n, i, j] = exp(s[i, j] - m[n, i]) / (sum_j' exp(s[i, j'] - m[n, i]) + exp(sink[n] - m[n, i])), with the
+    masked scores s (the sink term only with learnable_sink). Rows the op writes as zero (not computed, or fully
     masked with inner_precise 2/3) are all zero; fully masked rows with inner_precise 0/1 are uniform (spec 7).
     """
     dtype = resolve_compute_dtype(problem)
     plan = problem.batches[b]
+    group = problem.group_size
+    heads = tuple(range(group)) if heads is None else tuple(int(n) for n in heads)
+    num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
+    rs, cs = (1, 1) if max_cells is None else (max(1, math.ceil(plan.q_len / max_cells)),
+                                               max(1, math.ceil(num_keys / max_cells)))
+    n_rows, n_cols = -(-plan.q_len // rs), -(-num_keys // cs)
+    if not heads or plan.q_len == 0 or num_keys == 0:
+        return PooledProbabilities(heads, torch.zeros(len(heads), n_rows, n_cols, dtype=torch.float64), rs, cs,
+                                   sample_rows and rs > 1)
+    span = _head_span(n // group for n in heads)
+    device, n_q = problem.query.device, (span.stop - span.start) * group
+    col_max = torch.full((n_q, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=device)
+
+    def observe(r0: int, r1: int, c0: int, scores: torch.Tensor) -> None:
+        first, cols = c0 // cs, scores.shape[-1]
+        blocks = -(-(c0 + cols) // cs) - first
+        if cs > 1:
+            scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
+                                             value=float("-inf"))
+            scores = scores.view(n_q, r1 - r0, blocks, cs).amax(-1)
+        target = col_max[:, r0:r1, first:first + blocks]
+        torch.maximum(target, scores, out=target)
+
+    if sample_rows and rs > 1:
+        tiles = [(r, r + 1) for r in range(0, plan.q_len, rs)]
+    else:
+        tiles = _row_tiles(problem, b, dtype, n_q)
+    found = _attend_rows(problem, b, dtype, range(span.start, span.stop), tiles, observe, values=False)
+    denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)
+    probs = torch.exp(col_max - found.offset.unsqueeze(-1)).div_(denominator)
+    probs.masked_fill_((found.total == 0).unsqueeze(-1), 0.0)
+    if sample_rows and rs > 1:
+        probs = probs[:, ::rs]
+    elif rs > 1:
+        pad = n_rows * rs - plan.q_len
+        probs = torch.nn.functional.pad(probs, (0, 0, 0, pad)).view(n_q, n_rows, rs, n_cols).amax(2)
+    picked = probs[[n - span.start * group for n in heads]]
+    return PooledProbabilities(heads, picked.to(device="cpu", dtype=torch.float64), rs, cs, sample_rows and rs > 1)
+
+
+def batch_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = None) -> torch.Tensor:
+    """(len(heads), L_q, P + L_kv) softmax probabilities of batch b for the given query heads (default: all).
+
+    Unpooled ``pooled_probabilities`` (max_cells=None), in the compute dtype on the inputs' device; for small
+    problems and tests (figures call ``pooled_probabilities``).
+    """
     heads = list(range(problem.num_heads)) if heads is None else list(heads)
-    q = batch_queries(problem, plan, dtype)
-    key, _ = batch_keys_values(problem, plan, dtype)
-    n_kv, group, q_len, num_keys = problem.num_kv_heads, problem.group_size, plan.q_len, key.shape[1]
-    probs = torch.zeros(len(heads), q_len, num_keys, dtype=dtype)
-    if q_len == 0 or num_keys == 0:
-        return probs
-    qg = q.view(n_kv, group, q_len, q.shape[-1])
-    sink = problem.learnable_sink.to(dtype).view(n_kv, group, 1, 1) if problem.learnable_sink is not None else None
-    step = _tile_rows(problem.num_heads, num_keys, dtype)
-    for r0 in range(0, q_len, step):
-        r1, rows = min(q_len, r0 + step), min(q_len, r0 + step) - r0
-        scores, hidden, outside = _masked_scores(problem, b, qg, key, (r0, r1, 0, num_keys), dtype)
-        status = _tile_status(plan.band.key_counts(r0, r1, num_keys), hidden, outside)
-        _, lse = _softmax_values(scores.clone(), torch.zeros(n_kv, num_keys, 1, dtype=dtype), sink)
-        tile = torch.exp(scores - lse.unsqueeze(-1))
-        if sink is not None:
-            tile = tile / (1 + torch.exp(sink - lse.unsqueeze(-1)))
-        invalid = status == RowStatus.OUT_OF_BAND
-        if problem.inner_precise & 2:
-            invalid = invalid | (status == RowStatus.FULLY_MASKED)
-        tile = tile.reshape(problem.num_heads, rows, num_keys).masked_fill_(invalid.view(1, rows, 1), 0.0)
-        probs[:, r0:r1] = tile[heads]
-    return probs
+    dtype = resolve_compute_dtype(problem)
+    if not heads:
+        return torch.zeros(0, problem.batches[b].q_len, problem.prefix_len + problem.batches[b].kv_len, dtype=dtype)
+    parts = []
+    for kv in sorted({n // problem.group_size for n in heads}):  # one kv head at a time bounds the memory
+        mine = [n for n in heads if n // problem.group_size == kv]
+        parts.append((mine, pooled_probabilities(problem, b, mine, max_cells=None).values))
+    out = torch.cat([values for _, values in parts]).to(device=problem.query.device, dtype=dtype)
+    order = [n for mine, _ in parts for n in mine]
+    return out[[order.index(n) for n in heads]]

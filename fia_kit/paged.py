@@ -35,12 +35,34 @@ def cache_num_heads(cache: torch.Tensor) -> int | None:
     return None if cache.dim() == 3 else cache.shape[1]
 
 
-def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, num_kv_heads: int) -> torch.Tensor:
-    """The first ``length`` tokens of one sequence from a paged cache.
+def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Whole blocks of a paged cache, in order, as one (N_kv, len(block_ids) * block_size, D) tensor.
 
     Args:
         cache: (num_blocks, block_size, N_kv*D), (num_blocks, N_kv, block_size, D) or NZ
             (num_blocks, N_kv, D/c, block_size, c).
+        block_ids: (n,) int, the cache blocks to read (a slice of a block_table row).
+        num_kv_heads: N_kv (used to split H for rank-3 caches).
+    Returns:
+        A copy in the cache's dtype: each block is read once (``index_select``) and laid out head-major.
+    """
+    block_size, head_dim = cache_block_size(cache), cache_head_dim(cache, num_kv_heads)
+    used = block_ids.shape[0]
+    blocks = cache.index_select(0, block_ids.to(device=cache.device, dtype=torch.long))
+    if cache.dim() == 3:
+        tokens = blocks.view(used, block_size, num_kv_heads, head_dim).permute(2, 0, 1, 3)
+    elif cache.dim() == 4:
+        tokens = blocks.permute(1, 0, 2, 3)
+    else:
+        tokens = blocks.permute(1, 0, 3, 2, 4)  # (N, blocks, bs, D/c, c)
+    return tokens.reshape(num_kv_heads, used * block_size, head_dim)  # explicit D: there may be no blocks
+
+
+def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, num_kv_heads: int) -> torch.Tensor:
+    """The first ``length`` tokens of one sequence from a paged cache.
+
+    Args:
+        cache: as ``gather_blocks``.
         block_ids: (max_blocks,) int, this sequence's row of block_table; only the first
             ceil(length / block_size) entries are read.
         length: tokens to read.
@@ -48,13 +70,5 @@ def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, n
     Returns:
         (N_kv, length, D), a copy in the cache's dtype.
     """
-    block_size, head_dim = cache_block_size(cache), cache_head_dim(cache, num_kv_heads)
-    used = -(-length // block_size)
-    blocks = cache.index_select(0, block_ids[:used].to(device=cache.device, dtype=torch.long))
-    if cache.dim() == 3:
-        tokens = blocks.view(used, block_size, num_kv_heads, head_dim).permute(2, 0, 1, 3)
-    elif cache.dim() == 4:
-        tokens = blocks.permute(1, 0, 2, 3)
-    else:
-        tokens = blocks.permute(1, 0, 3, 2, 4)  # (N, blocks, bs, D/c, c)
-    return tokens.reshape(num_kv_heads, used * block_size, head_dim)[:, :length]  # explicit D: length may be 0
+    used = -(-length // cache_block_size(cache))
+    return gather_blocks(cache, block_ids[:used], num_kv_heads)[:, :length]
