@@ -1,7 +1,7 @@
 """Plotly figures of one FIA call: pure functions, data in, ``go.Figure`` out (no widgets, no global state).
 
 Every figure reads what the library computed: visibility from the plan's ``fia_kit.visibility.Visibility``,
-probabilities from ``fia_kit.kernel.batch_probabilities``, outputs, LSE and row status from the
+probabilities from ``fia_kit.kernel.pooled_probabilities``, outputs, LSE and row status from the
 ``ReferenceResult``, memory order from ``fia_kit.layouts``. No masking or layout rule is re-derived here.
 
 Maps larger than ``MAX_CELLS`` x ``MAX_CELLS`` are pooled into blocks (the title says how), so a figure never carries
@@ -25,6 +25,7 @@ from .planning import Plan
 
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
+SAMPLE_ROWS_ABOVE = 2**26  # score cells (heads x L_q x keys) above which probabilities sample rows
 
 # Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
 PADDING, OUTSIDE_BAND, MASKED, VISIBLE = 0, 1, 2, 3
@@ -191,23 +192,33 @@ def _band_lines(problem: Plan, plan: Any) -> list[go.Scatter]:
     return lines
 
 
-def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None = None) -> go.Figure:
+def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None = None,
+                         sample_rows: bool | None = None) -> go.Figure:
     """Softmax probabilities of batch b, one panel per query head (up to MAX_HEAD_PANELS), kv head noted for GQA.
 
-    With learnable sinks the sink's share is left out of every row, which then sums to less than 1; that uses the
-    LSE excluding the sink, which is [inferred] (spec 8, 13).
+    Only the shown heads are computed, pooled as they go (``fia_kit.kernel.pooled_probabilities``). Above
+    SAMPLE_ROWS_ABOVE score cells (heads x L_q x keys), or with ``sample_rows=True``, each pooled row is one
+    sampled query row rather than the maximum over its block (the title says so). With learnable sinks the sink's
+    share is left out of every row, which then sums to less than 1; that uses the LSE excluding the sink, which is
+    [inferred] (spec 8, 13).
     """
     heads = list(heads) if heads is not None else list(range(min(problem.num_heads, MAX_HEAD_PANELS)))
-    probs = kernel.batch_probabilities(problem, b, heads)
+    plan = problem.batches[b]
+    num_keys = problem.visibility.num_keys(b)
+    if sample_rows is None:
+        sample_rows = len(heads) * plan.q_len * num_keys > SAMPLE_ROWS_ABOVE
+    pooled = kernel.pooled_probabilities(problem, b, heads, MAX_CELLS, sample_rows)
+    rs, cs = pooled.row_block, pooled.col_block
+    rows_axis = list(range(0, plan.q_len, rs)) if pooled.sampled_rows else _axis(plan.q_len, rs)
+    note = _pool_note(rs, cs, "max")
+    if pooled.sampled_rows:
+        note = f" [downsampled: every {rs}th query row; each cell = max over {cs} keys]"
     g, count, gap = problem.group_size, len(heads), 0.03
     width = (1 - gap * (count - 1)) / count
     traces, annotations, layout = [], [], {}
-    note = ""
     for k, n in enumerate(heads):
-        z, rs, cs = pool(probs[k], "max")
-        note = _pool_note(rs, cs, "max")
         axis = "" if k == 0 else str(k + 1)
-        traces.append(go.Heatmap(z=z.numpy(), x=_axis(probs.shape[2], cs), y=_axis(probs.shape[1], rs), zmin=0,
+        traces.append(go.Heatmap(z=pooled.values[k].numpy(), x=_axis(num_keys, cs), y=rows_axis, zmin=0,
                                  zmax=1, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
                                  xaxis=f"x{axis}", yaxis="y",
                                  hovertemplate="query row %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"))

@@ -101,11 +101,12 @@ def run_plan(problem: Plan) -> ReferenceResult:
     lse4 = torch.full((rows_shape[0], problem.num_heads, rows_shape[1]), float("inf"), dtype=lse_dtype,
                       device=device)
     status = torch.full(rows_shape, int(RowStatus.PADDING), dtype=torch.int8, device=device)
+    staging: dict[int, torch.Tensor] = {}
     for b, plan in enumerate(problem.batches):
         if plan.q_len == 0:
             continue
         rows = slice(plan.q_start, plan.q_start + plan.q_len)
-        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype)
+        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging)
         if plan.kv_len + problem.prefix_len == 0:
             lse_b = lse_b.fill_(no_key_lse(problem))  # the sentinel of this path (spec 7, 25.1)
         out4[plan.q_index, :, rows] = out_b
@@ -121,11 +122,15 @@ def run_plan(problem: Plan) -> ReferenceResult:
     return ReferenceResult(out, lse, status)
 
 
-def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None,
-                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved)."""
+def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None, dtype: torch.dtype | None = None,
+                 staging: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved).
+
+    ``staging``: buffers paged blocks are read into, shared between the batches of one call (``BatchKeys``).
+    """
     dtype = resolve_compute_dtype(problem) if dtype is None else dtype
-    tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype))
+    tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype),
+                         staging=staging)
     return tiles.out, tiles.lse, tiles.status
 
 
@@ -144,14 +149,41 @@ def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.T
 
 @dataclass(frozen=True)
 class KeyChunk:
-    """Keys (or values) [start, start + n) of one batch, prefix first: ``rows`` (N_kv, n, D [+ 64 rope] or Dv)."""
+    """Keys (or values) of one batch (prefix first) that the loop uses: keys [lo, hi).
+
+    ``rows`` is head-major (N_kv, hi - lo, D [+ 64 rope] or Dv) holding exactly those keys, or block-major
+    (n_blocks, N_kv, block_size, D') holding keys [start, start + n_blocks * block_size) of a paged cache as read,
+    of which [lo, hi) are used (so the cache is not copied again into head-major order).
+    """
 
     start: int
     rows: torch.Tensor
+    lo: int
+    hi: int
+
+    @staticmethod
+    def dense(start: int, rows: torch.Tensor) -> KeyChunk:
+        return KeyChunk(start, rows, start, start + rows.shape[1])
 
     @property
-    def stop(self) -> int:
-        return self.start + self.rows.shape[1]
+    def blocked(self) -> bool:
+        return self.rows.dim() == 4
+
+    def clip(self, start: int, stop: int) -> KeyChunk | None:
+        """The same chunk restricted to keys [start, stop), or None if it holds none of them."""
+        lo, hi = max(self.lo, start), min(self.hi, stop)
+        if hi <= lo:
+            return None
+        if (lo, hi) == (self.lo, self.hi):
+            return self
+        if self.blocked:
+            return KeyChunk(self.start, self.rows, lo, hi)
+        return KeyChunk.dense(lo, self.rows[:, lo - self.start:hi - self.start])
+
+    def heads(self, span: slice) -> KeyChunk:
+        """The chunk for kv heads ``span`` only."""
+        rows = self.rows[:, span] if self.blocked else self.rows[span]
+        return KeyChunk(self.start, rows, self.lo, self.hi)
 
 
 class BatchKeys:
@@ -164,8 +196,10 @@ class BatchKeys:
     dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2).
     """
 
-    def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> None:
+    def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
+                 staging: dict[int, torch.Tensor] | None = None) -> None:
         self.problem, self.plan, self.dtype = problem, plan, dtype
+        self.staging = {} if staging is None else staging  # per cache (by position): a buffer blocks are read into
         self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
             else (None, None)
         self.block_ids = problem.block_table[plan.kv_index] if problem.paged else None
@@ -186,8 +220,8 @@ class BatchKeys:
             values.append(self._floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
         # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense)
         self._dense = [] if not keys else [
-            (KeyChunk(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
-             KeyChunk(0, torch.cat(values, 1) if len(values) > 1 else values[0]))]
+            (KeyChunk.dense(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
+             KeyChunk.dense(0, torch.cat(values, 1) if len(values) > 1 else values[0]))]
 
     def keys(self, start: int, stop: int) -> Iterator[KeyChunk]:
         """Key chunks covering keys [start, stop) exactly, in order."""
@@ -202,30 +236,50 @@ class BatchKeys:
         if self.problem.paged:
             pieces = itertools.chain(pieces, self._paged(start, stop, which))
         for chunk in pieces:
-            lo, hi = max(start, chunk.start) - chunk.start, min(stop, chunk.stop) - chunk.start
-            if hi > lo:
-                yield chunk if (lo, hi) == (0, chunk.rows.shape[1]) else \
-                    KeyChunk(chunk.start + lo, chunk.rows[:, lo:hi])
+            clipped = chunk.clip(start, stop)
+            if clipped is not None:
+                yield clipped
 
     def _paged(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
-        """Own keys (which=0) or values (1) of the blocks holding keys [start, stop), CHUNK_KEYS at a time."""
-        problem, plan, bs = self.problem, self.plan, self.problem.block_size
+        """Own keys (which=0) or values (1) of the blocks holding keys [start, stop), CHUNK_KEYS at a time.
+
+        Float caches stay block-major as read (``KeyChunk``); a block that L_kv cuts, and quantised caches (their
+        scales are per token), are made head-major and cut at L_kv, so no key beyond L_kv is ever multiplied.
+        """
+        plan, bs = self.plan, self.problem.block_size
         first, last = max(0, start - self.prefix_len), min(plan.kv_len, stop - self.prefix_len)
-        step = max(1, CHUNK_KEYS // bs)
+        step, dq = max(1, CHUNK_KEYS // bs), (self.key_dq, self.value_dq)[which]
+        full_blocks = plan.kv_len // bs
         for i0 in range(first // bs, -(-last // bs), step):
             i1 = min(i0 + step, -(-last // bs))
-            count, ids, at = min(plan.kv_len, i1 * bs) - i0 * bs, self.block_ids[i0:], plan.kv_start + i0 * bs
-            if which == 1:
-                rows = self._gather(problem.value, ids[:i1 - i0], count)
-                yield KeyChunk(self.prefix_len + i0 * bs, self._floats(rows, self.value_dq, at, ids))
-                continue
-            key = self._floats(self._gather(problem.key, ids[:i1 - i0], count), self.key_dq, at, ids)
-            if problem.key_rope is not None:
-                key = torch.cat([key, self._gather(problem.key_rope, ids[:i1 - i0], count).to(self.dtype)], dim=-1)
-            yield KeyChunk(self.prefix_len + i0 * bs, key)
+            ends = [i1] if dq is not None or i1 <= full_blocks or i1 - 1 == i0 else [i1 - 1, i1]
+            for j0, j1 in zip([i0, *ends[:-1]], ends, strict=True):
+                yield self._read(which, j0, j1, blocked=dq is None and j1 <= full_blocks)
 
-    def _gather(self, cache: torch.Tensor, block_ids: torch.Tensor, count: int) -> torch.Tensor:
-        return paged.gather_blocks(cache, block_ids, self.problem.num_kv_heads)[:, :count]
+    def _read(self, which: int, i0: int, i1: int, blocked: bool) -> KeyChunk:
+        """Blocks [i0, i1) of this batch's block_table row: keys (which=0, with key_rope) or values (1)."""
+        problem, plan, bs = self.problem, self.plan, self.problem.block_size
+        ids, first = self.block_ids[i0:], self.prefix_len + i0 * bs
+        count = min(plan.kv_len, i1 * bs) - i0 * bs
+        caches = [problem.value] if which else [problem.key] + ([problem.key_rope] if problem.key_rope is not None
+                                                                 else [])
+        parts = [paged.gather_blocks(cache, ids[:i1 - i0], problem.num_kv_heads, self._buffer(2 * which + k, cache))
+                 for k, cache in enumerate(caches)]
+        if not blocked:
+            parts = [paged.head_major(part)[:, :count] for part in parts]
+            dq = (self.key_dq, self.value_dq)[which]
+            parts[0] = self._floats(parts[0], dq, plan.kv_start + i0 * bs, ids)
+        parts = [part.to(self.dtype) for part in parts]
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return KeyChunk(first, rows, first, first + count) if blocked else KeyChunk.dense(first, rows)
+
+    def _buffer(self, slot: int, cache: torch.Tensor) -> torch.Tensor:
+        """The staging buffer of one cache (slot 0 key, 1 key_rope, 2 value): CHUNK_KEYS worth of blocks."""
+        blocks = max(1, CHUNK_KEYS // self.problem.block_size)
+        buffer = self.staging.get(slot)
+        if buffer is None or buffer.shape[1:] != cache.shape[1:] or buffer.dtype != cache.dtype:
+            buffer = self.staging[slot] = cache.new_empty(blocks, *cache.shape[1:])
+        return buffer
 
     def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
                 block_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,21 +288,6 @@ class BatchKeys:
             return rows.to(self.dtype)
         ids = self.block_ids if block_ids is None else block_ids
         return quant.dequantize_kv(rows, dq, self.plan.kv_index, start, ids, self.dtype)
-
-
-def batch_keys_values(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (N_kv, P + L_kv, D [+ 64 rope]) and values (N_kv, P + L_kv, Dv) of one batch, prefix first, whole.
-
-    For figures and tests; the tile loop reads them chunk by chunk instead (``BatchKeys``).
-    """
-    source = BatchKeys(problem, plan, dtype)
-    n_kv, device = problem.num_kv_heads, problem.query.device
-    dk = problem.head_dim + (problem.key_rope.shape[-1] if problem.key_rope is not None else 0)
-    keys = [c.rows for c in source.keys(0, source.num_keys)] or [torch.zeros(n_kv, 0, dk, dtype=dtype,
-                                                                              device=device)]
-    values = [c.rows for c in source.values(0, source.num_keys)] or [
-        torch.zeros(n_kv, 0, problem.value_dim, dtype=dtype, device=device)]
-    return torch.cat(keys, 1), torch.cat(values, 1)
 
 
 # ---------------------------------------------------------------------------------------------------- masking
@@ -273,20 +312,30 @@ class OutsideStrip:
     mask: torch.Tensor
 
 
-def _masked_scores(problem: Plan, b: int, q: torch.Tensor, key: torch.Tensor, heads: slice,
-                   tile: tuple[int, int, int, int], dtype: torch.dtype
+def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, heads: slice, r0: int,
+                   dtype: torch.dtype, out: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
-    """Scaled scores (+ pse) of rows [r0, r1) over keys [c0, c1), masked as the kernel masks them.
+    """Scaled scores (+ pse) of the tile's rows [r0, r0 + rows) over the chunk's keys [lo, hi), masked as the kernel.
 
-    q: (N_kv', G, rows, D) the tile's queries; key: (N_kv', cols, D) the chunk's keys; heads: the query heads
-    (a slice of N_q) they are. Returns the scores (N_kv', G, rows, cols), with MASK_FILL where atten_mask hides a
+    q: (N_kv', G, rows, D) the tile's queries; chunk: its keys, for the same kv heads; heads: the query heads (a
+    slice of N_q) q holds. Returns the scores (N_kv', G, rows, hi - lo), with MASK_FILL where atten_mask hides a
     key and -inf outside the band, the (rows, cols) hidden tile, and the strip of columns the band cuts (only
-    that strip is masked: for causal modes it is the diagonal block).
+    that strip is masked: for causal modes it is the diagonal block). ``out``: (N_kv', G, rows, hi - lo) view of
+    the tile's score rows to write into.
     """
-    r0, r1, c0, c1 = tile
-    n_kv, group, rows, device = q.shape[0], q.shape[1], r1 - r0, q.device
-    scores = torch.bmm(q.reshape(n_kv, group * rows, -1), key.transpose(1, 2))
-    scores = scores.view(n_kv, group, rows, c1 - c0).mul_(_score_scale(problem))
+    n_kv, group, rows, device = q.shape[0], q.shape[1], q.shape[2], q.device
+    r1, c0, c1 = r0 + rows, chunk.lo, chunk.hi
+    q2 = q.reshape(n_kv, group * rows, -1)
+    if chunk.blocked:  # (n, N_kv', bs, D): one product per block, then the used columns in key order
+        per_block = torch.matmul(q2.unsqueeze(0), chunk.rows.transpose(-1, -2))  # (n, N_kv', G*rows, bs)
+        keys = per_block.permute(1, 2, 0, 3).flatten(2)[..., c0 - chunk.start:c1 - chunk.start]
+        scores = keys.reshape(n_kv, group, rows, c1 - c0) if out is None else \
+            out.copy_(keys.view(n_kv, group, rows, -1) if keys.is_contiguous() else
+                      keys.unflatten(1, (group, rows)))
+    else:
+        scores = torch.bmm(q2, chunk.rows.transpose(1, 2)).view(n_kv, group, rows, c1 - c0)
+        scores = scores if out is None else out.copy_(scores)
+    scores = scores.mul_(_score_scale(problem))
     if problem.pse is not None:
         scores += pse_tile(problem, b, r0, r1, c0, c1)[heads].to(device=device, dtype=dtype).view(
             n_kv, group, rows, c1 - c0)
@@ -301,6 +350,15 @@ def _masked_scores(problem: Plan, b: int, q: torch.Tensor, key: torch.Tensor, he
     strip = OutsideStrip(cut[0] - c0, band.outside_tile(r0, r1, cut[0], cut[1], device))
     scores[..., strip.start:strip.start + strip.mask.shape[1]].masked_fill_(strip.mask, float("-inf"))
     return scores, hidden, strip
+
+
+def _weighted_values(probs: torch.Tensor, chunk: KeyChunk) -> torch.Tensor:
+    """probs (N_kv', R, hi - lo) of the chunk's keys times its values: (N_kv', R, Dv)."""
+    if not chunk.blocked:
+        return torch.bmm(probs, chunk.rows)
+    n, n_kv, bs, _ = chunk.rows.shape
+    padded = torch.nn.functional.pad(probs, (chunk.lo - chunk.start, chunk.start + n * bs - chunk.hi))
+    return torch.matmul(padded.view(n_kv, -1, n, bs).permute(2, 0, 1, 3), chunk.rows).sum(0)
 
 
 def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> torch.Tensor | None:
@@ -363,7 +421,7 @@ def _softmax_values(scores: torch.Tensor, values: Iterable[KeyChunk], c0: int, s
     pv = (probs if full is None else quant.quantize_probs(probs, full)).view(n_kv, group * rows, keys)
     weighted = None
     for chunk in values:
-        part = torch.bmm(pv[..., chunk.start - c0:chunk.stop - c0], chunk.rows)
+        part = _weighted_values(pv[..., chunk.lo - c0:chunk.hi - c0], chunk)
         weighted = part if weighted is None else weighted.add_(part)
     weighted = weighted.view(n_kv, group, rows, -1)
     if full is not None:
@@ -390,13 +448,13 @@ def _head_span(kv_heads: Iterable[int]) -> slice:
 
 def _head_view(chunks: Iterable[KeyChunk], span: slice, all_heads: bool) -> Iterator[KeyChunk]:
     for chunk in chunks:
-        yield chunk if all_heads else KeyChunk(chunk.start, chunk.rows[span])
+        yield chunk if all_heads else chunk.heads(span)
 
 
 def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[int],
                  tiles: Iterable[tuple[int, int]],
                  observe: Callable[[int, int, int, torch.Tensor], None] | None = None,
-                 values: bool = True) -> RowTiles:
+                 values: bool = True, staging: dict[int, torch.Tensor] | None = None) -> RowTiles:
     """THE tile loop: attention of batch b for the query heads of ``kv_heads`` over the given row tiles.
 
     For each row tile [r0, r1): the keys its band can reach [c0, c1), read chunk by chunk (``BatchKeys``: views
@@ -423,7 +481,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
         return RowTiles(out, lse, status, offsets, totals)
     q = batch_queries(problem, plan, dtype)
     qg = (q if all_heads else q[q_heads]).view(n_kv, group, q_len, q.shape[-1])
-    keys = BatchKeys(problem, plan, dtype)
+    keys = BatchKeys(problem, plan, dtype, staging)
     sink = problem.learnable_sink[q_heads].to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
         if problem.learnable_sink is not None else None
     full = problem.quant.full if problem.quant is not None else None
@@ -433,14 +491,12 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
             continue
         rows, scores, visible = r1 - r0, None, None
         for chunk in _head_view(keys.keys(c0, c1), span, all_heads):
-            part, hidden, outside = _masked_scores(problem, b, qg[:, :, r0:r1], chunk.rows, q_heads,
-                                                   (r0, r1, chunk.start, chunk.stop), dtype)
-            if chunk.start == c0 and chunk.stop == c1:
-                scores = part
-            else:
-                if scores is None:
-                    scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
-                scores[..., chunk.start - c0:chunk.stop - c0] = part
+            whole = (chunk.lo, chunk.hi) == (c0, c1)
+            if not whole and scores is None:
+                scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
+            part, hidden, outside = _masked_scores(problem, b, qg[:, :, r0:r1], chunk, q_heads, r0, dtype,
+                                                   None if whole else scores[..., chunk.lo - c0:chunk.hi - c0])
+            scores = part if whole else scores
             seen = _any_visible(hidden, outside)
             visible = seen if visible is None else visible | seen
         if observe is not None:
@@ -512,12 +568,11 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
                          sample_rows: bool = False) -> PooledProbabilities:
     """Probabilities of batch b for ``heads`` (default: the query heads of kv head 0), pooled as they are computed.
 
-    One pass of the tile loop over the kv heads of ``heads`` only: each score chunk is max-reduced into column
-    blocks as it goes, and with the final row max and denominator, p = exp(s - m) / total per block (the largest
-    p of a block is exp(max s - m) / total, exactly). The full heads x L_q x keys array never exists: memory is
-    len(heads) x L_q x C. ``max_cells`` bounds R and C (None: no pooling, one cell per row and key).
-    ``sample_rows`` computes only the first row of each row block (rows / row_block times less work) instead of
-    pooling all rows; the figure says so.
+    One pass of the tile loop per kv head of ``heads`` (the other heads are not computed): each score tile is
+    max-reduced into column blocks as it goes, and with the row's max m and denominator, the largest p of a block
+    is exp(max s - m) / total, exactly. The full heads x L_q x keys array never exists: memory is G x L_q x C.
+    ``max_cells`` bounds R and C (None: no pooling, one cell per row and key). ``sample_rows`` computes only the
+    first row of each row block (row_block times less work) instead of pooling all rows.
 
     p[n, i, j] = exp(s[i, j] - m[n, i]) / (sum_j' exp(s[i, j'] - m[n, i]) + exp(sink[n] - m[n, i])), with the
     masked scores s (the sink term only with learnable_sink). Rows the op writes as zero (not computed, or fully
@@ -530,13 +585,27 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
     num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
     rs, cs = (1, 1) if max_cells is None else (max(1, math.ceil(plan.q_len / max_cells)),
                                                max(1, math.ceil(num_keys / max_cells)))
+    sampled = sample_rows and rs > 1
     n_rows, n_cols = -(-plan.q_len // rs), -(-num_keys // cs)
+    values = torch.zeros(len(heads), n_rows, n_cols, dtype=torch.float64)
     if not heads or plan.q_len == 0 or num_keys == 0:
-        return PooledProbabilities(heads, torch.zeros(len(heads), n_rows, n_cols, dtype=torch.float64), rs, cs,
-                                   sample_rows and rs > 1)
-    span = _head_span(n // group for n in heads)
-    device, n_q = problem.query.device, (span.stop - span.start) * group
-    col_max = torch.full((n_q, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=device)
+        return PooledProbabilities(heads, values, rs, cs, sampled)
+    tiles = [(r, r + 1) for r in range(0, plan.q_len, rs)] if sampled else _row_tiles(problem, b, dtype, group)
+    for kv in sorted({n // group for n in heads}):
+        pooled = _pooled_kv_head(problem, b, kv, tiles, rs, cs, sampled, dtype)
+        for k, n in enumerate(heads):
+            if n // group == kv:
+                values[k] = pooled[n - kv * group]
+    return PooledProbabilities(heads, values, rs, cs, sampled)
+
+
+def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list[tuple[int, int]], rs: int, cs: int, sampled: bool,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """(G, R, C) float64 CPU block maxima of the probabilities of kv head ``kv``'s G query heads."""
+    plan, group = problem.batches[b], problem.group_size
+    num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
+    n_cols = -(-num_keys // cs)
+    col_max = torch.full((group, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
 
     def observe(r0: int, r1: int, c0: int, scores: torch.Tensor) -> None:
         first, cols = c0 // cs, scores.shape[-1]
@@ -544,41 +613,29 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
         if cs > 1:
             scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
                                              value=float("-inf"))
-            scores = scores.view(n_q, r1 - r0, blocks, cs).amax(-1)
+            scores = scores.view(group, r1 - r0, blocks, cs).amax(-1)
         target = col_max[:, r0:r1, first:first + blocks]
         torch.maximum(target, scores, out=target)
 
-    if sample_rows and rs > 1:
-        tiles = [(r, r + 1) for r in range(0, plan.q_len, rs)]
-    else:
-        tiles = _row_tiles(problem, b, dtype, n_q)
-    found = _attend_rows(problem, b, dtype, range(span.start, span.stop), tiles, observe, values=False)
+    found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
     denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)
     probs = torch.exp(col_max - found.offset.unsqueeze(-1)).div_(denominator)
     probs.masked_fill_((found.total == 0).unsqueeze(-1), 0.0)
-    if sample_rows and rs > 1:
+    if sampled:
         probs = probs[:, ::rs]
     elif rs > 1:
-        pad = n_rows * rs - plan.q_len
-        probs = torch.nn.functional.pad(probs, (0, 0, 0, pad)).view(n_q, n_rows, rs, n_cols).amax(2)
-    picked = probs[[n - span.start * group for n in heads]]
-    return PooledProbabilities(heads, picked.to(device="cpu", dtype=torch.float64), rs, cs, sample_rows and rs > 1)
+        n_rows = -(-plan.q_len // rs)
+        probs = torch.nn.functional.pad(probs, (0, 0, 0, n_rows * rs - plan.q_len)).view(
+            group, n_rows, rs, n_cols).amax(2)
+    return probs.to(device="cpu", dtype=torch.float64)
 
 
 def batch_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = None) -> torch.Tensor:
     """(len(heads), L_q, P + L_kv) softmax probabilities of batch b for the given query heads (default: all).
 
-    Unpooled ``pooled_probabilities`` (max_cells=None), in the compute dtype on the inputs' device; for small
+    ``pooled_probabilities`` unpooled (max_cells=None), in the compute dtype on the inputs' device; for small
     problems and tests (figures call ``pooled_probabilities``).
     """
     heads = list(range(problem.num_heads)) if heads is None else list(heads)
-    dtype = resolve_compute_dtype(problem)
-    if not heads:
-        return torch.zeros(0, problem.batches[b].q_len, problem.prefix_len + problem.batches[b].kv_len, dtype=dtype)
-    parts = []
-    for kv in sorted({n // problem.group_size for n in heads}):  # one kv head at a time bounds the memory
-        mine = [n for n in heads if n // problem.group_size == kv]
-        parts.append((mine, pooled_probabilities(problem, b, mine, max_cells=None).values))
-    out = torch.cat([values for _, values in parts]).to(device=problem.query.device, dtype=dtype)
-    order = [n for mine, _ in parts for n in mine]
-    return out[[order.index(n) for n in heads]]
+    values = pooled_probabilities(problem, b, heads, max_cells=None).values
+    return values.to(device=problem.query.device, dtype=resolve_compute_dtype(problem))

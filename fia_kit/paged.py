@@ -35,27 +35,36 @@ def cache_num_heads(cache: torch.Tensor) -> int | None:
     return None if cache.dim() == 3 else cache.shape[1]
 
 
-def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
-    """Whole blocks of a paged cache, in order, as one (N_kv, len(block_ids) * block_size, D) tensor.
+def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int,
+                  staging: torch.Tensor | None = None) -> torch.Tensor:
+    """Whole blocks of a paged cache, in order, block-major: (len(block_ids), N_kv, block_size, D).
 
     Args:
         cache: (num_blocks, block_size, N_kv*D), (num_blocks, N_kv, block_size, D) or NZ
             (num_blocks, N_kv, D/c, block_size, c).
         block_ids: (n,) int, the cache blocks to read (a slice of a block_table row).
         num_kv_heads: N_kv (used to split H for rank-3 caches).
+        staging: optional buffer (at least n, *cache.shape[1:]) in the cache's dtype and device to read into,
+            reused from call to call (a fresh large buffer per read costs more than the read).
     Returns:
-        A copy in the cache's dtype: each block is read once (``index_select``) and laid out head-major.
+        Each block read once (one ``index_select`` copy, in the cache's dtype); for ranks 3 and 4 a view of that
+        copy (rank 3: strided over heads), for NZ a second copy in (block_size, D) order.
     """
     block_size, head_dim = cache_block_size(cache), cache_head_dim(cache, num_kv_heads)
     used = block_ids.shape[0]
-    blocks = cache.index_select(0, block_ids.to(device=cache.device, dtype=torch.long))
+    ids = block_ids.to(device=cache.device, dtype=torch.long)
+    blocks = cache.index_select(0, ids) if staging is None else torch.index_select(cache, 0, ids, out=staging[:used])
     if cache.dim() == 3:
-        tokens = blocks.view(used, block_size, num_kv_heads, head_dim).permute(2, 0, 1, 3)
-    elif cache.dim() == 4:
-        tokens = blocks.permute(1, 0, 2, 3)
-    else:
-        tokens = blocks.permute(1, 0, 3, 2, 4)  # (N, blocks, bs, D/c, c)
-    return tokens.reshape(num_kv_heads, used * block_size, head_dim)  # explicit D: there may be no blocks
+        return blocks.view(used, block_size, num_kv_heads, head_dim).transpose(1, 2)
+    if cache.dim() == 4:
+        return blocks
+    return blocks.transpose(2, 3).reshape(used, num_kv_heads, block_size, head_dim)  # (n, N, bs, D/c, c) -> D
+
+
+def head_major(blocks: torch.Tensor) -> torch.Tensor:
+    """(n, N_kv, block_size, D) blocks -> (N_kv, n * block_size, D): the tokens of each head in order (a copy)."""
+    n, heads, block_size, dim = blocks.shape
+    return blocks.transpose(0, 1).reshape(heads, n * block_size, dim)
 
 
 def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, num_kv_heads: int) -> torch.Tensor:
@@ -71,4 +80,4 @@ def gather_sequence(cache: torch.Tensor, block_ids: torch.Tensor, length: int, n
         (N_kv, length, D), a copy in the cache's dtype.
     """
     used = -(-length // cache_block_size(cache))
-    return gather_blocks(cache, block_ids[:used], num_kv_heads)[:, :length]
+    return head_major(gather_blocks(cache, block_ids[:used], num_kv_heads))[:, :length]
