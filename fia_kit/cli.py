@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(handler=_doctor)
     check = commands.add_parser("check", help="compare backends with the reference on the founding example")
-    check.add_argument("--backend", action="append", choices=["reference", "compiled", "npu", "npu-graph"],
-                       help="backend to compare (repeatable; default: npu and npu-graph if usable, else compiled)")
+    check.add_argument("--backend", action="append", choices=["reference", "compiled", "npu", "npu-graph", "flex"],
+                       help="backend to compare (repeatable; default: npu and npu-graph if usable, else flex)")
     check.add_argument("--form", choices=["v1", "v2"], default="v1")
     check.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     check.set_defaults(handler=_check)

@@ -52,6 +52,7 @@ from .planning import Plan, build_plan
 __all__ = [
     "FlexUnsupported",
     "flex_mode",
+    "current_mode",
     "npu_fused_infer_attention_score",
     "npu_fused_infer_attention_score_v2",
     "run_plan",
@@ -84,6 +85,11 @@ def flex_mode(mode: Mode) -> Iterator[None]:
         yield
     finally:
         _mode.reset(token)
+
+
+def current_mode() -> Mode:
+    """The mode ``flex_mode`` sets here ("auto" outside any)."""
+    return _mode.get()
 
 
 def npu_fused_infer_attention_score(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

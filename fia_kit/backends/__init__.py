@@ -10,12 +10,15 @@ built-in backend, registered below in this order:
     reference  the kit's pure-PyTorch op, computing the plan directly (default without an NPU);
     compiled   torch.compile(fullgraph=True) of the kit's look-alike op on CPU/CUDA, the graph-mode stand-in;
     npu        torch_npu's eager op, inputs on the NPU, lengths as int lists;
-    npu-graph  TorchAir graph mode (tng.ops, int64 device-tensor lengths, max-autotune).
+    npu-graph  TorchAir graph mode (tng.ops, int64 device-tensor lengths, max-autotune);
+    flex       torch flex_attention computing the plan independently of the reference (``fia_kit.flex``; the
+               default peer of ``compare`` without an NPU).
 """
 
 from __future__ import annotations
 
 from . import compiled, graph, npu, reference_kernel
+from . import flex as flex_backend
 from .bindings import convert_call, supported_keywords
 from .comparing import Comparison, ComparisonRow, compare, default_peers, golden_outputs
 from .compiled import captured_graph, recompile_counts
@@ -38,3 +41,5 @@ register_backend("npu", npu.prepare, usable=lambda report: report.npu_usable(),
                  summary="torch_npu's eager op, inputs on the NPU, lengths as int lists")
 register_backend("npu-graph", graph.prepare, usable=lambda report: report.graph_usable(),
                  summary="TorchAir graph mode (tng.ops, int64 device-tensor lengths, max-autotune)")
+register_backend("flex", flex_backend.prepare, usable=lambda report: flex_backend.usable(),
+                 summary="torch flex_attention, computing the plan independently of the reference")

@@ -26,7 +26,7 @@ from .tolerances import LSE_TOLERANCE, TOLERANCES
 # The backends compared with the reference when none are named: on an Ascend box the op itself, eager and in
 # graph mode; elsewhere an independent computation of the same plan.
 NPU_PEERS = ("npu", "npu-graph")
-OFF_NPU_PEERS = ("compiled",)
+OFF_NPU_PEERS = ("flex",)
 
 
 def default_peers() -> list[str]:
