@@ -10,9 +10,11 @@
 # per-dtype tolerance (fp16 `1e-3`, bf16 `1e-2`) and FlexAttention's relative scheme (error vs a float64
 # golden within 1.1 × the reference's own error vs that golden).
 #
-# Without an NPU the sweep still checks something real: the **compiled** look-alike against the eager
-# reference, and the **fp16/bf16 reference against a float64 golden** (`fia_kit.compute_dtype(torch.float64)`).
-# With an NPU it adds `npu` and `npu-graph`.
+# Without an NPU the sweep still checks something real: **flex** (`fia_kit.flex`, the op computed through torch's
+# `flex_attention`, sharing only the validated plan with the reference: its masks, bands, paging and sinks are
+# written separately from the spec) against the reference, so a wrong band in either shows up as a difference;
+# and the **fp16/bf16 reference against a float64 golden** (`fia_kit.compute_dtype(torch.float64)`). With an NPU
+# the sweep compares `npu` and `npu-graph` instead.
 #
 # Spec ([docs/](../docs/README.md)): section 20 *CPU golden / reference implementations found*, section 21
 # *Reference-implementation recipe*, section 5.4 *What happens outside the valid lengths*.
@@ -34,7 +36,7 @@ BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, e
 print("this notebook runs on backend:", BACKEND)
 
 usable = detect().backends()
-SWEPT = ["npu", "npu-graph"] if usable["npu"][0] else ["compiled"]
+SWEPT = ["npu", "npu-graph"] if usable["npu"][0] else ["flex"]
 print("sweep compares backend: " + ", backend: ".join(SWEPT) + " with the reference")
 
 # %% [markdown]
