@@ -70,7 +70,7 @@ def dense_calls(draw: st.DrawFn):
     s_q, s_kv = draw(st.integers(1, 6)), draw(st.integers(1, 9))
     d = 64 if packed else draw(st.sampled_from([16, 32]))
     form = "v1" if packed else draw(st.sampled_from(["v1", "v2"]))
-    lq = draw(st.lists(st.integers(0 if packed else 0, s_q), min_size=b, max_size=b))
+    lq = draw(st.lists(st.integers(0, s_q), min_size=b, max_size=b))
     lkv = draw(st.lists(st.integers(0, s_kv), min_size=b, max_size=b))
     decode = not packed and s_q == 1
     mode = draw(st.sampled_from([0, 0, 1, 2, 3, 4]))
