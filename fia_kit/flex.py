@@ -24,7 +24,8 @@ How each feature maps onto flex (spec sections in brackets):
   batch without keys gets LSE -3.40282e38, as the IFA kernel writes (25.1).
 
 Not supported (``FlexUnsupported``, never a silent fallback): every quantised path (int8/int4 K/V, int8 full
-quantisation, int8 output, MLA full quantisation) and the tree mask (sparse_mode 9).
+quantisation, int8 output, MLA full quantisation). The tree mask (sparse_mode 9) is read from the caller's raw
+mask with spec 25.1's rule and applied like a user mask.
 
 Compilation: ``mode="eager"`` runs flex unfused (materialises the scores; fast enough for small calls),
 ``mode="compiled"`` runs ``torch.compile(flex_attention)`` (static shapes on CPU, where torch 2.13's dynamic CPU
@@ -60,6 +61,7 @@ __all__ = [
 
 Mode = Literal["auto", "eager", "compiled"]
 MODES = ("auto", "eager", "compiled")
+TREE_MODE = 9
 MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
 EMPTY_DECODE_LSE = -3.40282e38  # IFA's LSE for a batch without keys (spec 25.1)
 UNBOUNDED = 1 << 40  # a band bound no |j - i| reaches
@@ -144,7 +146,7 @@ def _decline(plan: Plan) -> None:
                 raise FlexUnsupported(feature)
     if not plan.query.is_floating_point() or not plan.key.is_floating_point():
         raise FlexUnsupported(f"integer inputs ({plan.query.dtype} query, {plan.key.dtype} key)")
-    if plan.sparse_mode not in (0, 1, 2, 3, 4):
+    if plan.sparse_mode not in (0, 1, 2, 3, 4, TREE_MODE):
         raise FlexUnsupported(f"sparse_mode {plan.sparse_mode}")
 
 
@@ -253,8 +255,11 @@ class _Padded:
         width = key.shape[2]
         origin_rows = _int([pb.mask_origin[0] for pb in batches], device)
         origin_cols = _int([pb.mask_origin[1] for pb in batches], device)
-        user = None if plan.atten_mask is None else \
-            _local_plane(plan.atten_mask, plan.decode, origin_rows, origin_cols, rows, width)
+        if plan.sparse_mode == TREE_MODE:
+            user = _tree_plane(plan, rows, width, device)
+        else:
+            user = None if plan.atten_mask is None else \
+                _local_plane(plan.atten_mask, plan.decode, origin_rows, origin_cols, rows, width)
         pse = None if plan.pse is None else _local_pse(plan.pse, origin_rows, origin_cols, rows, width, dtype)
         return cls(plan, query, key, value, q_len, n_keys, lo, hi, user, pse)
 
@@ -404,14 +409,14 @@ def _paged_keys(plan: Plan, cache: torch.Tensor, dtype: torch.dtype) -> torch.Te
 def _band(plan: Plan, q_len: torch.Tensor, n_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) per batch: key j is in row i's band when lo <= j - i <= hi (spec 6.3, 6.5).
 
-    decode, mode 1 and mode 0 without a mask: no band. Mode 0 with a mask: -pre <= j - i <= next (left-up). Mode 2:
+    decode, mode 1, mode 9 (tree) and mode 0 without a mask: no band. Mode 0 with a mask: -pre <= j - i <= next (left-up). Mode 2:
     j <= i. Mode 3: j <= i + delta. Mode 4: delta - pre <= j - i <= delta + next, with the right-down offset
     delta = P + L_kv - L_q. pre/next at their default 2147483647 reach no key.
     """
     free = torch.full_like(q_len, UNBOUNDED)
     mode, pre, nxt = plan.sparse_mode, plan.pre_tokens, plan.next_tokens
     delta = n_keys - q_len
-    if plan.decode or mode == 1 or (mode == 0 and plan.atten_mask is None):
+    if plan.decode or mode in (1, TREE_MODE) or (mode == 0 and plan.atten_mask is None):
         return -free, free
     if mode == 0:
         return torch.full_like(q_len, -pre), torch.full_like(q_len, nxt)
@@ -434,6 +439,26 @@ def _local_plane(mask: torch.Tensor, decode: bool, row0: torch.Tensor, col0: tor
     if decode:
         return mask[bsel.unsqueeze(1), c].unsqueeze(1).expand(batch, rows, cols)
     return mask[bsel.view(-1, 1, 1), r.unsqueeze(2), c.unsqueeze(1)]
+
+
+def _tree_plane(plan: Plan, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """(B, rows, cols) bool, True = hidden, from the caller's raw tree mask (sparse_mode 9, spec 6.6, 25.1).
+
+    Per batch, with context c = L_kv - L_q: keys j < c are visible; key c + t is hidden from row i where
+    tree[i, t] is 1. The tree is (B, S_q, S_q) (its top-left L_q x L_q corner), or for packed layouts 1-D, the
+    per-batch L_q x L_q masks concatenated.
+    """
+    raw = plan.call.options["atten_mask"].to(device=device, dtype=torch.bool)
+    hidden = torch.zeros(len(plan.batches), rows, cols, dtype=torch.bool, device=device)
+    offset = 0
+    for b, p in enumerate(plan.batches):
+        n, context = p.q_len, p.kv_len - p.q_len
+        if plan.layout.packed:
+            tree, offset = raw[offset:offset + n * n].view(n, n), offset + n * n
+        else:
+            tree = raw[b, :n, :n]
+        hidden[b, :n, context:context + n] = tree
+    return hidden
 
 
 def _local_pse(pse: torch.Tensor, row0: torch.Tensor, col0: torch.Tensor, rows: int, cols: int,

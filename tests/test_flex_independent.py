@@ -138,6 +138,22 @@ def test_mla_rope_is_concatenated_to_query_and_key(gen):
     close(out, sdpa(torch.cat([q, qr], -1), torch.cat([k, kr], -1), v, scale=192 ** -0.5))
 
 
+def test_tree_mask_hides_draft_tokens_only(gen):
+    """sparse_mode 9: keys j < L_kv - L_q all visible, key L_kv - L_q + t hidden from row i where tree[i, t]
+    (spec 6.6, 25.1); MLA D=512, so the scores include the rope part."""
+    q, k, v = rand(gen, 1, 2, 3, 512), rand(gen, 1, 1, 8, 512), rand(gen, 1, 1, 8, 512)
+    qr, kr = rand(gen, 1, 2, 3, 64), rand(gen, 1, 1, 8, 64)
+    tree = torch.tensor([[[0, 1, 1], [0, 0, 1], [1, 0, 0]]], dtype=torch.bool)
+    out, _ = fia_v2(q, k, v, query_rope=qr, key_rope=kr, num_query_heads=2, num_key_value_heads=1,
+                    input_layout="BNSD", softmax_scale=0.04, sparse_mode=9, atten_mask=tree,
+                    actual_seq_kvlen=[7])
+    allowed = torch.ones(3, 7, dtype=torch.bool)
+    allowed[:, 4:7] = ~tree[0]
+    expected = sdpa(torch.cat([q, qr], -1), torch.cat([k, kr], -1)[:, :, :7].expand(1, 2, 7, 576),
+                    v[:, :, :7].expand(1, 2, 7, 512), attn_mask=allowed, scale=0.04)
+    close(out, expected)
+
+
 @pytest.mark.slow
 def test_compiled_flex_equals_eager_flex(gen):
     """mode="compiled" (torch.compile of flex_attention; ~10 s to compile on CPU) agrees with eager."""
