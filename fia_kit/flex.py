@@ -65,7 +65,7 @@ TREE_MODE = 9
 MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
 EMPTY_DECODE_LSE = -3.40282e38  # IFA's LSE for a batch without keys (spec 25.1)
 UNBOUNDED = 1 << 40  # a band bound no |j - i| reaches
-COMPILE_SCORES = 1 << 24  # "auto" compiles a CPU call from this many scores (B * N_q * L_q * keys) on
+COMPILE_SCORES = 1 << 26  # "auto" compiles a CPU call from this many scores (B * N_q * L_q * keys) on
 PACKED_BUCKET = 128  # packed layouts pad rows/keys up to a multiple of this, so compiled shapes repeat
 
 _mode: contextvars.ContextVar[Mode] = contextvars.ContextVar("fia_flex_mode", default="auto")

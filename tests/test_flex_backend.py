@@ -54,3 +54,13 @@ def test_the_backend_keeps_the_flex_mode_it_was_prepared_in(monkeypatch):
     with flex.flex_mode("eager"):
         fia_kit.backends.prepare(_call(), "flex").fn()
     assert seen == ["eager"]
+
+
+def test_auto_mode_keeps_small_cpu_calls_eager(monkeypatch):
+    """Compiling costs ~10 s a shape on CPU: "auto" runs small calls (the explorer's) eager."""
+    def no_compile(device_type):
+        raise AssertionError("auto mode compiled a small CPU call")
+    monkeypatch.setattr(flex, "_compiled", no_compile)
+    with flex.flex_mode("auto"):
+        out, _ = flex.run_plan(_call())
+    assert out.shape == (2, 2, 5, 16)
