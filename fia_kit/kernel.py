@@ -313,7 +313,7 @@ class OutsideStrip:
 
 
 def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, heads: slice, r0: int,
-                   dtype: torch.dtype, out: torch.Tensor | None = None
+                   dtype: torch.dtype, out: torch.Tensor | None = None, row_index: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
     """Scaled scores (+ pse) of the tile's rows [r0, r0 + rows) over the chunk's keys [lo, hi), masked as the kernel.
 
@@ -321,10 +321,12 @@ def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, head
     slice of N_q) q holds. Returns the scores (N_kv', G, rows, hi - lo), with MASK_FILL where atten_mask hides a
     key and -inf outside the band, the (rows, cols) hidden tile, and the strip of columns the band cuts (only
     that strip is masked: for causal modes it is the diagonal block). ``out``: (N_kv', G, rows, hi - lo) view of
-    the tile's score rows to write into.
+    the tile's score rows to write into. ``row_index``: the tile's rows are these batch-local rows (sorted, any
+    spacing; r0 = the first) instead of [r0, r0 + rows).
     """
     n_kv, group, rows, device = q.shape[0], q.shape[1], q.shape[2], q.device
-    r1, c0, c1 = r0 + rows, chunk.lo, chunk.hi
+    r1, c0, c1 = (r0 + rows if row_index is None else int(row_index[-1]) + 1), chunk.lo, chunk.hi
+    pick = slice(None) if row_index is None else row_index - r0
     q2 = q.reshape(n_kv, group * rows, -1)
     if chunk.blocked:  # (n, N_kv', bs, D): one product per block, then the used columns in key order
         per_block = torch.matmul(q2.unsqueeze(0), chunk.rows.transpose(-1, -2))  # (n, N_kv', G*rows, bs)
@@ -337,13 +339,19 @@ def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, head
         scores = scores if out is None else out.copy_(scores)
     scores = scores.mul_(_score_scale(problem))
     if problem.pse is not None:
-        scores += pse_tile(problem, b, r0, r1, c0, c1)[heads].to(device=device, dtype=dtype).view(
+        scores += pse_tile(problem, b, r0, r1, c0, c1)[heads][:, pick].to(device=device, dtype=dtype).view(
             n_kv, group, rows, c1 - c0)
     hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
     if hidden is not None:
-        hidden = hidden.to(device)
+        hidden = hidden[pick].to(device)
         scores.masked_fill_(hidden, MASK_FILL)
     band = problem.batches[b].band
+    if row_index is not None:
+        outside = band.outside_rows(row_index, c0, c1)
+        if outside is None:
+            return scores, hidden, None
+        scores.masked_fill_(outside, float("-inf"))
+        return scores, hidden, OutsideStrip(0, outside)
     cut = band.cut_columns(r0, r1, c0, c1)
     if cut is None:
         return scores, hidden, None
@@ -452,14 +460,15 @@ def _head_view(chunks: Iterable[KeyChunk], span: slice, all_heads: bool) -> Iter
 
 
 def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[int],
-                 tiles: Iterable[tuple[int, int]],
-                 observe: Callable[[int, int, int, torch.Tensor], None] | None = None,
+                 tiles: Iterable[tuple[int, int] | torch.Tensor],
+                 observe: Callable[[slice | torch.Tensor, int, torch.Tensor], None] | None = None,
                  values: bool = True, staging: dict[int, torch.Tensor] | None = None) -> RowTiles:
     """THE tile loop: attention of batch b for the query heads of ``kv_heads`` over the given row tiles.
 
-    For each row tile [r0, r1): the keys its band can reach [c0, c1), read chunk by chunk (``BatchKeys``: views
-    for dense K/V, a few blocks at a time for a paged cache), each chunk's masked scores (``_masked_scores``)
-    written into the tile's score rows; ``observe(r0, r1, c0, scores (N', rows, c1 - c0))`` may read them; then
+    For each row tile, rows [r0, r1) or a sorted tensor of rows: the keys its band can reach [c0, c1), read chunk
+    by chunk (``BatchKeys``: views for dense K/V, a few blocks at a time for a paged cache), each chunk's masked
+    scores (``_masked_scores``) written into the tile's score rows; ``observe(rows, c0, scores (N', rows,
+    c1 - c0))`` (rows: the slice or the tensor) may read them; then
     the softmax of the whole rows (so the numerics are those of one pass: no rescaling) and P V, reading the value
     chunks once. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are wanted).
     Rows the op writes as 0 (out of band; fully masked with inner_precise 2/3, "row invalid correction",
@@ -485,34 +494,39 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     sink = problem.learnable_sink[q_heads].to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
         if problem.learnable_sink is not None else None
     full = problem.quant.full if problem.quant is not None else None
-    for r0, r1 in tiles:
+    for tile in tiles:
+        index = tile.to(device) if isinstance(tile, torch.Tensor) else None
+        r0, r1 = (int(tile[0]), int(tile[-1]) + 1) if index is not None else tile
+        where = index if index is not None else slice(r0, r1)
         c0, c1 = plan.band.key_range(r0, r1, keys.num_keys)
         if c1 <= c0:
             continue
-        rows, scores, visible = r1 - r0, None, None
+        rows, scores, visible = (r1 - r0 if index is None else len(index)), None, None
         for chunk in _head_view(keys.keys(c0, c1), span, all_heads):
             whole = (chunk.lo, chunk.hi) == (c0, c1)
             if not whole and scores is None:
                 scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
-            part, hidden, outside = _masked_scores(problem, b, qg[:, :, r0:r1], chunk, q_heads, r0, dtype,
-                                                   None if whole else scores[..., chunk.lo - c0:chunk.hi - c0])
+            part, hidden, outside = _masked_scores(problem, b, qg[:, :, where], chunk, q_heads, r0, dtype,
+                                                   None if whole else scores[..., chunk.lo - c0:chunk.hi - c0],
+                                                   index)
             scores = part if whole else scores
             seen = _any_visible(hidden, outside)
             visible = seen if visible is None else visible | seen
         if observe is not None:
-            observe(r0, r1, c0, scores.view(n_q, rows, c1 - c0))
-        tile_status = _row_status(plan.band.key_counts(r0, r1, keys.num_keys).to(device), visible)
+            observe(where, c0, scores.view(n_q, rows, c1 - c0))
+        counts = plan.band.key_counts(r0, r1, keys.num_keys).to(device)
+        tile_status = _row_status(counts if index is None else counts[index - r0], visible)
         out_t, lse_t, offset_t, total_t = _softmax_values(
             scores, _head_view(keys.values(c0, c1), span, all_heads), c0, sink, full, values)
         invalid = tile_status == RowStatus.OUT_OF_BAND
         if problem.inner_precise & 2:
             invalid = invalid | (tile_status == RowStatus.FULLY_MASKED)  # "row invalid correction" (spec 7)
         if out_t is not None:
-            out[:, r0:r1] = out_t.reshape(n_q, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
-        lse[:, r0:r1] = lse_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), float("inf"))
-        status[r0:r1] = tile_status
-        offsets[:, r0:r1] = offset_t.reshape(n_q, rows)
-        totals[:, r0:r1] = total_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), 0.0)
+            out[:, where] = out_t.reshape(n_q, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
+        lse[:, where] = lse_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), float("inf"))
+        status[where] = tile_status
+        offsets[:, where] = offset_t.reshape(n_q, rows)
+        totals[:, where] = total_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), 0.0)
     return RowTiles(out, lse, status, offsets, totals)
 
 
@@ -590,7 +604,8 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
     values = torch.zeros(len(heads), n_rows, n_cols, dtype=torch.float64)
     if not heads or plan.q_len == 0 or num_keys == 0:
         return PooledProbabilities(heads, values, rs, cs, sampled)
-    tiles = [(r, r + 1) for r in range(0, plan.q_len, rs)] if sampled else _row_tiles(problem, b, dtype, group)
+    tiles = _sampled_tiles(plan.q_len, rs, num_keys * group * torch.finfo(dtype).bits // 8) if sampled else \
+        _row_tiles(problem, b, dtype, group)
     for kv in sorted({n // group for n in heads}):
         pooled = _pooled_kv_head(problem, b, kv, tiles, rs, cs, sampled, dtype)
         for k, n in enumerate(heads):
@@ -599,7 +614,14 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
     return PooledProbabilities(heads, values, rs, cs, sampled)
 
 
-def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list[tuple[int, int]], rs: int, cs: int, sampled: bool,
+def _sampled_tiles(q_len: int, step: int, row_bytes: int) -> list[torch.Tensor]:
+    """Rows 0, step, 2 step, ... < q_len in tiles of sorted row tensors whose score rows stay under TILE_BYTES."""
+    rows = torch.arange(0, q_len, step)
+    per_tile = max(1, TILE_BYTES // max(1, row_bytes))
+    return list(rows.split(per_tile))
+
+
+def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list, rs: int, cs: int, sampled: bool,
                     dtype: torch.dtype) -> torch.Tensor:
     """(G, R, C) float64 CPU block maxima of the probabilities of kv head ``kv``'s G query heads."""
     plan, group = problem.batches[b], problem.group_size
@@ -607,15 +629,18 @@ def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list[tuple[int, int]]
     n_cols = -(-num_keys // cs)
     col_max = torch.full((group, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
 
-    def observe(r0: int, r1: int, c0: int, scores: torch.Tensor) -> None:
+    def observe(rows: slice | torch.Tensor, c0: int, scores: torch.Tensor) -> None:
         first, cols = c0 // cs, scores.shape[-1]
         blocks = -(-(c0 + cols) // cs) - first
         if cs > 1:
             scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
                                              value=float("-inf"))
-            scores = scores.view(group, r1 - r0, blocks, cs).amax(-1)
-        target = col_max[:, r0:r1, first:first + blocks]
-        torch.maximum(target, scores, out=target)
+            scores = scores.view(group, scores.shape[1], blocks, cs).amax(-1)
+        if isinstance(rows, slice):
+            target = col_max[:, rows, first:first + blocks]
+            torch.maximum(target, scores, out=target)
+        else:
+            col_max[:, rows, first:first + blocks] = torch.maximum(col_max[:, rows, first:first + blocks], scores)
 
     found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
     denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)

@@ -55,6 +55,19 @@ class Band:
             outside |= ones.tril(self.lo - shift - 1)
         return outside
 
+    def outside_rows(self, rows: torch.Tensor, col_start: int, col_stop: int) -> torch.Tensor | None:
+        """Boolean (len(rows), cols), True outside the band, for the given rows (any order) over [col_start, col_stop).
+
+        None where the band cuts none of those positions.
+        """
+        d = torch.arange(col_start, col_stop, device=rows.device)[None, :] - rows[:, None]
+        outside = torch.zeros(d.shape, dtype=torch.bool, device=rows.device)
+        if self.hi is not None:
+            outside |= d > self.hi
+        if self.lo is not None:
+            outside |= d < self.lo
+        return outside if bool(outside.any()) else None
+
     def cut_columns(self, row_start: int, row_stop: int, col_start: int, col_stop: int) -> tuple[int, int] | None:
         """The narrowest column range [a, b) of a tile that holds every position outside the band, or None.
 

@@ -170,3 +170,23 @@ def test_int8_full_quant_uses_the_row_max_over_all_keys(gen: torch.Generator) ->
     expected = (p8 @ v.double()) / 127 / e.sum(-1, keepdim=True)
     assert out.dtype == torch.float16  # int8 full quantisation writes float16 (spec 16.2)
     torch.testing.assert_close(out.double(), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("sample_rows", [False, True])
+def test_pooled_probabilities_with_user_mask_and_pse(sample_rows: bool, gen: torch.Generator) -> None:
+    s, n = 37, 2
+    q, k, v = (torch.randn(1, n, s, 16, generator=gen, dtype=F64) for _ in range(3))
+    pse = torch.randn(1, n, s, s, generator=gen, dtype=F64)
+    hide = torch.rand(1, 1, s, s, generator=gen) < 0.5
+    hide[..., torch.arange(s), torch.arange(s)] = False  # every row keeps a key
+    problem = make_plan("v1", q, k, v, num_heads=n, input_layout="BNSD", scale=0.3, atten_mask=hide, pse_shift=pse)
+    scores = (0.3 * q @ k.transpose(-1, -2) + pse).masked_fill(hide[:, 0][:, None], -math.inf)
+    p = torch.softmax(scores, -1)[0]
+    pooled = kernel.pooled_probabilities(problem, 0, [1, 0], max_cells=8, sample_rows=sample_rows)
+    rs, cs = pooled.row_block, pooled.col_block
+    dense = p[[1, 0]]
+    if sample_rows:
+        dense, rs = dense[:, ::rs], 1
+    padded = F.pad(dense, (0, 40 - s, 0, (-dense.shape[1]) % rs), value=-1.0)
+    expected = padded.view(2, padded.shape[1] // rs, rs, 8, cs).amax(dim=(2, 4))
+    torch.testing.assert_close(pooled.values, expected)
