@@ -408,22 +408,13 @@ class _DispatchWatcher(TorchDispatchMode):
             return func(*args, **kwargs)
 
 
-def _out_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``.out``'s keywords with torch_npu's Python spelling ``out=[attention_out, softmax_lse]`` split by name."""
-    out = kwargs.get("out")
-    if out is None or isinstance(out, torch.Tensor):
-        return dict(kwargs)
-    rest = {n: v for n, v in kwargs.items() if n != "out"}
-    return {**rest, **dict(zip(("attention_out", "softmax_lse"), out, strict=False))}
-
-
 def _wrap(fn: Any, entry: str, form: str, kind: str, graph: bool) -> Any:
     """``fn`` reporting its calls; an ``.out`` attribute (torch_npu's ``op.out(...)``) is wrapped too."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not observe.watching():
             return fn(*args, **kwargs)
-        named = _named(_positional(kind), args, _out_arguments(kwargs) if kind == "out" else kwargs)
+        named = _named(_positional(kind), args, observe.out_arguments(kwargs) if kind == "out" else kwargs)
         with observe.observed(entry, form, kind, graph, named):
             return fn(*args, **kwargs)
     wrapper.__fia_kit_captured__ = fn

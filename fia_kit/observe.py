@@ -8,8 +8,9 @@ Under ``torch.compile`` tracing (``torch.compiler.is_compiling()``) nothing is r
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -59,3 +60,31 @@ def observed(entry: str, form: str, kind: str, graph: bool, arguments: Mapping[s
             raise
     finally:
         _state.depth = 0
+
+
+def out_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``.out``'s keywords with torch_npu's Python spelling ``out=[attention_out, softmax_lse]`` split by name."""
+    out = kwargs.get("out")
+    if out is None or isinstance(out, torch.Tensor):
+        return dict(kwargs)
+    rest = {n: v for n, v in kwargs.items() if n != "out"}
+    return {**rest, **dict(zip(("attention_out", "softmax_lse"), out, strict=False))}
+
+
+def reported(form: str, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate one of the kit's entry points (e.g. a reference companion) so that its calls are reported."""
+    positional = ("query", "value") if kind == "infer_output" else ("query", "key", "value")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        entry = f"{fn.__module__}.{fn.__name__}"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not watching():
+                return fn(*args, **kwargs)
+            named = {**dict(zip(positional, args, strict=False)),
+                     **(out_arguments(kwargs) if kind == "out" else kwargs)}
+            with observed(entry, form, kind, False, named):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate

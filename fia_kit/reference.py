@@ -113,6 +113,7 @@ def op_outputs(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------ companion ops (spec 25.2)
 
+@observe.reported("v1", "out")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                                         workspace: torch.Tensor | None = None,
                                         attention_out: torch.Tensor | None = None,
@@ -132,6 +133,7 @@ def npu_fused_infer_attention_score_out(query: torch.Tensor, key: torch.Tensor, 
     return _write_out(parse_call("v1", query, key, value, kwargs), workspace, attention_out, softmax_lse, out)
 
 
+@observe.reported("v2", "out")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_v2_out(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                                            workspace: torch.Tensor | None = None,
                                            attention_out: torch.Tensor | None = None,
@@ -142,6 +144,7 @@ def npu_fused_infer_attention_score_v2_out(query: torch.Tensor, key: torch.Tenso
     return _write_out(parse_call("v2", query, key, value, kwargs), workspace, attention_out, softmax_lse, out)
 
 
+@observe.reported("v1", "get_max_workspace")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_get_max_workspace(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                                       **kwargs: Any) -> torch.Tensor:
     """torch_npu._npu_fused_infer_attention_score_get_max_workspace: validates the v1 call (FIAArgumentError)
@@ -150,6 +153,7 @@ def npu_fused_infer_attention_score_get_max_workspace(query: torch.Tensor, key: 
     return torch.empty(0, dtype=torch.uint8, device=query.device)
 
 
+@observe.reported("v2", "get_max_workspace")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_v2_get_max_workspace(query: torch.Tensor, key: torch.Tensor,
                                                          value: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """torch_npu._npu_fused_infer_attention_score_v2_get_max_workspace; see the v1 twin."""
@@ -157,6 +161,7 @@ def npu_fused_infer_attention_score_v2_get_max_workspace(query: torch.Tensor, ke
     return torch.empty(0, dtype=torch.uint8, device=query.device)
 
 
+@observe.reported("v1", "infer_output")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_infer_output(
         query: torch.Tensor, value: torch.Tensor, *, input_layout: str = "BSH",
         quant_scale2: torch.Tensor | None = None, block_table: torch.Tensor | None = None, num_heads: int = 1,
@@ -170,6 +175,7 @@ def npu_fused_infer_attention_score_infer_output(
                                         query_rope=query_rope))
 
 
+@observe.reported("v2", "infer_output")  # fia_kit.capture sees it
 def npu_fused_infer_attention_score_v2_infer_output(
         query: torch.Tensor, value: torch.Tensor, *, query_dtype: int | None = None, value_dtype: int | None = None,
         input_layout: str = "BSH", quant_scale_out: torch.Tensor | None = None,

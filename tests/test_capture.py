@@ -412,3 +412,36 @@ def test_a_change_is_written_within_flush_seconds_without_further_calls(path):
         while len(load_capture(path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(load_capture(path)) == 2  # the timer wrote it while the model kept running
+
+
+def test_the_companions_of_the_stand_in_the_look_alikes_and_the_reference(npu_modules, path):
+    from fia_kit import reference
+
+    q, k, v, kw = _case_args()
+    out = lambda: [torch.empty(2, 2, 6, 16), torch.empty(2, 2, 6, 1)]  # noqa: E731
+    with capture(path):
+        fake_torch_npu.npu_fused_infer_attention_score.out(q, k, v, **kw, out=out())
+        fake_torch_npu._npu_fused_infer_attention_score_get_max_workspace(q, k, v, **kw)
+        fake_torch_npu._npu_fused_infer_attention_score_infer_output(q, v, input_layout="BNSD", num_heads=2)
+        attention_out, lse = out()
+        lookalike.companion("torch_npu.v1.out")(q, k, v, **kw, attention_out=attention_out, softmax_lse=lse)
+        lookalike.companion("torch_npu.v2.get_max_workspace")(q, k, v, num_query_heads=2, num_key_value_heads=1,
+                                                              input_layout="BNSD", softmax_scale=0.25)
+        reference.npu_fused_infer_attention_score_out(q, k, v, **kw, out=out())
+        reference.npu_fused_infer_attention_score_v2_infer_output(q, v, input_layout="BNSD", num_query_heads=2)
+    calls = load_capture(path)
+    assert [(c.entry, c.form, c.kind) for c in calls] == [
+        ("torch_npu.npu_fused_infer_attention_score.out", "v1", "out"),
+        ("torch_npu._npu_fused_infer_attention_score_get_max_workspace", "v1", "get_max_workspace"),
+        ("torch_npu._npu_fused_infer_attention_score_infer_output", "v1", "infer_output"),
+        ("torch.ops.fia_kit.npu_fused_infer_attention_score.out", "v1", "out"),
+        ("torch.ops.fia_kit._npu_fused_infer_attention_score_v2_get_max_workspace.default", "v2",
+         "get_max_workspace"),
+        ("fia_kit.reference.npu_fused_infer_attention_score_out", "v1", "out"),
+        ("fia_kit.reference.npu_fused_infer_attention_score_v2_infer_output", "v2", "infer_output"),
+    ]
+    expected = early_v1(q, k, v, **kw)[0]
+    for call in calls:
+        if call.kind == "out":
+            assert call.arguments["attention_out"]["role"] == "output"
+            assert torch.equal(fia_kit.run(call, "reference").attention_out, expected)
