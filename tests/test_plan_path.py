@@ -67,6 +67,14 @@ def test_compare_validates_once(validations, spy_backend):
 def test_compare_of_a_case_validates_once(validations):
     fia_kit.compare(Case(), ["reference"])
     assert len(validations) == 1
+    table = fia_kit.compare(Case())  # the default peers (off an NPU: the independent backend)
+    assert len(validations) == 2 and table.rows and table.passed
+
+
+def test_the_look_alike_op_validates_its_own_inputs_as_an_op_does(validations):
+    """compiled runs a real custom op: the kit plans once, and the op checks its arguments on each of its calls."""
+    fia_kit.compare(_call(), ["compiled"], repeat=1)  # the op runs twice: first call + one timed repeat
+    assert len(validations) == 1 + 2
 
 
 def test_run_of_a_plan_does_not_validate_again(validations, spy_backend):
