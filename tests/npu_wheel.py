@@ -1,7 +1,6 @@
 """The real torch_npu 2.13.0 wheel as test ground truth: find it in a cache, or download it, and read its files.
 
-Looked for, in order: ``$FIA_KIT_TORCH_NPU_WHEEL``; the git-ignored ``.cache/wheels/`` of this repo; a developer
-copy at ``/work/coord/wheel/``; else ``pip download --no-deps torch_npu==2.13.0`` into ``.cache/wheels/``.
+Looked for, in order: ``$FIA_KIT_TORCH_NPU_WHEEL``; the git-ignored ``.cache/wheels/`` of this repo; else ``pip download --no-deps torch_npu==2.13.0`` into ``.cache/wheels/``.
 Nothing is imported from the wheel: its files are read as text. When the wheel cannot be had, tests skip, except in
 CI (``CI=true``), where they fail with the reason: CI must check against the real wheel.
 """
@@ -19,7 +18,6 @@ import pytest
 
 VERSION = "2.13.0"
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "wheels"
-DEV_COPY = Path("/work/coord/wheel")
 PATTERN = f"torch_npu-{VERSION}-*.whl"
 
 
@@ -27,11 +25,8 @@ def _cached() -> Path | None:
     given = os.environ.get("FIA_KIT_TORCH_NPU_WHEEL")
     if given:
         return Path(given)
-    for folder in (CACHE, DEV_COPY):
-        found = sorted(folder.glob(PATTERN)) if folder.is_dir() else []
-        if found:
-            return found[0]
-    return None
+    found = sorted(CACHE.glob(PATTERN)) if CACHE.is_dir() else []
+    return found[0] if found else None
 
 
 @cache

@@ -8,7 +8,6 @@ import pytest
 
 def test_an_unreachable_registry_skips_locally_and_fails_in_ci(monkeypatch, tmp_path):
     monkeypatch.setattr(npu_wheel, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(npu_wheel, "DEV_COPY", tmp_path / "no-copy")
     monkeypatch.delenv("FIA_KIT_TORCH_NPU_WHEEL", raising=False)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on the discard port
     monkeypatch.setenv("PIP_RETRIES", "0")
