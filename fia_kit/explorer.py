@@ -43,7 +43,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 CUSTOM_MASK = "the case's own tensor"
 _LENGTHS = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
 
-CONTROL_WIDTH = "225px"
+CONTROL_WIDTH = "260px"  # fits "3: rightDownCausal" after a 95 px label; four columns fit a 1400 px window
+PREVIEW_CELLS = 48  # the static preview's map is pooled to at most this many rows and columns
+PREVIEW_CELL_PX = 8
 
 
 # ------------------------------------------------------------------------------------------------ pure layer
@@ -183,23 +185,43 @@ def call_codes(call: FIACall) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ widget layer
 
+def _removed_paths(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the properties ``old`` has and ``new`` lacks (nested dicts compared key by key)."""
+    paths = []
+    for key, value in old.items():
+        if key not in new:
+            paths.append(prefix + key)
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            paths.extend(_removed_paths(value, new[key], f"{prefix}{key}."))
+    return paths
+
+
 def _replace_figure(target: go.FigureWidget, new: go.Figure) -> None:
-    """Redraw ``target`` in place with ``new``'s traces and layout (one batched message to the front end)."""
+    """Make ``target`` show exactly ``new``: its traces and layout, nothing left over from the previous figure.
+
+    A FigureWidget sends the browser only the properties it is given, so a property the old figure had and the new
+    one lacks (shapes, annotations, a height, a trace's text) would stay on screen; those are reset explicitly
+    (``None`` removes a property on both sides). Same trace types: traces are updated in place (one batched message).
+    """
+    layout = new.layout.to_plotly_json()
+    layout.pop("template", None)  # the widget keeps its own template
+    current = target.layout.to_plotly_json()
+    current.pop("template", None)
+    same_types = [t.type for t in target.data] == [t.type for t in new.data]
     with target.batch_update():
-        if [t.type for t in target.data] != [t.type for t in new.data]:
-            target.data = ()
-            target.add_traces(list(new.data))
-        else:
+        if same_types:
             for old, trace in zip(target.data, new.data, strict=True):
-                old.update(trace.to_plotly_json(), overwrite=True)
-        layout = new.layout.to_plotly_json()
-        layout.pop("template", None)  # the widget keeps its own template
-        current = target.layout.to_plotly_json()
-        current.pop("template", None)
-        if current.keys() == layout.keys():
-            target.update_layout(layout, overwrite=True)  # same keys: replaces each, ten times faster
-        else:
-            target.layout = layout
+                wanted = trace.to_plotly_json()
+                for path in _removed_paths(old.to_plotly_json(), wanted):
+                    old[path] = None
+                old.update(wanted, overwrite=True)
+        for path in _removed_paths(current, layout):
+            target.layout[path] = None
+    if not same_types:
+        target.data = ()
+        target.add_traces(list(new.data))
+    with target.batch_update():
+        target.update_layout(layout, overwrite=True)
 
 
 class Explorer:
@@ -250,8 +272,8 @@ class Explorer:
             "next_tokens": widgets.IntText(value=case.next_tokens, description="next_tokens", **text),
             "q_lens": widgets.Text(value=", ".join(map(str, case.q_lens)), description="query lengths", **text),
             "kv_lens": widgets.Text(value=", ".join(map(str, case.kv_lens)), description="KV lengths", **text),
-            "heads": widgets.BoundedIntText(value=case.heads, min=1, max=128, description="query heads", **text),
-            "kv_heads": widgets.BoundedIntText(value=case.kv_heads, min=1, max=128, description="KV heads", **text),
+            "heads": widgets.IntText(value=case.heads, description="query heads", **text),
+            "kv_heads": widgets.IntText(value=case.kv_heads, description="KV heads", **text),
             "head_dim": widgets.Dropdown(options=sorted({16, 32, 64, 128, 192, 256, 512, case.head_dim}),
                                          value=case.head_dim,
                                          description="head dim", style=style),
@@ -263,10 +285,8 @@ class Explorer:
             "paged": widgets.Checkbox(value=case.paged, description="paged KV"),
             "cache_rank": widgets.Dropdown(options=[("3: BnBsH", 3), ("4: BnNBsD", 4), ("5: NZ", 5)],
                                            value=case.cache_rank, description="cache layout", style=style),
-            "block_size": widgets.BoundedIntText(value=case.block_size, min=1, max=1024, description="block size",
-                                                 **text),
-            "prefix_len": widgets.BoundedIntText(value=case.prefix_len, min=0, max=4096, description="prefix length",
-                                                 **text),
+            "block_size": widgets.IntText(value=case.block_size, description="block size", **text),
+            "prefix_len": widgets.IntText(value=case.prefix_len, description="prefix length", **text),
             "sinks": widgets.Checkbox(value=case.sinks, description="learnable sinks"),
             "inner_precise": widgets.Dropdown(options=[0, 1, 2, 3], value=case.inner_precise,
                                               description="inner_precise", style=style),
@@ -348,10 +368,39 @@ class Explorer:
         boxes = [widgets.VBox(list(self.controls.values())[k:k + 6]) for k in range(0, len(self.controls), 6)]
         return widgets.VBox([widgets.HBox(boxes, layout=widgets.Layout(flex_flow="row wrap")), self.error, self.figures["visibility"], self.tabs, self.code])
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live widget, plus a static HTML picture of the current view for viewers without a kernel.
 
-        display(self.widget)
+        JupyterLab shows the widget when the output is trusted (the cell ran here) and the HTML otherwise (a
+        notebook opened from disk, before its cells run); nbconvert and GitHub show the HTML too.
+        """
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = static_preview(self.good)
+        bundle["text/plain"] = "fia_kit explorer: run this cell in JupyterLab to get its controls"
+        return bundle
+
+
+def static_preview(outcome: Outcome | None) -> str:
+    """HTML without scripts: the case's settings and its visibility map for batch 0, as coloured table cells."""
+    title = ("<b>fia_kit explorer</b>: a static picture of its first view. Run the cell (with a kernel) to get "
+             "the controls: layout, sparse_mode, pre/next tokens, lengths, heads, dtype, mask, paged KV, prefix, "
+             "sinks, backend.")
+    if outcome is None or outcome.problem is None:
+        return f"<div>{title}</div>"
+    case = outcome.case
+    settings = (f"layout {case.layout}, sparse_mode {case.sparse_mode}, L_q {list(case.q_lens)}, "
+                f"L_kv {list(case.kv_lens)}, {case.heads} query / {case.kv_heads} KV heads, head dim "
+                f"{case.head_dim}, {_dtype_name(case.dtype)}")
+    codes, rs, cs = figures.pool(figures.visibility_codes(outcome.problem, 0), "max", PREVIEW_CELLS)
+    cell = (f"width:{PREVIEW_CELL_PX}px;height:{PREVIEW_CELL_PX}px;padding:0;border:1px solid white;"
+            "background-color:")
+    rows = "".join("<tr>" + "".join(f"<td style='{cell}{figures.CATEGORY_COLORS[int(c)]}'></td>" for c in row)
+                   + "</tr>" for row in codes.tolist())
+    legend = " ".join(f"<span style='background-color:{figures.CATEGORY_COLORS[k]}'>&nbsp;&nbsp;&nbsp;</span> "
+                      f"{html.escape(name)}" for k, name in figures.CATEGORY_NAMES.items())
+    pooled = f" (each cell: {rs}x{cs} pooled)" if rs > 1 or cs > 1 else ""
+    return (f"<div>{title}<br>{html.escape(settings)}<br>Batch 0: query rows down, keys across{pooled}"
+            f"<table style='border-collapse:collapse;margin:4px 0'>{rows}</table>{legend}</div>")
 
 
 def _code_html(codes: Mapping[str, str]) -> str:

@@ -151,12 +151,13 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
                    hovertemplate="query row %{y}<br>%{text}<extra></extra>",
                    colorbar=dict(title="row output", tickvals=[int(s) for s in STATUS_NAMES],
                                  ticktext=list(STATUS_NAMES.values()), x=1.02, len=0.42, y=0.22)),
-        *_band_lines(problem, plan),
+        *_band_lines(problem, plan, codes.shape[1]),
     ]
     delta = problem.prefix_len + plan.kv_len - plan.q_len
-    title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}, L_q={plan.q_len}, "
+    title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}<br>L_q={plan.q_len}, "
              f"L_kv={plan.kv_len}, prefix P={problem.prefix_len}, delta=P+L_kv-L_q={delta}" + _pool_note(rs, cs, "max")
-             + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else ""))
+             + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else "")
+             + _band_note(problem, plan, codes.shape[1]))
     shapes, annotations = [], []
     if problem.prefix_len:
         shapes.append(dict(type="line", xref="x", yref="paper", x0=problem.prefix_len - 0.5,
@@ -164,8 +165,8 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
         annotations.append(dict(xref="x", yref="paper", x=problem.prefix_len - 0.5, y=1, yanchor="bottom",
                                 showarrow=False, text=f"prefix | own keys (P={problem.prefix_len})"))
     layout = dict(
-        title=dict(text=title, font=dict(size=13)), margin=dict(t=70), shapes=shapes, annotations=annotations,
-        legend=dict(orientation="h", y=-0.15), height=480,
+        title=dict(text=title, font=dict(size=13)), margin=dict(t=110), shapes=shapes, annotations=annotations,
+        showlegend=True, legend=dict(orientation="h", y=-0.15, yanchor="top"), height=520,
         xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, codes.shape[1] - 0.5]),
         xaxis2=dict(domain=[0.93, 1], anchor="y"),
         yaxis=dict(title="query row i", autorange="reversed"),
@@ -173,8 +174,32 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
     return go.Figure(data=traces, layout=layout)
 
 
-def _band_lines(problem: Plan, plan: Any) -> list[go.Scatter]:
-    """The band edges and the right-down diagonal as lines, in original (unpooled) coordinates."""
+def _signed(offset: int) -> str:
+    """'i + 3', 'i - 1', 'i' : an offset from the row index as one reads it."""
+    return "i" if offset == 0 else f"i {'+' if offset > 0 else '-'} {abs(offset)}"
+
+
+def _edge_on_plot(offset: int | None, plan: Any, columns: int) -> bool:
+    """Whether the band edge j - i = offset crosses the plotted keys of some row (a far edge hides nothing)."""
+    return offset is not None and -plan.q_len < offset < columns
+
+
+def _band_note(problem: Plan, plan: Any, columns: int) -> str:
+    """A title line when pre/next are in play but their band edges lie beyond every key (e.g. their defaults)."""
+    band = plan.band
+    if problem.decode or (band.lo is None and band.hi is None):
+        return ""
+    if _edge_on_plot(band.lo, plan, columns) or _edge_on_plot(band.hi, plan, columns):
+        return ""
+    return (f"<br>pre_tokens={problem.pre_tokens}, next_tokens={problem.next_tokens}: the band hides no key "
+            f"here; set smaller pre/next to see it")
+
+
+def _band_lines(problem: Plan, plan: Any, columns: int) -> list[go.Scatter]:
+    """The band edges and the right-down diagonal as lines, in original (unpooled) coordinates.
+
+    An edge that lies beyond every key (e.g. pre/next at their INT_MAX defaults) is not drawn; the title says so.
+    """
     last = max(plan.q_len - 1, 0)
 
     def diagonal(offset: float, name: str, color: str, dash: str) -> go.Scatter:
@@ -182,13 +207,15 @@ def _band_lines(problem: Plan, plan: Any) -> list[go.Scatter]:
                           line=dict(color=color, dash=dash, width=2), name=name, hoverinfo="name")
 
     lines, band = [], plan.band
-    if band.hi is not None:
-        lines.append(diagonal(band.hi + 0.5, f"band edge j - i = {band.hi}", "#1d3557", "dash"))
-    if band.lo is not None:
-        lines.append(diagonal(band.lo - 0.5, f"band edge j - i = {band.lo}", "#1d3557", "dot"))
+    if _edge_on_plot(band.hi, plan, columns):
+        lines.append(diagonal(band.hi + 0.5, f"band edge j = {_signed(band.hi)} (last visible key)", "#1d3557",
+                              "dash"))
+    if _edge_on_plot(band.lo, plan, columns):
+        lines.append(diagonal(band.lo - 0.5, f"band edge j = {_signed(band.lo)} (first visible key)", "#1d3557",
+                              "dot"))
     if problem.sparse_mode in (3, 4) and not problem.decode:
         delta = problem.prefix_len + plan.kv_len - plan.q_len
-        lines.append(diagonal(delta, f"right-down diagonal j = i + {delta}", "#e63946", "solid"))
+        lines.append(diagonal(delta, f"right-down diagonal j = {_signed(delta)}", "#e63946", "solid"))
     return lines
 
 
@@ -224,13 +251,13 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
                                  hovertemplate="query row %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"))
         left = k * (width + gap)
         layout[f"xaxis{axis}"] = dict(domain=[left, left + width], title="key j", anchor="y")
-        annotations.append(dict(text=f"query head {n} (kv head {n // g})", xref="paper", yref="paper",
-                                x=left + width / 2, y=1, yanchor="bottom", showarrow=False))
+        annotations.append(dict(text=f"head {n}<br>kv head {n // g}", xref="paper", yref="paper",
+                                x=left + width / 2, y=1, yanchor="bottom", showarrow=False, font=dict(size=11)))
     layout.update(
         yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
-        title=dict(text=f"Attention probabilities softmax(scale·QKᵀ + masks), batch {b}, {count} of "
-                        f"{problem.num_heads} query heads (G={g}){note}", font=dict(size=13)),
-        margin=dict(t=80))
+        title=dict(text=f"Attention probabilities softmax(scale·QKᵀ + masks), batch {b}<br>{count} of "
+                        f"{problem.num_heads} query heads (G={g} query heads per kv head){note}", font=dict(size=13)),
+        margin=dict(t=120))
     return go.Figure(data=traces, layout=layout)
 
 
@@ -333,18 +360,20 @@ def paged_figure(problem: Plan, b: int = 0) -> go.Figure:
                              customdata=tokens, hovertemplate="logical block %{x}: %{customdata}<extra></extra>",
                              name=f"logical blocks of batch {b}"))
     owner = {phys: k for k, phys in enumerate(ids)}
-    fig.add_trace(go.Scatter(
-        x=list(range(num_blocks)), y=[0] * num_blocks, mode="markers+text", text=[str(p) for p in range(num_blocks)],
-        marker=dict(symbol="square", size=22, color=["#e76f51" if p in owner else "#e8e8e8"
-                                                     for p in range(num_blocks)]),
-        hovertemplate="physical block %{x}<extra></extra>", name="physical blocks (used by this batch in orange)"))
+    for name, color, blocks in (("physical blocks used by this batch", "#e76f51", sorted(owner)),
+                                ("other physical blocks", "#bfc5cc", [p for p in range(num_blocks) if p not in owner])):
+        if blocks:
+            fig.add_trace(go.Scatter(x=blocks, y=[0] * len(blocks), mode="markers+text", text=[str(p) for p in blocks],
+                                     marker=dict(symbol="square", size=22, color=color), name=name,
+                                     hovertemplate="physical block %{x}<extra></extra>"))
     layout = paged.CACHE_LAYOUTS[problem.key.dim()]
-    fig.update_layout(title=dict(text=f"Paged KV, batch {b}: {plan.kv_len} tokens in {used} blocks of {bs} -> "
+    fig.update_layout(title=dict(text=f"Paged KV, batch {b}: {plan.kv_len} tokens in {used} blocks of {bs}<br>"
                                       f"block_table[{plan.kv_index}] = {ids}; cache {layout} "
                                       f"{tuple(problem.key.shape)}", font=dict(size=13)),
-                      legend=dict(orientation="h", y=-0.2), height=300)
+                      legend=dict(orientation="h", y=-0.3, yanchor="top"), height=340, margin=dict(t=80, b=90))
     fig.update_yaxes(tickvals=[0, 1], ticktext=["physical", "logical"], range=[-0.5, 1.5])
-    fig.update_xaxes(title_text="block index")
+    fig.update_xaxes(title_text="block index", tickmode="linear", tick0=0, dtick=1,
+                     range=[-0.6, max(num_blocks, used) - 0.4])
     return fig
 
 
@@ -358,7 +387,9 @@ def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 
     query_part, out_part = INPUT_LAYOUTS[input_layout]
     parts = [("query/key/value", query_part)] + ([("attention_out", out_part)] if out_part != query_part else [])
     fig = go.Figure()
-    for what, part in parts:
+    gap = 0.12
+    height = (1 - gap * (len(parts) - 1)) / len(parts)
+    for k, (what, part) in enumerate(parts):
         packed = part in ("TND", "NTD")
         b = 1 if packed or part == "NSD" else batch
         s = batch * seq if packed else seq
@@ -367,8 +398,11 @@ def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 
         labels = [(i // (heads * s), (i // s) % heads, i % s) for i in order]  # (b, n, s) of each vector
         text = [f"t{si}<br>n{ni}" if packed else f"b{bi} s{si}<br>n{ni}" for bi, ni, si in labels]
         fig.add_trace(go.Heatmap(z=[[ni for _, ni, _ in labels]], x=list(range(len(order))), y=[f"{what}: {part}"],
-                                 text=[text], texttemplate="%{text}", colorscale=plotly.colors.qualitative.Pastel1, showscale=False,
-                                 zmin=0, zmax=8, hovertemplate="address slot %{x}: %{text}<extra></extra>"))
+                                 text=[text], texttemplate="%{text}", colorscale=plotly.colors.qualitative.Pastel1,
+                                 showscale=False, zmin=0, zmax=8, yaxis="y" if k == 0 else f"y{k + 1}",
+                                 hovertemplate="address slot %{x}: %{text}<extra></extra>"))
+        top = 1 - k * (height + gap)
+        fig.layout["yaxis" if k == 0 else f"yaxis{k + 1}"] = dict(domain=[max(0.0, round(top - height, 6)), round(top, 6)], anchor="x")
     fig.update_layout(title=dict(text=f"input_layout {input_layout}: D-vectors in memory order (d fastest inside "
                                       f"each cell), B={batch}, S={seq}, N={heads}; colour = head",
                                  font=dict(size=13)), height=160 + 70 * len(parts))
@@ -407,6 +441,6 @@ def roofline_chart(points: Sequence[Mapping[str, Any]], peak_flops: float, peak_
                              marker=dict(size=9), name="measured"))
     fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP/byte)")
     fig.update_yaxes(type="log", title_text="achieved FLOP/s")
-    fig.update_layout(title=dict(text=f"Roofline: ridge at {ridge:.3g} FLOP/byte"), legend=dict(orientation="h",
-                                                                                              y=-0.2))
+    fig.update_layout(title=dict(text=f"Roofline: ridge at {ridge:.3g} FLOP/byte"),
+                      legend=dict(orientation="h", y=-0.25, yanchor="top"), margin=dict(b=110))
     return fig

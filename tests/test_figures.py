@@ -172,8 +172,8 @@ def test_paged_figure_follows_block_table():
     fig = F.paged_figure(problem, 0)
     links = [(t.x[0], t.x[1]) for t in fig.data if t.mode == "lines"]
     assert links == [(0, 3), (1, 1)]  # 20 tokens use 2 blocks of 16
-    physical = fig.data[-1]
-    assert [c != "#e8e8e8" for c in physical.marker.color] == [False, True, False, True, False, False]
+    physical = {t.name: list(t.x) for t in fig.data if t.mode == "markers+text" and t.y[0] == 0}
+    assert physical == {"physical blocks used by this batch": [1, 3], "other physical blocks": [0, 2, 4, 5]}
 
 
 def test_layout_figure_walks_memory_in_layout_order():
