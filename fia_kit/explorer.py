@@ -374,6 +374,8 @@ class Explorer:
         JupyterLab shows the widget when the output is trusted (the cell ran here) and the HTML otherwise (a
         notebook opened from disk, before its cells run); nbconvert and GitHub show the HTML too.
         """
+        for fig in self.figures.values():
+            fig._repr_mimebundle_()  # a FigureWidget sends its current figure to views created after this call
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/html"] = static_preview(self.good)
         bundle["text/plain"] = "fia_kit explorer: run this cell in JupyterLab to get its controls"
