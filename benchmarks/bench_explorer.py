@@ -7,7 +7,8 @@ overall, and the share of the time the call itself takes (``explorer.compute`` a
     .venv/bin/python benchmarks/bench_explorer.py [--repeats 10] [--tab probabilities] [--user-sizes]
 
 ``--user-sizes`` also times, at issue 16's user sizes (causal fp16, head_dim 64, one batch), what a redraw of the
-visibility map and the probabilities tab computes: the plan, the row status without attention
+visibility map and the probabilities tab computes: the plan, the pooled visibility map
+(``figures.pooled_visibility_codes``, built row tile by row tile), the row status without attention
 (``kernel.batch_row_status``) and the probabilities figure of the first head group
 (``figures.probabilities_figure``: only the shown heads, pooled as they go, rows sampled above
 ``figures.SAMPLE_ROWS_ABOVE``); and the full call (``kernel.run_plan``) where it is small enough to run at once.
@@ -56,19 +57,20 @@ def median_ms(fn, repeats: int) -> float:
 
 def user_sizes(repeats: int) -> None:
     """Time the pieces of a redraw at issue 16's sizes (see the module docstring)."""
-    print(f"{'L_q x L_kv, heads':<22} {'plan ms':>9} {'row status ms':>14} {'probabilities ms':>17} "
+    print(f"{'L_q x L_kv, heads':<22} {'plan ms':>9} {'visibility ms':>14} {'row status ms':>14} {'probabilities ms':>17} "
           f"{'full call ms':>13}")
     for q_len, kv_len, heads in USER_SIZES:
         case = Case(q_lens=(q_len,), kv_lens=(kv_len,), heads=heads, kv_heads=max(1, heads // 4), head_dim=64,
                     dtype=torch.float16, sparse_mode=3)
         problem = make_plan(case)
         plan_ms = median_ms(lambda: make_plan(case), repeats)  # noqa: B023
+        vis_ms = median_ms(lambda: figures.pooled_visibility_codes(problem, 0), repeats)  # noqa: B023
         status_ms = median_ms(lambda: kernel.batch_row_status(problem, 0), repeats)  # noqa: B023
         probs_ms = median_ms(lambda: figures.probabilities_figure(problem, 0), repeats)  # noqa: B023
         full = "on request"
         if heads * q_len * kv_len <= FULL_CALL_UP_TO:
             full = f"{median_ms(lambda: kernel.run_plan(problem), max(1, repeats // 3)):.0f}"  # noqa: B023
-        print(f"{f'{q_len} x {kv_len}, {heads}':<22} {plan_ms:>9.1f} {status_ms:>14.1f} {probs_ms:>17.1f} "
+        print(f"{f'{q_len} x {kv_len}, {heads}':<22} {plan_ms:>9.1f} {vis_ms:>14.1f} {status_ms:>14.1f} {probs_ms:>17.1f} "
               f"{full:>13}")
 
 

@@ -25,6 +25,7 @@ from .planning import Plan
 
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
+VISIBILITY_TILE_CELLS = 2**21  # int8 cells of one row tile of the pooled visibility map (2 MB)
 SAMPLE_ROWS_ABOVE = 2**26  # score cells (heads x L_q x keys) above which probabilities sample rows
 
 # Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
@@ -103,24 +104,56 @@ def row_status_of_batch(problem: Plan, result: ReferenceResult, b: int) -> torch
     return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
 
 
+def _visibility_columns(problem: Plan, b: int) -> int:
+    """Columns of batch b's map: P + key axis, or P + L_kv for a packed batch (its slice has no padding)."""
+    return problem.visibility.num_keys(b) if problem.layout.packed else problem.key_columns
+
+
+def _visibility_tile(problem: Plan, b: int, r0: int, r1: int, columns: int) -> torch.Tensor:
+    """(r1 - r0, columns) int8 codes of batch b's rows [r0, r1); rows >= L_q and keys >= P + L_kv are PADDING."""
+    vis = problem.visibility
+    codes = torch.full((r1 - r0, columns), PADDING, dtype=torch.int8)
+    stop, num_keys = min(r1, vis.num_rows(b)), vis.num_keys(b)
+    if stop > r0 and num_keys:
+        block = codes[:stop - r0, :num_keys]
+        block.fill_(OUTSIDE_BAND)
+        block.masked_fill_(vis.in_band_rows(b, r0, stop).cpu(), MASKED)
+        block.masked_fill_(vis.dense_rows(b, r0, stop).cpu(), VISIBLE)
+    return codes
+
+
 def visibility_codes(problem: Plan, b: int) -> torch.Tensor:
-    """(rows, P + key axis) int64 of batch b: VISIBLE, MASKED (by atten_mask), OUTSIDE_BAND or PADDING per cell.
+    """(rows, P + key axis) int8 of batch b: VISIBLE, MASKED (by atten_mask), OUTSIDE_BAND or PADDING per cell.
 
     Rows are the batch's query rows (all S_q rows for non-packed layouts: rows >= L_q are padding); columns are the
-    prefix keys then the key axis (columns >= P + L_kv are padding).
+    prefix keys then the key axis (columns >= P + L_kv are padding). The full map: for large calls use
+    ``pooled_visibility_codes``, which never holds it.
     """
-    plan = problem.batches[b]
-    _, rows = _batch_rows(problem, b)
-    vis = problem.visibility
-    num_keys = vis.num_keys(b)
-    columns = num_keys if problem.layout.packed else problem.key_columns  # a packed batch's slice has no padding
-    codes = torch.full((rows, columns), PADDING, dtype=torch.int64)
-    if plan.q_len and num_keys:
-        block = torch.full((plan.q_len, num_keys), OUTSIDE_BAND, dtype=torch.int64)
-        block[vis.in_band(b).cpu()] = MASKED
-        block[vis.dense(b).cpu()] = VISIBLE
-        codes[:plan.q_len, :num_keys] = block
-    return codes
+    return _visibility_tile(problem, b, 0, _batch_rows(problem, b)[1], _visibility_columns(problem, b))
+
+
+def pooled_visibility_codes(problem: Plan, b: int, max_cells: int = MAX_CELLS) -> tuple[torch.Tensor, int, int]:
+    """``pool(visibility_codes(problem, b), "max", max_cells)``, built row tile by row tile.
+
+    Each tile is a whole number of pooled block rows, about ``VISIBILITY_TILE_CELLS`` int8 cells, so memory stays
+    bounded by a few tiles (tens of MB at 8192 x 8192) instead of the full map. Cells past the map's edge are
+    PADDING, the smallest code, and every block holds a real cell, so the block maxima equal ``pool``'s.
+
+    Returns:
+        (pooled (ceil(rows / rs), ceil(cols / cs)) float64 codes, rs, cs), as ``pool``.
+    """
+    rows, columns = _batch_rows(problem, b)[1], _visibility_columns(problem, b)
+    if not rows or not columns:
+        return pool(visibility_codes(problem, b), "max", max_cells)
+    rs, cs = max(1, math.ceil(rows / max_cells)), max(1, math.ceil(columns / max_cells))
+    width = columns + (-columns % cs)
+    step = rs * max(1, VISIBILITY_TILE_CELLS // (rs * width))
+    pieces = []
+    for r0 in range(0, rows, step):
+        height = min(step, rows - r0)
+        tile = _visibility_tile(problem, b, r0, r0 + height + (-height % rs), width)
+        pieces.append(tile.view(-1, rs, width // cs, cs).amax((1, 3)))
+    return torch.cat(pieces).to(torch.float64), rs, cs
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -134,11 +167,11 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
     (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise).
     """
     plan = problem.batches[b]
-    codes = visibility_codes(problem, b)
+    rows, columns = _batch_rows(problem, b)[1], _visibility_columns(problem, b)
     status = row_status_of_batch(problem, result, b)
-    z, rs, cs = pool(codes, "max")
+    z, rs, cs = pooled_visibility_codes(problem, b)
     zs, _, _ = pool(status.view(-1, 1), "max")
-    rows_axis, cols_axis = _axis(codes.shape[0], rs), _axis(codes.shape[1], cs)
+    rows_axis, cols_axis = _axis(rows, rs), _axis(columns, cs)
     traces = [
         go.Heatmap(z=z.numpy(), x=cols_axis, y=rows_axis, zmin=-0.5, zmax=3.5,
                    colorscale=_discrete_scale(CATEGORY_COLORS), name="visibility",
@@ -167,7 +200,7 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
     layout = dict(
         title=dict(text=title, font=dict(size=13)), margin=dict(t=110), shapes=shapes, annotations=annotations,
         showlegend=True, legend=dict(orientation="h", y=-0.15, yanchor="top"), height=520,
-        xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, codes.shape[1] - 0.5]),
+        xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, columns - 0.5]),
         xaxis2=dict(domain=[0.93, 1], anchor="y"),
         yaxis=dict(title="query row i", autorange="reversed"),
     )

@@ -55,15 +55,22 @@ class Visibility:
 
     def in_band(self, b: int) -> torch.Tensor:
         """(L_q, P + L_kv) bool: inside batch b's sparse-mode band (the user mask not applied)."""
-        rows, keys = self.num_rows(b), self.num_keys(b)
-        outside = self.plan.batches[b].band.outside_tile(0, rows, 0, keys, self.plan.query.device)
-        inside = torch.ones(rows, keys, dtype=torch.bool, device=self.plan.query.device)
-        return inside if outside is None else ~outside
+        return self.in_band_rows(b, 0, self.num_rows(b))
 
     def dense(self, b: int) -> torch.Tensor:
         """(L_q, P + L_kv) bool of batch b: True where row i sees key j (band and user mask)."""
-        visible = self.in_band(b)
-        hidden = self.hidden_tile(b, 0, self.num_rows(b), 0, self.num_keys(b))
+        return self.dense_rows(b, 0, self.num_rows(b))
+
+    def in_band_rows(self, b: int, r0: int, r1: int) -> torch.Tensor:
+        """(r1 - r0, P + L_kv) bool: ``in_band(b)`` for batch-local rows [r0, r1) only (a row tile)."""
+        keys, device = self.num_keys(b), self.plan.query.device
+        outside = self.plan.batches[b].band.outside_tile(r0, r1, 0, keys, device)
+        return torch.ones(r1 - r0, keys, dtype=torch.bool, device=device) if outside is None else ~outside
+
+    def dense_rows(self, b: int, r0: int, r1: int) -> torch.Tensor:
+        """(r1 - r0, P + L_kv) bool: ``dense(b)`` for batch-local rows [r0, r1) only (a row tile)."""
+        visible = self.in_band_rows(b, r0, r1)
+        hidden = self.hidden_tile(b, r0, r1, 0, self.num_keys(b))
         return visible if hidden is None else visible & ~hidden.to(visible.device)
 
     def maps(self) -> list[torch.Tensor]:
