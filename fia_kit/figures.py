@@ -184,13 +184,13 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
                    hovertemplate="query row %{y}<br>%{text}<extra></extra>",
                    colorbar=dict(title="row output", tickvals=[int(s) for s in STATUS_NAMES],
                                  ticktext=list(STATUS_NAMES.values()), x=1.02, len=0.42, y=0.22)),
-        *_band_lines(problem, plan, codes.shape[1]),
+        *_band_lines(problem, plan, columns),
     ]
     delta = problem.prefix_len + plan.kv_len - plan.q_len
     title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}<br>L_q={plan.q_len}, "
              f"L_kv={plan.kv_len}, prefix P={problem.prefix_len}, delta=P+L_kv-L_q={delta}" + _pool_note(rs, cs, "max")
              + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else "")
-             + _band_note(problem, plan, codes.shape[1]))
+             + _band_note(problem, plan, columns))
     shapes, annotations = [], []
     if problem.prefix_len:
         shapes.append(dict(type="line", xref="x", yref="paper", x0=problem.prefix_len - 0.5,
