@@ -153,11 +153,12 @@ class KeyChunk:
 
     ``rows`` is head-major (N_kv, hi - lo, D [+ 64 rope] or Dv) holding exactly those keys, or block-major
     (n_blocks, N_kv, block_size, D') holding keys [start, start + n_blocks * block_size) of a paged cache as read,
-    of which [lo, hi) are used (so the cache is not copied again into head-major order).
+    of which [lo, hi) are used (so the cache is not copied again into head-major order), or those blocks as a tuple
+    of n_blocks (N_kv, block_size, D') views of the cache itself (nothing copied).
     """
 
     start: int
-    rows: torch.Tensor
+    rows: torch.Tensor | tuple[torch.Tensor, ...]
     lo: int
     hi: int
 
@@ -167,7 +168,7 @@ class KeyChunk:
 
     @property
     def blocked(self) -> bool:
-        return self.rows.dim() == 4
+        return isinstance(self.rows, tuple) or self.rows.dim() == 4
 
     def clip(self, start: int, stop: int) -> KeyChunk | None:
         """The same chunk restricted to keys [start, stop), or None if it holds none of them."""
@@ -182,6 +183,8 @@ class KeyChunk:
 
     def heads(self, span: slice) -> KeyChunk:
         """The chunk for kv heads ``span`` only."""
+        if isinstance(self.rows, tuple):
+            return KeyChunk(self.start, tuple(block[span] for block in self.rows), self.lo, self.hi)
         rows = self.rows[:, span] if self.blocked else self.rows[span]
         return KeyChunk(self.start, rows, self.lo, self.hi)
 
@@ -191,8 +194,10 @@ class BatchKeys:
 
     Dense keys are one chunk (the prefix concatenated in front): views of the inputs when no conversion is needed,
     else one converted (dequantised) copy per batch. A paged cache is read ``CHUNK_KEYS`` keys (whole blocks) at
-    a time through the batch's block_table row (``fia_kit.paged.gather_blocks``): each block is read once per row
-    tile and the sequence is never gathered whole (a shared prefix is then its own chunk). int8/int4 K/V are
+    a time through the batch's block_table row: a float cache already in the compute dtype in place, as views of
+    its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is copied), others copied
+    (``fia_kit.paged.gather_blocks``); each block is read once per row tile and the sequence is never gathered
+    whole (a shared prefix is then its own chunk). int8/int4 K/V are
     dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2).
     """
 
@@ -243,7 +248,7 @@ class BatchKeys:
     def _paged(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
         """Own keys (which=0) or values (1) of the blocks holding keys [start, stop), CHUNK_KEYS at a time.
 
-        Float caches stay block-major as read (``KeyChunk``); a block that L_kv cuts, and quantised caches (their
+        Float caches stay block-major (``KeyChunk``: views of the cache when no conversion is needed); a block that L_kv cuts, and quantised caches (their
         scales are per token), are made head-major and cut at L_kv, so no key beyond L_kv is ever multiplied.
         """
         plan, bs = self.plan, self.problem.block_size
@@ -263,6 +268,10 @@ class BatchKeys:
         count = min(plan.kv_len, i1 * bs) - i0 * bs
         caches = [problem.value] if which else [problem.key] + ([problem.key_rope] if problem.key_rope is not None
                                                                  else [])
+        if blocked and len(caches) == 1 and caches[0].dtype == self.dtype:
+            views = paged.block_views(caches[0], ids[:i1 - i0], problem.num_kv_heads)
+            if views is not None:  # read in place by the products: no copy
+                return KeyChunk(first, views, first, first + count)
         parts = [paged.gather_blocks(cache, ids[:i1 - i0], problem.num_kv_heads, self._buffer(2 * which + k, cache))
                  for k, cache in enumerate(caches)]
         if not blocked:
@@ -329,7 +338,7 @@ def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, head
     pick = slice(None) if row_index is None else row_index - r0
     q2 = q.reshape(n_kv, group * rows, -1)
     if chunk.blocked:  # (n, N_kv', bs, D): one product per block, then the used columns in key order
-        per_block = torch.matmul(q2.unsqueeze(0), chunk.rows.transpose(-1, -2))  # (n, N_kv', G*rows, bs)
+        per_block = _block_scores(q2, chunk.rows)  # (n, N_kv', G*rows, bs)
         keys = per_block.permute(1, 2, 0, 3).flatten(2)[..., c0 - chunk.start:c1 - chunk.start]
         scores = keys.reshape(n_kv, group, rows, c1 - c0) if out is None else \
             out.copy_(keys.view(n_kv, group, rows, -1) if keys.is_contiguous() else
@@ -360,13 +369,30 @@ def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, head
     return scores, hidden, strip
 
 
+def _block_scores(q2: torch.Tensor, blocks: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """q2 (N_kv', R, D) times each block's keys (N_kv', bs, D) transposed: (n_blocks, N_kv', R, bs)."""
+    if isinstance(blocks, torch.Tensor):
+        return torch.matmul(q2.unsqueeze(0), blocks.transpose(-1, -2))
+    out = q2.new_empty(len(blocks), q2.shape[0], q2.shape[1], blocks[0].shape[1])
+    for j, block in enumerate(blocks):
+        torch.bmm(q2, block.transpose(1, 2), out=out[j])
+    return out
+
+
 def _weighted_values(probs: torch.Tensor, chunk: KeyChunk) -> torch.Tensor:
     """probs (N_kv', R, hi - lo) of the chunk's keys times its values: (N_kv', R, Dv)."""
     if not chunk.blocked:
         return torch.bmm(probs, chunk.rows)
-    n, n_kv, bs, _ = chunk.rows.shape
+    blocks = chunk.rows
+    n, n_kv, bs = len(blocks), blocks[0].shape[0], blocks[0].shape[-2]
     padded = torch.nn.functional.pad(probs, (chunk.lo - chunk.start, chunk.start + n * bs - chunk.hi))
-    return torch.matmul(padded.view(n_kv, -1, n, bs).permute(2, 0, 1, 3), chunk.rows).sum(0)
+    per_block = padded.view(n_kv, -1, n, bs)
+    if isinstance(blocks, torch.Tensor):
+        return torch.matmul(per_block.permute(2, 0, 1, 3), blocks).sum(0)
+    out = torch.bmm(per_block[:, :, 0], blocks[0])
+    for j in range(1, n):
+        out.baddbmm_(per_block[:, :, j], blocks[j])
+    return out
 
 
 def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> torch.Tensor | None:

@@ -61,6 +61,21 @@ def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: in
     return blocks.transpose(2, 3).reshape(used, num_kv_heads, block_size, head_dim)  # (n, N, bs, D/c, c) -> D
 
 
+def block_views(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int) -> tuple[torch.Tensor, ...] | None:
+    """Whole blocks of a paged cache, in order, as views of the cache (nothing copied): (N_kv, block_size, D) each.
+
+    Rank 4 gives each block as stored; rank 3 a view strided over heads (rows of D contiguous). NZ splits D,
+    so its blocks are not (block_size, D) matrices: None (read it with ``gather_blocks``).
+    """
+    if cache.dim() == 5:
+        return None
+    ids = block_ids.tolist()
+    if cache.dim() == 4:
+        return tuple(cache[i] for i in ids)
+    head_dim = cache_head_dim(cache, num_kv_heads)
+    return tuple(cache[i].view(cache.shape[1], num_kv_heads, head_dim).transpose(0, 1) for i in ids)
+
+
 def head_major(blocks: torch.Tensor) -> torch.Tensor:
     """(n, N_kv, block_size, D) blocks -> (N_kv, n * block_size, D): the tokens of each head in order (a copy)."""
     n, heads, block_size, dim = blocks.shape

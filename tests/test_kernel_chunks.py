@@ -81,6 +81,28 @@ def test_paged_cache_over_many_chunks(rank: int, s_q: int, gen: torch.Generator)
     torch.testing.assert_close(lse[..., 0], torch.logsumexp(s.masked_fill(~vis[:, None], -math.inf), -1))
 
 
+@pytest.mark.parametrize("rank", [3, 4])
+def test_paged_band_starting_inside_a_block(rank: int, gen: torch.Generator) -> None:
+    """sparse_mode 4, pre 20: rows see keys [i + d - 20, i + d] (d = L_kv - L_q), from the middle of a block on;
+    the float cache is read in place (block views); probabilities of one kv head's query heads, then all heads."""
+    lkv, s_q, n_q, n_kv, d = 87, 2, 4, 2, 32
+    q = torch.randn(1, n_q, s_q, d, generator=gen, dtype=F64)
+    k, v = (torch.randn(1, n_kv, 96, d, generator=gen, dtype=F64) for _ in range(2))
+    k[:, :, lkv:], v[:, :, lkv:] = math.nan, math.nan
+    kc, table = scatter_paged(k, rank, torch.Generator().manual_seed(5))
+    vc, _ = scatter_paged(v, rank, torch.Generator().manual_seed(5))
+    problem = make_plan("v1", q, kc, vc, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD", scale=0.3,
+                        block_table=table, block_size=BS, actual_seq_lengths_kv=[lkv], sparse_mode=4,
+                        pre_tokens=20, next_tokens=0, atten_mask=compressed_causal_mask())
+    i, j = torch.arange(s_q)[:, None], torch.arange(96)[None, :]
+    delta = lkv - s_q
+    vis = ((j >= i + delta - 20) & (j <= i + delta))[None]
+    expected, p = golden(q, k.nan_to_num(0.0), v.nan_to_num(0.0), 0.3, vis)
+    torch.testing.assert_close(kernel.batch_probabilities(problem, 0, [3, 2])[..., :lkv], p[0, [3, 2], :, :lkv])
+    out = kernel.run_plan(problem).attention_out
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", [4, 5])
 def test_paged_per_token_scales_follow_the_chunks(mode: int, gen: torch.Generator) -> None:
     d, lens, blocks = 16, [83, 22], 10
