@@ -87,6 +87,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     served.mkdir()
     for nb in NOTEBOOKS.glob("*.ipynb"):
         shutil.copy(nb, served / nb.name)
+    shutil.copytree(ROOT / "examples", home / "examples")  # notebook 08 reads ../examples, as under `make lab`
     for name, values in SETTINGS.items():
         path = home / "settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +235,9 @@ def test_notebook_in_browser(name: str, lab: tuple[str, str], browser) -> None:
         page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}.png"))
         errors = _errors(page, stored_outputs=name not in RUN_ALL)
         assert not errors, f"{name} shows errors in the browser:\n" + "\n---\n".join(errors)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}-failed.png"), full_page=True)
+        raise
     finally:
         page.close()
         _shutdown_kernels(base, token)
