@@ -33,7 +33,6 @@ BSH: axis 1; TND: axis 0). It is the key tensor's size, not the actual lengths (
 from __future__ import annotations
 
 import csv
-import html
 import json
 import re
 import statistics
@@ -41,6 +40,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from .tables import html_table, text_table
 
 __all__ = ["ProfileFormatError", "FIAKernel", "HostEvent", "ShapeRow", "AscendProfile", "read_ascend",
            "read_kernel_csv", "read_trace", "read_op_statistic", "FIA_TYPE"]
@@ -191,20 +192,13 @@ class AscendProfile:
 
     def table(self) -> str:
         """The shape table as text, with its units."""
-        caption, head, body = self._cells()
-        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = [caption]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
-        return "\n".join(lines)
+        return text_table(*self._cells())
 
     def __repr__(self) -> str:
         return self.table()
 
     def _repr_html_(self) -> str:
-        caption, head, body = self._cells()
-        cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-        rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
-        return f"<table><caption>{html.escape(caption)}</caption><tr>{cells(head, 'th')}</tr>{rows}</table>"
+        return html_table(*self._cells())
 
     def step_window(self, step: int | None = None) -> tuple[float, float]:
         """(start, end) us of ``step`` (its ProfilerStep#N event, else its kernels); default the first step."""

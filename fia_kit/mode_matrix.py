@@ -26,7 +26,6 @@ Off an NPU the NPU modes are unavailable, each with the reason; tests pass the s
 
 from __future__ import annotations
 
-import html
 import importlib
 import statistics
 import time
@@ -45,6 +44,7 @@ from .backends.model import synchronize
 from .backends.npu import op_of
 from .call import FIACall
 from .planning import Plan, build_plan
+from .tables import html_table, text_table
 
 __all__ = ["MODES", "ModeReport", "ModeTable", "graph_modes"]
 
@@ -93,23 +93,18 @@ class ModeTable:
                 for r in self.rows]
         return head, body
 
-    def table(self) -> str:
-        head, body = self._cells()
-        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    def _caption(self) -> str:
         steps = max((r.steps for r in self.rows), default=0)
-        lines = [f"graph modes over {steps} decode steps with new K/V lengths each step (times in ms)"]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
-        return "\n".join(lines)
+        return f"graph modes over {steps} decode steps with new K/V lengths each step (times in ms)"
+
+    def table(self) -> str:
+        return text_table(self._caption(), *self._cells())
 
     def __repr__(self) -> str:
         return self.table()
 
     def _repr_html_(self) -> str:
-        head, body = self._cells()
-        cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-        caption = html.escape(self.table().splitlines()[0])
-        rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
-        return f"<table><caption>{caption}</caption><tr>{cells(head, 'th')}</tr>{rows}</table>"
+        return html_table(self._caption(), *self._cells())
 
 
 Step = Callable[[list[int]], Any]

@@ -52,6 +52,7 @@ from .backends.graph import GraphOptions
 from .backends.model import synchronize
 from .call import FIACall
 from .mode_matrix import MODES, ModeTable, graph_modes
+from .tables import html_table, text_table
 
 __all__ = ["profile", "variants", "ProfileResult", "ProfileRow", "compare_runs", "GateResult", "GateRow",
            "read_ascend", "AscendProfile", "ProfileFormatError", "recompiles", "peak_memory", "write_trace",
@@ -459,20 +460,13 @@ class GateResult:
         return caption, head, body
 
     def table(self) -> str:
-        caption, head, body = self._cells()
-        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = [caption]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
-        return "\n".join(lines)
+        return text_table(*self._cells())
 
     def __repr__(self) -> str:
         return self.table()
 
     def _repr_html_(self) -> str:
-        caption, head, body = self._cells()
-        cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-        rows = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
-        return f"<table><caption>{html.escape(caption)}</caption><tr>{cells(head, 'th')}</tr>{rows}</table>"
+        return html_table(*self._cells())
 
 
 def _medians(run: Any) -> tuple[str, dict[str, float]]:
