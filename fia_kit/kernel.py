@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,8 +33,9 @@ from .lse import no_key_lse
 from .masks import MASK_FILL
 from .planning import BatchPlan, Plan
 
-TILE_ROWS = 128
-TILE_BYTES = 64 * 2**20  # cap on one tile's score matrix
+TILE_ROWS = 128  # query rows of a tile, at most
+TILE_BYTES = 64 * 2**20  # cap on the score rows of one kv head's query heads in a tile (fewer rows past it)
+SCORE_BYTES = 2**20  # per torch thread: kv heads of a tile are computed together up to this many bytes of scores
 CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
@@ -95,23 +97,25 @@ def run_plan(problem: Plan) -> ReferenceResult:
     q4 = problem.query
     device = q4.device
     rows_shape = (q4.shape[0], q4.shape[2])
-    out4 = torch.zeros(*rows_shape[:1], problem.num_heads, rows_shape[1], problem.value_dim, dtype=dtype,
+    out4 = torch.empty(*rows_shape[:1], problem.num_heads, rows_shape[1], problem.value_dim, dtype=dtype,
                        device=device)
     lse_dtype = torch.float64 if q4.dtype == torch.float64 else torch.float32
     lse4 = torch.full((rows_shape[0], problem.num_heads, rows_shape[1]), float("inf"), dtype=lse_dtype,
                       device=device)
     status = torch.full(rows_shape, int(RowStatus.PADDING), dtype=torch.int8, device=device)
-    staging: dict[int, torch.Tensor] = {}
+    staging: dict[str, torch.Tensor] = {}
     for b, plan in enumerate(problem.batches):
         if plan.q_len == 0:
             continue
         rows = slice(plan.q_start, plan.q_start + plan.q_len)
-        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging)
+        _, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging, out=out4[plan.q_index, :, rows])
         if plan.kv_len + problem.prefix_len == 0:
             lse_b = lse_b.fill_(no_key_lse(problem))  # the sentinel of this path (spec 7, 25.1)
-        out4[plan.q_index, :, rows] = out_b
         lse4[plan.q_index, :, rows] = lse_b.to(lse_dtype)
         status[plan.q_index, rows] = status_b
+    padding = status == RowStatus.PADDING
+    if bool(padding.any()):
+        out4.masked_fill_(padding.view(rows_shape[0], 1, rows_shape[1], 1), 0.0)
     output_quant = problem.quant.output if problem.quant is not None else None
     out4 = quant.quantize_output(out4, output_quant) if output_quant is not None else out4.to(problem.out_dtype)
     out = from_canonical(out4, problem.layout.out)
@@ -123,14 +127,16 @@ def run_plan(problem: Plan) -> ReferenceResult:
 
 
 def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None, dtype: torch.dtype | None = None,
-                 staging: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 staging: dict[str, torch.Tensor] | None = None, out: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved).
 
-    ``staging``: buffers paged blocks are read into, shared between the batches of one call (``BatchKeys``).
+    ``staging``: buffers paged blocks are read into, shared between the batches of one call (``BatchKeys``);
+    ``out``: (N_q, L_q, Dv) buffer in ``dtype`` the output is written into (a view of the call's output).
     """
     dtype = resolve_compute_dtype(problem) if dtype is None else dtype
     tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype),
-                         staging=staging)
+                         staging=staging, out=out)
     return tiles.out, tiles.lse, tiles.status
 
 
@@ -149,12 +155,12 @@ def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.T
 
 @dataclass(frozen=True)
 class KeyChunk:
-    """Keys (or values) of one batch (prefix first) that the loop uses: keys [lo, hi).
+    """Keys (or values) of one batch (prefix first) that the loop uses: keys [lo, hi), for some kv heads N'.
 
-    ``rows`` is head-major (N_kv, hi - lo, D [+ 64 rope] or Dv) holding exactly those keys, or block-major
-    (n_blocks, N_kv, block_size, D') holding keys [start, start + n_blocks * block_size) of a paged cache as read,
+    ``rows`` is head-major (N', hi - lo, D [+ 64 rope] or Dv) holding exactly those keys, or block-major
+    (n_blocks, N', block_size, D') holding keys [start, start + n_blocks * block_size) of a paged cache as read,
     of which [lo, hi) are used (so the cache is not copied again into head-major order), or those blocks as a tuple
-    of n_blocks (N_kv, block_size, D') views of the cache itself (nothing copied).
+    of n_blocks (N', block_size, D') views of the cache itself (nothing copied).
     """
 
     start: int
@@ -182,11 +188,17 @@ class KeyChunk:
         return KeyChunk.dense(lo, self.rows[:, lo - self.start:hi - self.start])
 
     def heads(self, span: slice) -> KeyChunk:
-        """The chunk for kv heads ``span`` only."""
-        if isinstance(self.rows, tuple):
-            return KeyChunk(self.start, tuple(block[span] for block in self.rows), self.lo, self.hi)
-        rows = self.rows[:, span] if self.blocked else self.rows[span]
-        return KeyChunk(self.start, rows, self.lo, self.hi)
+        """The chunk for kv heads ``span`` only (of a head-major chunk holding every kv head)."""
+        return KeyChunk(self.start, self.rows[span], self.lo, self.hi)
+
+    def block_parts(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Of a block-major chunk: (a, e, rows) per block holding used keys: keys [a, e) and their (N', e - a, D')."""
+        size = self.rows[0].shape[-2]
+        for j in range(len(self.rows)):
+            k0 = self.start + j * size
+            a, e = max(k0, self.lo), min(k0 + size, self.hi)
+            if a < e:
+                yield a, e, self.rows[j] if (a, e) == (k0, k0 + size) else self.rows[j][:, a - k0:e - k0]
 
 
 class BatchKeys:
@@ -194,17 +206,18 @@ class BatchKeys:
 
     Dense keys are one chunk (the prefix concatenated in front): views of the inputs when no conversion is needed,
     else one converted (dequantised) copy per batch. A paged cache is read ``CHUNK_KEYS`` keys (whole blocks) at
-    a time through the batch's block_table row: a float cache already in the compute dtype in place, as views of
-    its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is copied), others copied
-    (``fia_kit.paged.gather_blocks``); each block is read once per row tile and the sequence is never gathered
-    whole (a shared prefix is then its own chunk). int8/int4 K/V are
-    dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2).
+    a time through the batch's block_table row, for the kv heads asked for: a float cache already in the compute
+    dtype in place, as views of its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is
+    copied), other float caches converted block by block into one reused buffer (``fia_kit.paged.read_blocks``:
+    one pass); each block is read once per row tile and kv-head group, and the sequence is never gathered whole
+    (a shared prefix is then its own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant
+    keeps them as integers (spec 16.2).
     """
 
     def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
-                 staging: dict[int, torch.Tensor] | None = None) -> None:
+                 staging: dict[str, torch.Tensor] | None = None) -> None:
         self.problem, self.plan, self.dtype = problem, plan, dtype
-        self.staging = {} if staging is None else staging  # per cache (by position): a buffer blocks are read into
+        self.staging = {} if staging is None else staging  # reused buffers, by name (``_buffer``)
         self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
             else (None, None)
         self.block_ids = problem.block_table[plan.kv_index] if problem.paged else None
@@ -223,33 +236,34 @@ class BatchKeys:
                 key = torch.cat([key, problem.key_rope[plan.kv_index, :, span].to(dtype)], dim=-1)
             keys.append(key)
             values.append(self._floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
-        # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense)
+        # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense), every kv head
         self._dense = [] if not keys else [
             (KeyChunk.dense(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
              KeyChunk.dense(0, torch.cat(values, 1) if len(values) > 1 else values[0]))]
 
-    def keys(self, start: int, stop: int) -> Iterator[KeyChunk]:
-        """Key chunks covering keys [start, stop) exactly, in order."""
-        return self._chunks(start, stop, 0)
+    def keys(self, start: int, stop: int, heads: slice) -> Iterator[KeyChunk]:
+        """Key chunks covering keys [start, stop) exactly, in order, for kv heads ``heads``."""
+        return self._chunks(start, stop, 0, heads)
 
-    def values(self, start: int, stop: int) -> Iterator[KeyChunk]:
-        """Value chunks covering keys [start, stop) exactly, in order."""
-        return self._chunks(start, stop, 1)
+    def values(self, start: int, stop: int, heads: slice) -> Iterator[KeyChunk]:
+        """Value chunks covering keys [start, stop) exactly, in order, for kv heads ``heads``."""
+        return self._chunks(start, stop, 1, heads)
 
-    def _chunks(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
-        pieces = (pair[which] for pair in self._dense)
+    def _chunks(self, start: int, stop: int, which: int, heads: slice) -> Iterator[KeyChunk]:
+        pieces = (pair[which].heads(heads) for pair in self._dense)
         if self.problem.paged:
-            pieces = itertools.chain(pieces, self._paged(start, stop, which))
+            pieces = itertools.chain(pieces, self._paged(start, stop, which, heads))
         for chunk in pieces:
             clipped = chunk.clip(start, stop)
             if clipped is not None:
                 yield clipped
 
-    def _paged(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
+    def _paged(self, start: int, stop: int, which: int, heads: slice) -> Iterator[KeyChunk]:
         """Own keys (which=0) or values (1) of the blocks holding keys [start, stop), CHUNK_KEYS at a time.
 
-        Float caches stay block-major (``KeyChunk``: views of the cache when no conversion is needed); a block that L_kv cuts, and quantised caches (their
-        scales are per token), are made head-major and cut at L_kv, so no key beyond L_kv is ever multiplied.
+        Float caches stay block-major (``KeyChunk``: views of the cache when no conversion is needed); a block
+        that L_kv cuts, and quantised caches (their scales are per token), are made head-major and cut at L_kv, so
+        no key beyond L_kv is ever multiplied.
         """
         plan, bs = self.plan, self.problem.block_size
         first, last = max(0, start - self.prefix_len), min(plan.kv_len, stop - self.prefix_len)
@@ -259,36 +273,45 @@ class BatchKeys:
             i1 = min(i0 + step, -(-last // bs))
             ends = [i1] if dq is not None or i1 <= full_blocks or i1 - 1 == i0 else [i1 - 1, i1]
             for j0, j1 in zip([i0, *ends[:-1]], ends, strict=True):
-                yield self._read(which, j0, j1, blocked=dq is None and j1 <= full_blocks)
+                yield self._read(which, j0, j1, dq is None and j1 <= full_blocks, heads)
 
-    def _read(self, which: int, i0: int, i1: int, blocked: bool) -> KeyChunk:
-        """Blocks [i0, i1) of this batch's block_table row: keys (which=0, with key_rope) or values (1)."""
+    def _read(self, which: int, i0: int, i1: int, blocked: bool, heads: slice) -> KeyChunk:
+        """Blocks [i0, i1) of this batch's block_table row, kv heads ``heads``: keys (which=0, with key_rope) or
+        values (1)."""
         problem, plan, bs = self.problem, self.plan, self.problem.block_size
-        ids, first = self.block_ids[i0:], self.prefix_len + i0 * bs
+        ids, first = self.block_ids[i0:i1], self.prefix_len + i0 * bs
         count = min(plan.kv_len, i1 * bs) - i0 * bs
         caches = [problem.value] if which else [problem.key] + ([problem.key_rope] if problem.key_rope is not None
                                                                  else [])
-        if blocked and len(caches) == 1 and caches[0].dtype == self.dtype:
-            views = paged.block_views(caches[0], ids[:i1 - i0], problem.num_kv_heads)
-            if views is not None:  # read in place by the products: no copy
-                return KeyChunk(first, views, first, first + count)
-        parts = [paged.gather_blocks(cache, ids[:i1 - i0], problem.num_kv_heads, self._buffer(2 * which + k, cache))
+        n_kv = problem.num_kv_heads
+        if blocked:
+            if len(caches) == 1 and caches[0].dtype == self.dtype:
+                views = paged.block_views(caches[0], ids, n_kv, heads)
+                if views is not None:  # read in place by the products: no copy
+                    return KeyChunk(first, views, first, first + count)
+            dims = [paged.cache_head_dim(cache, n_kv) for cache in caches]
+            n_heads = len(range(n_kv)[heads])
+            blocks = self._buffer(f"blocks{which}", (i1 - i0, n_heads, bs, sum(dims)), self.dtype)
+            for cache, d0, d in zip(caches, [0, *itertools.accumulate(dims)], dims, strict=False):
+                paged.read_blocks(cache, ids, n_kv, blocks[..., d0:d0 + d], heads)
+            return KeyChunk(first, blocks, first, first + count)
+        parts = [paged.gather_blocks(cache, ids, n_kv, self._buffer(f"gather{2 * which + k}",
+                                                                   (i1 - i0, *cache.shape[1:]), cache.dtype))
                  for k, cache in enumerate(caches)]
-        if not blocked:
-            parts = [paged.head_major(part)[:, :count] for part in parts]
-            dq = (self.key_dq, self.value_dq)[which]
-            parts[0] = self._floats(parts[0], dq, plan.kv_start + i0 * bs, ids)
-        parts = [part.to(self.dtype) for part in parts]
-        rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return KeyChunk(first, rows, first, first + count) if blocked else KeyChunk.dense(first, rows)
+        parts = [paged.head_major(part)[:, :count] for part in parts]
+        parts[0] = self._floats(parts[0], (self.key_dq, self.value_dq)[which], plan.kv_start + i0 * bs,
+                                self.block_ids[i0:])
+        rows = torch.cat([part.to(self.dtype) for part in parts], dim=-1) if len(parts) > 1 else parts[0]
+        return KeyChunk.dense(first, rows[heads])
 
-    def _buffer(self, slot: int, cache: torch.Tensor) -> torch.Tensor:
-        """The staging buffer of one cache (slot 0 key, 1 key_rope, 2 value): CHUNK_KEYS worth of blocks."""
-        blocks = max(1, CHUNK_KEYS // self.problem.block_size)
-        buffer = self.staging.get(slot)
-        if buffer is None or buffer.shape[1:] != cache.shape[1:] or buffer.dtype != cache.dtype:
-            buffer = self.staging[slot] = cache.new_empty(blocks, *cache.shape[1:])
-        return buffer
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous (shape) tensor in the buffer ``name``, reused from chunk to chunk and batch to batch."""
+        size = math.prod(shape)
+        buffer = self.staging.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self.staging[name] = torch.empty(max(size, 0 if buffer is None else buffer.numel()),
+                                                      dtype=dtype, device=self.problem.query.device)
+        return buffer[:size].view(shape)
 
     def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
                 block_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,7 +322,7 @@ class BatchKeys:
         return quant.dequantize_kv(rows, dq, self.plan.kv_index, start, ids, self.dtype)
 
 
-# ---------------------------------------------------------------------------------------------------- masking
+# ---------------------------------------------------------------------------------------------------- scores
 
 def pse_tile(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
     """(N_q, rows, cols) pse_shift for batch-local rows [r0, r1) and keys [c0, c1), shifted by left padding."""
@@ -321,88 +344,99 @@ class OutsideStrip:
     mask: torch.Tensor
 
 
-def _masked_scores(problem: Plan, b: int, q: torch.Tensor, chunk: KeyChunk, heads: slice, r0: int,
-                   dtype: torch.dtype, out: torch.Tensor | None = None, row_index: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, OutsideStrip | None]:
-    """Scaled scores (+ pse) of the tile's rows [r0, r0 + rows) over the chunk's keys [lo, hi), masked as the kernel.
+@dataclass(frozen=True)
+class TileMasks:
+    """What hides keys of a tile of rows over keys [c0, c1): ``hidden`` (rows, c1 - c0) bool, True where
+    atten_mask hides a key (None without a user mask), and the strip of columns the band cuts (None: none)."""
 
-    q: (N_kv', G, rows, D) the tile's queries; chunk: its keys, for the same kv heads; heads: the query heads (a
-    slice of N_q) q holds. Returns the scores (N_kv', G, rows, hi - lo), with MASK_FILL where atten_mask hides a
-    key and -inf outside the band, the (rows, cols) hidden tile, and the strip of columns the band cuts (only
-    that strip is masked: for causal modes it is the diagonal block). ``out``: (N_kv', G, rows, hi - lo) view of
-    the tile's score rows to write into. ``row_index``: the tile's rows are these batch-local rows (sorted, any
-    spacing; r0 = the first) instead of [r0, r0 + rows).
+    hidden: torch.Tensor | None
+    outside: OutsideStrip | None
+
+    @staticmethod
+    def of(problem: Plan, b: int, r0: int, r1: int, c0: int, c1: int, row_index: torch.Tensor | None) -> TileMasks:
+        """The masks of batch b's rows [r0, r1), or of the sorted batch-local rows ``row_index`` (r0 = the first,
+        r1 = the last + 1), over keys [c0, c1). For causal modes the strip is the diagonal block."""
+        device, band = problem.query.device, problem.batches[b].band
+        hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
+        if hidden is not None:
+            hidden = (hidden if row_index is None else hidden[row_index - r0]).to(device)
+        if row_index is not None:
+            outside = band.outside_rows(row_index, c0, c1)
+            return TileMasks(hidden, None if outside is None else OutsideStrip(0, outside))
+        cut = band.cut_columns(r0, r1, c0, c1)
+        strip = None if cut is None else OutsideStrip(cut[0] - c0, band.outside_tile(r0, r1, cut[0], cut[1], device))
+        return TileMasks(hidden, strip)
+
+    def apply(self, scores: torch.Tensor) -> None:
+        """Write MASK_FILL where atten_mask hides a key, then -inf outside the band, into scores (..., rows, cols)."""
+        if self.hidden is not None:
+            scores.masked_fill_(self.hidden, MASK_FILL)
+        if self.outside is not None:
+            strip = self.outside
+            scores[..., strip.start:strip.start + strip.mask.shape[1]].masked_fill_(strip.mask, float("-inf"))
+
+    def any_visible(self) -> torch.Tensor | None:
+        """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
+        if self.hidden is None:
+            return None
+        visible = ~self.hidden
+        if self.outside is not None:
+            strip = self.outside
+            visible[:, strip.start:strip.start + strip.mask.shape[1]] &= ~strip.mask
+        return visible.any(-1)
+
+
+def _tile_scores(problem: Plan, b: int, q: torch.Tensor, chunks: Iterable[KeyChunk], c0: int, c1: int,
+                 heads: slice, r0: int, row_index: torch.Tensor | None) -> torch.Tensor:
+    """(N', G, rows, c1 - c0) scale * q K^T (+ pse) of a tile's rows over keys [c0, c1), before masking.
+
+    q: (N', G, rows, D) the tile's queries of N' kv heads; chunks: their keys, covering [c0, c1) in order; heads:
+    the query heads (a slice of N_q) q holds; rows are batch-local [r0, r0 + rows), or ``row_index``.
+    The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5.
     """
-    n_kv, group, rows, device = q.shape[0], q.shape[1], q.shape[2], q.device
-    r1, c0, c1 = (r0 + rows if row_index is None else int(row_index[-1]) + 1), chunk.lo, chunk.hi
-    pick = slice(None) if row_index is None else row_index - r0
+    n_kv, group, rows, _ = q.shape
     q2 = q.reshape(n_kv, group * rows, -1)
-    if chunk.blocked:  # (n, N_kv', bs, D): one product per block, then the used columns in key order
-        per_block = _block_scores(q2, chunk.rows)  # (n, N_kv', G*rows, bs)
-        keys = per_block.permute(1, 2, 0, 3).flatten(2)[..., c0 - chunk.start:c1 - chunk.start]
-        scores = keys.reshape(n_kv, group, rows, c1 - c0) if out is None else \
-            out.copy_(keys.view(n_kv, group, rows, -1) if keys.is_contiguous() else
-                      keys.unflatten(1, (group, rows)))
-    else:
-        scores = torch.bmm(q2, chunk.rows.transpose(1, 2)).view(n_kv, group, rows, c1 - c0)
-        scores = scores if out is None else out.copy_(scores)
-    scores = scores.mul_(_score_scale(problem))
+    scale, scores = _score_scale(problem), None
+    for chunk in chunks:
+        if not chunk.blocked and (chunk.lo, chunk.hi) == (c0, c1):  # one product over the whole tile
+            scores = q2.new_empty(n_kv, group * rows, c1 - c0).baddbmm_(q2, chunk.rows.transpose(1, 2), beta=0,
+                                                                       alpha=scale)
+            break
+        if scores is None:
+            scores = q2.new_empty(n_kv, group * rows, c1 - c0)
+        target = scores[..., chunk.lo - c0:chunk.hi - c0]
+        if chunk.blocked:
+            _block_scores(q2, chunk, scale, target)
+        else:
+            torch.mul(torch.bmm(q2, chunk.rows.transpose(1, 2)), scale, out=target)
+    scores = scores.view(n_kv, group, rows, c1 - c0)
     if problem.pse is not None:
-        scores += pse_tile(problem, b, r0, r1, c0, c1)[heads][:, pick].to(device=device, dtype=dtype).view(
+        r1 = r0 + rows if row_index is None else int(row_index[-1]) + 1
+        pse = pse_tile(problem, b, r0, r1, c0, c1)[heads]
+        scores += (pse if row_index is None else pse[:, row_index - r0]).to(device=q.device, dtype=q.dtype).view(
             n_kv, group, rows, c1 - c0)
-    hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
-    if hidden is not None:
-        hidden = hidden[pick].to(device)
-        scores.masked_fill_(hidden, MASK_FILL)
-    band = problem.batches[b].band
-    if row_index is not None:
-        outside = band.outside_rows(row_index, c0, c1)
-        if outside is None:
-            return scores, hidden, None
-        scores.masked_fill_(outside, float("-inf"))
-        return scores, hidden, OutsideStrip(0, outside)
-    cut = band.cut_columns(r0, r1, c0, c1)
-    if cut is None:
-        return scores, hidden, None
-    strip = OutsideStrip(cut[0] - c0, band.outside_tile(r0, r1, cut[0], cut[1], device))
-    scores[..., strip.start:strip.start + strip.mask.shape[1]].masked_fill_(strip.mask, float("-inf"))
-    return scores, hidden, strip
+    return scores
 
 
-def _block_scores(q2: torch.Tensor, blocks: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """q2 (N_kv', R, D) times each block's keys (N_kv', bs, D) transposed: (n_blocks, N_kv', R, bs)."""
+def _block_scores(q2: torch.Tensor, chunk: KeyChunk, scale: float, target: torch.Tensor) -> None:
+    """target (N', R, hi - lo) = scale * q2 (N', R, D) times the block-major chunk's keys [lo, hi) transposed.
+
+    One product per block, keys times queries (K_blk q^T: the block is the large operand, which reads it at the
+    memory's pace when R is small, as in decode), into a block-major buffer, then scaled into place.
+    """
+    blocks, qt = chunk.rows, q2.transpose(1, 2)
+    n, size = len(blocks), blocks[0].shape[-2]
     if isinstance(blocks, torch.Tensor):
-        return torch.matmul(q2.unsqueeze(0), blocks.transpose(-1, -2))
-    out = q2.new_empty(len(blocks), q2.shape[0], q2.shape[1], blocks[0].shape[1])
-    for j, block in enumerate(blocks):
-        torch.bmm(q2, block.transpose(1, 2), out=out[j])
-    return out
-
-
-def _weighted_values(probs: torch.Tensor, chunk: KeyChunk) -> torch.Tensor:
-    """probs (N_kv', R, hi - lo) of the chunk's keys times its values: (N_kv', R, Dv)."""
-    if not chunk.blocked:
-        return torch.bmm(probs, chunk.rows)
-    blocks = chunk.rows
-    n, n_kv, bs = len(blocks), blocks[0].shape[0], blocks[0].shape[-2]
-    padded = torch.nn.functional.pad(probs, (chunk.lo - chunk.start, chunk.start + n * bs - chunk.hi))
-    per_block = padded.view(n_kv, -1, n, bs)
-    if isinstance(blocks, torch.Tensor):
-        return torch.matmul(per_block.permute(2, 0, 1, 3), blocks).sum(0)
-    out = torch.bmm(per_block[:, :, 0], blocks[0])
-    for j in range(1, n):
-        out.baddbmm_(per_block[:, :, j], blocks[j])
-    return out
-
-
-def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> torch.Tensor | None:
-    """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
-    if hidden is None:
-        return None
-    visible = ~hidden
-    if outside is not None:
-        visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
-    return visible.any(-1)
+        per_block = torch.matmul(blocks, qt.unsqueeze(0))  # (n, N', bs, R)
+    else:
+        per_block = q2.new_empty(n, q2.shape[0], size, q2.shape[1])
+        for j, block in enumerate(blocks):
+            torch.bmm(block, qt, out=per_block[j])
+    keys = per_block.permute(1, 3, 0, 2)  # (N', R, n, bs)
+    if (chunk.lo, chunk.hi) == (chunk.start, chunk.start + n * size):
+        torch.mul(keys, scale, out=target.unflatten(-1, (n, size)))
+    else:
+        torch.mul(keys.flatten(2)[..., chunk.lo - chunk.start:chunk.hi - chunk.start], scale, out=target)
 
 
 def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
@@ -412,6 +446,49 @@ def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torc
         status[~visible] = RowStatus.FULLY_MASKED
     status[band_counts == 0] = RowStatus.OUT_OF_BAND
     return status
+
+
+# ---------------------------------------------------------------------------------------------------- softmax
+
+@functools.cache
+def _exp_floor(dtype: torch.dtype) -> tuple[float, float]:
+    """(x0, exp(x0)): the smallest argument, rounded up to 0.01, whose exp is a normal number of ``dtype``
+    (-87.33 and 1.18e-38 for float32; -708.39 and 2.2e-308 for float64)."""
+    x0 = math.ceil(math.log(torch.finfo(dtype).tiny) * 100) / 100
+    return x0, float(torch.tensor(x0, dtype=dtype).exp())
+
+
+def _exponentials(scores: torch.Tensor, row_max: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The one-pass softmax's numerators, in place: scores (..., keys) -> exp(s - m), m the row max (0 where it
+    is not finite: a row of -inf gives 0s). Writes m and the row sums sum_j exp(s_j - m) into row_max and total
+    (..., 1). The sink is not in m (spec 13).
+
+    Flush to zero: exp(s - m) is computed as exp(max(s - m, x0)), then set to 0 where it is at most exp(x0)
+    (``_exp_floor``: 1.18e-38 in float32), because torch's vectorised exp is 4 to 40 times slower on arguments
+    whose result is subnormal or 0 (masked keys at -inf or -1e12, peaked rows). Numerically: a probability whose
+    exact value is at most exp(x0) becomes 0 (it would be a subnormal or 0), every other one is unchanged;
+    masked keys still get exactly 0, and a NaN stays NaN.
+    """
+    x0, floor = _exp_floor(scores.dtype)
+    torch.amax(scores, -1, keepdim=True, out=row_max)
+    row_max.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    torch.nn.functional.threshold_(scores.sub_(row_max).clamp_(min=x0).exp_(), floor, 0.0)
+    torch.sum(scores, -1, keepdim=True, out=total)
+    return scores
+
+
+def _weighted_values(probs: torch.Tensor, values: Iterable[KeyChunk], c0: int, out: torch.Tensor) -> None:
+    """out (N', R, Dv) = probs (N', R, keys over [c0, ...)) times the value rows, chunk by chunk and, for a
+    block-major chunk, block by block (no copy of P or V)."""
+    first = True
+    for chunk in values:
+        parts = chunk.block_parts() if chunk.blocked else [(chunk.lo, chunk.hi, chunk.rows)]
+        for a, e, rows in parts:
+            if first:
+                torch.bmm(probs[..., a - c0:e - c0], rows, out=out)
+                first = False
+            else:
+                out.baddbmm_(probs[..., a - c0:e - c0], rows)
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -431,46 +508,22 @@ class RowTiles:
     total: torch.Tensor  # (N', L_q) sum of exp(s - offset), plus exp(sink - offset) with learnable sinks; 0: row is 0
 
 
-def _softmax_values(scores: torch.Tensor, values: Iterable[KeyChunk], c0: int, sink: torch.Tensor | None,
-                    full: quant.FullQuant | None, want_values: bool
-                    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
-
-    scores: (N_kv', G, rows, keys) over keys [c0, c0 + keys), overwritten with the unnormalised probabilities;
-    values: the value chunks of those keys, (N_kv, n, Dv) each, of which heads ``_head_view`` are used; sink:
-    (N_kv', G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13); so does the LSE
-    ([inferred], spec 8). With v1 full quant, P V uses the int8-quantised probabilities times dequant_scale2
-    (spec 16.2). Returns (out (N_kv', G, rows, Dv) or None, lse, offset, total), the last three (N_kv', G, rows).
-    """
-    n_kv, group, rows, keys = scores.shape
-    row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    probs = scores.sub_(row_max).exp_()
-    total = probs.sum(-1, keepdim=True)
-    lse = (row_max + torch.log(total)).squeeze(-1)
-    if sink is not None:
-        total = total + torch.exp(sink - row_max)
-    if not want_values:
-        return None, lse, row_max.squeeze(-1), total.squeeze(-1)
-    pv = (probs if full is None else quant.quantize_probs(probs, full)).view(n_kv, group * rows, keys)
-    weighted = None
-    for chunk in values:
-        part = _weighted_values(pv[..., chunk.lo - c0:chunk.hi - c0], chunk)
-        weighted = part if weighted is None else weighted.add_(part)
-    weighted = weighted.view(n_kv, group, rows, -1)
-    if full is not None:
-        weighted.mul_(full.dequant_scale2)
-    out = weighted.div_(torch.where(total > 0, total, torch.ones_like(total)))
-    return out, lse, row_max.squeeze(-1), total.squeeze(-1)
-
-
-def _row_tiles(problem: Plan, b: int, dtype: torch.dtype, heads: int | None = None) -> list[tuple[int, int]]:
-    """Contiguous row tiles [r0, r1) covering batch b's L_q rows, sized so one score tile stays under TILE_BYTES."""
+def _row_tiles(problem: Plan, b: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Contiguous row tiles [r0, r1) covering batch b's L_q rows, sized so the score rows of one kv head's G query
+    heads stay under TILE_BYTES (TILE_ROWS rows, fewer for long key ranges, 16 at least)."""
     plan = problem.batches[b]
     num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
-    per_row = max(1, (heads or problem.num_heads) * num_keys * torch.finfo(dtype).bits // 8)
+    per_row = max(1, problem.group_size * num_keys * torch.finfo(dtype).bits // 8)
     step = max(16, min(TILE_ROWS, TILE_BYTES // per_row))
     return [(r0, min(plan.q_len, r0 + step)) for r0 in range(0, plan.q_len, step)]
+
+
+def _head_groups(n_kv: int, head_bytes: int) -> list[slice]:
+    """kv heads [0, n_kv) in consecutive groups whose score blocks (head_bytes each) fill SCORE_BYTES per torch
+    thread (one head at least): a block small enough to stay in the threads' caches through the softmax's passes,
+    large enough that each thread gets a share of every pass."""
+    step = max(1, min(n_kv, SCORE_BYTES * torch.get_num_threads() // max(1, head_bytes)))
+    return [slice(h0, min(n_kv, h0 + step)) for h0 in range(0, n_kv, step)]
 
 
 def _head_span(kv_heads: Iterable[int]) -> slice:
@@ -480,80 +533,110 @@ def _head_span(kv_heads: Iterable[int]) -> slice:
     return slice(heads[0], heads[-1] + 1)
 
 
-def _head_view(chunks: Iterable[KeyChunk], span: slice, all_heads: bool) -> Iterator[KeyChunk]:
-    for chunk in chunks:
-        yield chunk if all_heads else chunk.heads(span)
+@dataclass(frozen=True)
+class _Tile:
+    """One row tile of the loop: its rows (``where``: a slice, or ``index``, a sorted tensor of batch-local rows;
+    r0 = the first), the keys its band reaches [c0, c1) and its masks."""
+
+    where: slice | torch.Tensor
+    index: torch.Tensor | None
+    r0: int
+    rows: int
+    c0: int
+    c1: int
+    masks: TileMasks
 
 
 def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[int],
                  tiles: Iterable[tuple[int, int] | torch.Tensor],
-                 observe: Callable[[slice | torch.Tensor, int, torch.Tensor], None] | None = None,
-                 values: bool = True, staging: dict[int, torch.Tensor] | None = None) -> RowTiles:
+                 observe: Callable[[slice, slice | torch.Tensor, int, torch.Tensor], None] | None = None,
+                 values: bool = True, staging: dict[str, torch.Tensor] | None = None,
+                 out: torch.Tensor | None = None) -> RowTiles:
     """THE tile loop: attention of batch b for the query heads of ``kv_heads`` over the given row tiles.
 
-    For each row tile, rows [r0, r1) or a sorted tensor of rows: the keys its band can reach [c0, c1), read chunk
-    by chunk (``BatchKeys``: views for dense K/V, a few blocks at a time for a paged cache), each chunk's masked
-    scores (``_masked_scores``) written into the tile's score rows; ``observe(rows, c0, scores (N', rows,
-    c1 - c0))`` (rows: the slice or the tensor) may read them; then
-    the softmax of the whole rows (so the numerics are those of one pass: no rescaling) and P V, reading the value
-    chunks once. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are wanted).
-    Rows the op writes as 0 (out of band; fully masked with inner_precise 2/3, "row invalid correction",
-    spec 7) get out 0, lse +inf and total 0.
+    Each row tile, rows [r0, r1) or a sorted tensor of rows, reaches keys [c0, c1) of its band; its masks
+    (``TileMasks``) and row status are found once. Then, kv-head group by kv-head group (``_head_groups``: score
+    blocks of about SCORE_BYTES, which stay in cache through the softmax's passes, while the group's keys and
+    values stay in cache from tile to tile), tile by tile: the masked scores of the whole rows, read chunk by
+    chunk (``BatchKeys``: views for dense K/V, a few blocks at a time for a paged cache);
+    ``observe(heads, rows, c0, scores (N'', rows, c1 - c0))`` (heads: a slice of the loop's N' query heads; rows:
+    the slice or the tensor) may read them; then the exponentials of the whole rows (the one-pass softmax: no
+    rescaling) and P V, reading the value chunks once. The LSE, the sink and the division by the row sums follow
+    once for the batch. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are
+    wanted). Rows the op writes as 0 (out of band; fully masked with inner_precise 2/3, "row invalid
+    correction", spec 7) get out 0, lse +inf and total 0. ``out``: (N', L_q, Dv) buffer to write the output into
+    (any contents; default: a new one).
     """
     plan = problem.batches[b]
     span = _head_span(kv_heads)
-    all_heads = span == slice(0, problem.num_kv_heads)
     group = problem.group_size
     q_heads = slice(span.start * group, span.stop * group)
     n_kv, n_q = span.stop - span.start, (span.stop - span.start) * group
-    device, q_len = problem.query.device, plan.q_len
-    out = torch.zeros(n_q, q_len, problem.value_dim if values else 0, dtype=dtype, device=device)
-    lse = torch.full((n_q, q_len), float("inf"), dtype=dtype, device=device)
+    device, q_len, dv = problem.query.device, plan.q_len, problem.value_dim if values else 0
+    out = torch.empty(n_q, q_len, dv, dtype=dtype, device=device) if out is None else out
     status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
     offsets = torch.zeros((n_q, q_len), dtype=dtype, device=device)
     totals = torch.zeros((n_q, q_len), dtype=dtype, device=device)
-    if q_len == 0:
-        return RowTiles(out, lse, status, offsets, totals)
-    q = batch_queries(problem, plan, dtype)
-    qg = (q if all_heads else q[q_heads]).view(n_kv, group, q_len, q.shape[-1])
     keys = BatchKeys(problem, plan, dtype, staging)
-    sink = problem.learnable_sink[q_heads].to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
-        if problem.learnable_sink is not None else None
-    full = problem.quant.full if problem.quant is not None else None
+    found = []
     for tile in tiles:
         index = tile.to(device) if isinstance(tile, torch.Tensor) else None
         r0, r1 = (int(tile[0]), int(tile[-1]) + 1) if index is not None else tile
-        where = index if index is not None else slice(r0, r1)
         c0, c1 = plan.band.key_range(r0, r1, keys.num_keys)
         if c1 <= c0:
             continue
-        rows, scores, visible = (r1 - r0 if index is None else len(index)), None, None
-        for chunk in _head_view(keys.keys(c0, c1), span, all_heads):
-            whole = (chunk.lo, chunk.hi) == (c0, c1)
-            if not whole and scores is None:
-                scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
-            part, hidden, outside = _masked_scores(problem, b, qg[:, :, where], chunk, q_heads, r0, dtype,
-                                                   None if whole else scores[..., chunk.lo - c0:chunk.hi - c0],
-                                                   index)
-            scores = part if whole else scores
-            seen = _any_visible(hidden, outside)
-            visible = seen if visible is None else visible | seen
-        if observe is not None:
-            observe(where, c0, scores.view(n_q, rows, c1 - c0))
+        where = index if index is not None else slice(r0, r1)
+        found.append(_Tile(where, index, r0, r1 - r0 if index is None else len(index), c0, c1,
+                           TileMasks.of(problem, b, r0, r1, c0, c1, index)))
         counts = plan.band.key_counts(r0, r1, keys.num_keys).to(device)
-        tile_status = _row_status(counts if index is None else counts[index - r0], visible)
-        out_t, lse_t, offset_t, total_t = _softmax_values(
-            scores, _head_view(keys.values(c0, c1), span, all_heads), c0, sink, full, values)
-        invalid = tile_status == RowStatus.OUT_OF_BAND
-        if problem.inner_precise & 2:
-            invalid = invalid | (tile_status == RowStatus.FULLY_MASKED)  # "row invalid correction" (spec 7)
-        if out_t is not None:
-            out[:, where] = out_t.reshape(n_q, rows, -1).masked_fill_(invalid.view(1, rows, 1), 0.0)
-        lse[:, where] = lse_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), float("inf"))
-        status[where] = tile_status
-        offsets[:, where] = offset_t.reshape(n_q, rows)
-        totals[:, where] = total_t.reshape(n_q, rows).masked_fill_(invalid.view(1, rows), 0.0)
-    return RowTiles(out, lse, status, offsets, totals)
+        status[where] = _row_status(counts if index is None else counts[index - r0], found[-1].masks.any_visible())
+    qg = batch_queries(problem, plan, dtype)[q_heads].view(n_kv, group, q_len, -1) if found else None
+    full = problem.quant.full if problem.quant is not None else None
+    widest = max((t.rows * (t.c1 - t.c0) for t in found), default=0)
+    for kv in _head_groups(n_kv, group * widest * torch.finfo(dtype).bits // 8):
+        heads, n = slice(span.start + kv.start, span.stop and span.start + kv.stop), kv.stop - kv.start
+        q_group = slice(kv.start * group, kv.stop * group)
+        for t in found:
+            cols = t.c1 - t.c0
+            scores = _tile_scores(problem, b, qg[kv][:, :, t.where], keys.keys(t.c0, t.c1, heads), t.c0, t.c1,
+                                  slice(heads.start * group, heads.stop * group), t.r0, t.index)
+            t.masks.apply(scores)
+            if observe is not None:
+                observe(q_group, t.where, t.c0, scores.view(-1, t.rows, cols))
+            row_max = scores.new_empty(n, group, t.rows, 1)
+            total = torch.empty_like(row_max)
+            probs = _exponentials(scores, row_max, total)
+            offsets[q_group, t.where] = row_max.view(-1, t.rows)
+            totals[q_group, t.where] = total.view(-1, t.rows)
+            if values:
+                pv = probs if full is None else quant.quantize_probs(probs, full)  # P_i8 (spec 16.2)
+                weighted = scores.new_empty(n, group * t.rows, dv)
+                _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, weighted)
+                out[q_group, t.where] = weighted.view(-1, t.rows, dv)
+    return _finish_rows(problem, RowTiles(out, offsets, status, offsets, totals), q_heads, values)
+
+
+def _finish_rows(problem: Plan, tiles: RowTiles, q_heads: slice, values: bool) -> RowTiles:
+    """From the row max m (``offset``) and the row sums of exp(s - m) (``total``) of every row: LSE = m + ln(sum)
+    (without the sink, [inferred], spec 8), the sink's exp(sink - m) added to the sums (spec 13), out divided
+    by them (times dequant_scale2 with v1 full quant, spec 16.2), and the rows the op writes as 0 (out of band;
+    fully masked with inner_precise 2/3, spec 7) set to out 0, lse +inf, total 0."""
+    offsets, totals, out = tiles.offset, tiles.total, tiles.out
+    lse = offsets + torch.log(totals)
+    if problem.learnable_sink is not None:
+        sink = problem.learnable_sink[q_heads].to(device=offsets.device, dtype=offsets.dtype)
+        totals += torch.exp(sink.view(-1, 1) - offsets)
+    invalid = tiles.status == RowStatus.OUT_OF_BAND
+    if problem.inner_precise & 2:
+        invalid = invalid | (tiles.status == RowStatus.FULLY_MASKED)  # "row invalid correction" (spec 7)
+    if values:
+        full = problem.quant.full if problem.quant is not None else None
+        if full is not None:
+            out.mul_(full.dequant_scale2)
+        out.div_(torch.where(totals > 0, totals, torch.ones_like(totals)).unsqueeze(-1))
+        out.masked_fill_(invalid.view(1, -1, 1), 0.0)
+    return RowTiles(out, lse.masked_fill_(invalid, float("inf")), tiles.status, offsets,
+                    totals.masked_fill_(invalid, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -573,13 +656,7 @@ def batch_row_status(problem: Plan, b: int) -> torch.Tensor:
         c0, c1 = plan.band.key_range(r0, r1, num_keys)
         if c1 <= c0:
             continue
-        hidden = problem.visibility.hidden_tile(b, r0, r1, c0, c1)
-        visible = None
-        if hidden is not None:
-            cut = plan.band.cut_columns(r0, r1, c0, c1)
-            strip = None if cut is None else OutsideStrip(cut[0] - c0,
-                                                          plan.band.outside_tile(r0, r1, cut[0], cut[1], device))
-            visible = _any_visible(hidden.to(device), strip)
+        visible = TileMasks.of(problem, b, r0, r1, c0, c1, None).any_visible()
         status[r0:r1] = _row_status(plan.band.key_counts(r0, r1, num_keys).to(device), visible)
     return status
 
@@ -631,7 +708,7 @@ def pooled_probabilities(problem: Plan, b: int, heads: Sequence[int] | None = No
     if not heads or plan.q_len == 0 or num_keys == 0:
         return PooledProbabilities(heads, values, rs, cs, sampled)
     tiles = _sampled_tiles(plan.q_len, rs, num_keys * group * torch.finfo(dtype).bits // 8) if sampled else \
-        _row_tiles(problem, b, dtype, group)
+        _row_tiles(problem, b, dtype)
     for kv in sorted({n // group for n in heads}):
         pooled = _pooled_kv_head(problem, b, kv, tiles, rs, cs, sampled, dtype)
         for k, n in enumerate(heads):
@@ -655,18 +732,19 @@ def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list, rs: int, cs: in
     n_cols = -(-num_keys // cs)
     col_max = torch.full((group, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
 
-    def observe(rows: slice | torch.Tensor, c0: int, scores: torch.Tensor) -> None:
+    def observe(heads: slice, rows: slice | torch.Tensor, c0: int, scores: torch.Tensor) -> None:
         first, cols = c0 // cs, scores.shape[-1]
         blocks = -(-(c0 + cols) // cs) - first
         if cs > 1:
             scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
                                              value=float("-inf"))
-            scores = scores.view(group, scores.shape[1], blocks, cs).amax(-1)
+            scores = scores.view(scores.shape[0], scores.shape[1], blocks, cs).amax(-1)
         if isinstance(rows, slice):
-            target = col_max[:, rows, first:first + blocks]
+            target = col_max[heads, rows, first:first + blocks]
             torch.maximum(target, scores, out=target)
         else:
-            col_max[:, rows, first:first + blocks] = torch.maximum(col_max[:, rows, first:first + blocks], scores)
+            col_max[heads, rows, first:first + blocks] = torch.maximum(col_max[heads, rows, first:first + blocks],
+                                                                       scores)
 
     found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
     denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)

@@ -61,19 +61,40 @@ def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: in
     return blocks.transpose(2, 3).reshape(used, num_kv_heads, block_size, head_dim)  # (n, N, bs, D/c, c) -> D
 
 
-def block_views(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int) -> tuple[torch.Tensor, ...] | None:
-    """Whole blocks of a paged cache, in order, as views of the cache (nothing copied): (N_kv, block_size, D) each.
+def block_views(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int,
+                heads: slice = slice(None)) -> tuple[torch.Tensor, ...] | None:
+    """Whole blocks of a paged cache, in order, as views of the cache (nothing copied): (N', block_size, D) each,
+    for kv heads ``heads``.
 
     Rank 4 gives each block as stored; rank 3 a view strided over heads (rows of D contiguous). NZ splits D,
-    so its blocks are not (block_size, D) matrices: None (read it with ``gather_blocks``).
+    so its blocks are not (block_size, D) matrices: None (read it with ``read_blocks`` or ``gather_blocks``).
     """
     if cache.dim() == 5:
         return None
-    ids = block_ids.tolist()
+    return tuple(_block(cache, i, num_kv_heads)[heads] for i in block_ids.tolist())
+
+
+def read_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_kv_heads: int, out: torch.Tensor,
+                heads: slice = slice(None)) -> torch.Tensor:
+    """Copy whole blocks of a paged cache, in order, kv heads ``heads``, into ``out`` (n, N', block_size, D),
+    converting to out's dtype on the way: one read of each block and one write, any of the three ranks.
+
+    ``out`` may be strided (e.g. the first D columns of a wider buffer). Returns ``out``.
+    """
+    for j, i in enumerate(block_ids.tolist()):
+        if cache.dim() == 5:  # (N, D/c, bs, c) -> (N, bs, D/c, c), written as (N, bs, D)
+            chunks, c = cache.shape[2], cache.shape[4]
+            out[j].unflatten(-1, (chunks, c)).copy_(cache[i, heads].transpose(1, 2))
+        else:
+            out[j].copy_(_block(cache, i, num_kv_heads)[heads])
+    return out
+
+
+def _block(cache: torch.Tensor, i: int, num_kv_heads: int) -> torch.Tensor:
+    """Block i of a rank-3 or rank-4 cache as a (N_kv, block_size, D) view."""
     if cache.dim() == 4:
-        return tuple(cache[i] for i in ids)
-    head_dim = cache_head_dim(cache, num_kv_heads)
-    return tuple(cache[i].view(cache.shape[1], num_kv_heads, head_dim).transpose(0, 1) for i in ids)
+        return cache[i]
+    return cache[i].view(cache.shape[1], num_kv_heads, cache_head_dim(cache, num_kv_heads)).transpose(0, 1)
 
 
 def head_major(blocks: torch.Tensor) -> torch.Tensor:

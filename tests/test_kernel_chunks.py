@@ -16,6 +16,7 @@ from fia_kit import kernel, quant
 from fia_kit.masks import compressed_causal_mask
 from fia_kit.planning import plan as make_plan
 from fia_kit.reference import npu_fused_infer_attention_score as fia
+from fia_kit.reference import npu_fused_infer_attention_score_v2 as kernel_fia_v2
 
 F64 = torch.float64
 BS = 16  # block size (the op takes multiples of 16)
@@ -212,3 +213,130 @@ def test_pooled_probabilities_with_user_mask_and_pse(sample_rows: bool, gen: tor
     padded = F.pad(dense, (0, 40 - s, 0, (-dense.shape[1]) % rs), value=-1.0)
     expected = padded.view(2, padded.shape[1] // rs, rs, 8, cs).amax(dim=(2, 4))
     torch.testing.assert_close(pooled.values, expected)
+
+
+# --------------------------------------------------------------------------- kv-head groups, converted paged caches
+
+@pytest.mark.parametrize("score_bytes", [1, 2**40])  # one kv head per group / every kv head in one group
+def test_head_groups_with_band_pse_and_gqa(score_bytes: int, gen: torch.Generator,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 4 (pre 20, next 3) on 37 x 53 with pse, 6 query / 3 kv heads, row tiles of 16 cut by the band on both
+    sides: the same float64 golden whichever way the kv heads are grouped."""
+    monkeypatch.setattr(kernel, "SCORE_BYTES", score_bytes)
+    monkeypatch.setattr(kernel, "TILE_ROWS", 16)
+    s_q, s_kv, n_q, n_kv, d = 37, 53, 6, 3, 16
+    q = torch.randn(1, n_q, s_q, d, generator=gen, dtype=F64)
+    k, v = (torch.randn(1, n_kv, s_kv, d, generator=gen, dtype=F64) for _ in range(2))
+    pse = torch.randn(1, n_q, s_q, s_kv, generator=gen, dtype=F64)
+    out, lse = fia(q, k, v, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD", scale=0.3, pse_shift=pse,
+                   sparse_mode=4, pre_tokens=20, next_tokens=3, atten_mask=compressed_causal_mask(),
+                   softmax_lse_flag=True)
+    i, j = torch.arange(s_q)[:, None], torch.arange(s_kv)[None, :]
+    delta = s_kv - s_q
+    vis = (j - i >= delta - 20) & (j - i <= delta + 3)
+    s = (0.3 * q @ k.repeat_interleave(2, 1).transpose(-1, -2) + pse).masked_fill(~vis, -math.inf)
+    torch.testing.assert_close(out, torch.softmax(s, -1) @ v.repeat_interleave(2, 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse[..., 0], torch.logsumexp(s, -1), rtol=1e-12, atol=1e-12)
+
+
+def test_head_groups_with_sinks_and_a_user_mask(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v2 TND with learnable sinks and a random user mask (one row fully hidden), one kv head per group."""
+    monkeypatch.setattr(kernel, "SCORE_BYTES", 1)
+    s, n_q, n_kv, d = 29, 4, 2, 16
+    q = torch.randn(1, n_q, s, d, generator=gen, dtype=F64)
+    k, v = (torch.randn(1, n_kv, s, d, generator=gen, dtype=F64) for _ in range(2))
+    sink = torch.randn(n_q, generator=gen, dtype=F64)
+    hide = torch.rand(1, 1, s, s, generator=gen) < 0.4
+    hide[..., torch.arange(s), torch.arange(s)] = False
+    hide[..., 5, :] = True  # inner_precise 0: a fully hidden row is uniform over its keys (spec 7)
+    tnd = [x[0].transpose(0, 1).contiguous() for x in (q, k, v)]
+    out, _ = kernel_fia_v2(*tnd, num_query_heads=n_q, num_key_value_heads=n_kv, input_layout="TND",
+                           softmax_scale=0.3, atten_mask=hide[:, 0], learnable_sink=sink, actual_seq_qlen=[s],
+                           actual_seq_kvlen=[s])
+    s_ = (0.3 * q @ k.repeat_interleave(2, 1).transpose(-1, -2)).masked_fill(hide[:, 0][:, None], -1e12)
+    m = s_.amax(-1, keepdim=True)
+    e = torch.exp(s_ - m)
+    p = e / (e.sum(-1, keepdim=True) + torch.exp(sink.view(1, -1, 1, 1) - m))
+    expected = (p @ v.repeat_interleave(2, 1))[0].transpose(0, 1)  # (T, N_q, Dv)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rank", [3, 4, 5])
+@pytest.mark.parametrize("s_q", [1, 5])
+def test_converted_paged_cache_over_many_chunks(cache_dtype: torch.dtype, rank: int, s_q: int,
+                                                gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache not in the compute dtype is converted block by block (``paged.read_blocks``), one kv head per group;
+    L_kv cuts the last block; float64 compute, so the golden is exact."""
+    monkeypatch.setattr(kernel, "SCORE_BYTES", 1)
+    lkv, n_q, n_kv, d = [87, 37], 4, 2, 32
+    q = torch.randn(2, n_q, s_q, d, generator=gen).to(cache_dtype)
+    k, v = (torch.randn(2, n_kv, 96, d, generator=gen).to(cache_dtype) for _ in range(2))
+    for bi, n in enumerate(lkv):
+        k[bi, :, n:], v[bi, :, n:] = math.nan, math.nan
+    kc, table = scatter_paged(k, rank, torch.Generator().manual_seed(3))
+    vc, _ = scatter_paged(v, rank, torch.Generator().manual_seed(3))
+    causal = dict(sparse_mode=3, atten_mask=compressed_causal_mask()) if s_q > 1 else {}
+    problem = make_plan("v1", q, kc, vc, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD", scale=0.3,
+                        block_table=table, block_size=BS, actual_seq_lengths_kv=lkv, **causal)
+    vis = torch.zeros(2, s_q, 96, dtype=torch.bool)
+    for bi, n in enumerate(lkv):
+        i, j = torch.arange(s_q)[:, None], torch.arange(n)[None, :]
+        vis[bi, :, :n] = (j - i <= n - s_q) if s_q > 1 else True
+    expected, _ = golden(q, k.nan_to_num(0.0), v.nan_to_num(0.0), 0.3, vis)
+    with kernel.compute_dtype(F64):
+        for bi in range(2):
+            out, _, _ = kernel.attend_batch(problem, bi)
+            torch.testing.assert_close(out, expected[bi], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float32])
+def test_converted_paged_band_starting_inside_a_block(cache_dtype: torch.dtype, gen: torch.Generator) -> None:
+    """Mode 4 (pre 20): rows see keys from the middle of a block to the middle of another (partial blocks at both
+    ends of a converted chunk); float64 compute."""
+    lkv, s_q, n_q, n_kv, d = 87, 2, 4, 2, 32
+    q = torch.randn(1, n_q, s_q, d, generator=gen).to(cache_dtype)
+    k, v = (torch.randn(1, n_kv, 96, d, generator=gen).to(cache_dtype) for _ in range(2))
+    kc, table = scatter_paged(k, 4, torch.Generator().manual_seed(5))
+    vc, _ = scatter_paged(v, 4, torch.Generator().manual_seed(5))
+    problem = make_plan("v1", q, kc, vc, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD", scale=0.3,
+                        block_table=table, block_size=BS, actual_seq_lengths_kv=[lkv], sparse_mode=4,
+                        pre_tokens=20, next_tokens=0, atten_mask=compressed_causal_mask())
+    i, j = torch.arange(s_q)[:, None], torch.arange(96)[None, :]
+    delta = lkv - s_q
+    expected, _ = golden(q, k, v, 0.3, ((j >= i + delta - 20) & (j <= i + delta))[None])
+    with kernel.compute_dtype(F64):
+        out, _, _ = kernel.attend_batch(problem, 0)
+    torch.testing.assert_close(out, expected[0], rtol=1e-12, atol=1e-12)
+
+
+def test_a_key_outside_the_band_never_reaches_a_row_even_as_nan(gen: torch.Generator) -> None:
+    """Causal: the last key is NaN; its score is replaced by -inf for every row but the last (not added to: that
+    would leave NaN), so those rows are exact, and the last row, which sees it, is NaN."""
+    s, d = 40, 16
+    q, k, v = (torch.randn(1, 2, s, d, generator=gen) for _ in range(3))
+    k[..., -1, :] = math.nan
+    out, _ = fia(q, k, v, num_heads=2, input_layout="BNSD", scale=0.25, sparse_mode=3,
+                 atten_mask=compressed_causal_mask())
+    expected = F.scaled_dot_product_attention(q[..., :-1, :].double(), k[..., :-1, :].double(),
+                                              v[..., :-1, :].double(), is_causal=True, scale=0.25)
+    torch.testing.assert_close(out[..., :-1, :].double(), expected, rtol=2e-6, atol=2e-6)
+    assert out[..., -1, :].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponentials_flush_only_below_the_smallest_normal(dtype: torch.dtype) -> None:
+    """The softmax numerators equal exp(s - m) wherever that is above exp(x0) ~ the dtype's smallest normal, are 0
+    at or below it (masked keys at -inf and -1e12 included), and a NaN stays NaN; m and the sums as written."""
+    tiny = torch.finfo(dtype).tiny
+    s = torch.tensor([[0.0, -1.0, -80.0, -87.2, -87.4, -100.0, -800.0, -1e12, -math.inf, -700.0],
+                      [3.0, math.nan, 1.0, -1.0, -math.inf, -math.inf, 0.5, 2.0, -5.0, -9.0]], dtype=dtype)
+    row_max, total = s.new_empty(2, 1), s.new_empty(2, 1)
+    e = kernel._exponentials(s.clone(), row_max, total)
+    exact = torch.exp(s.double() - torch.tensor([[0.0], [3.0]], dtype=torch.float64))
+    keep = exact > 1.01 * tiny
+    expected = torch.where(keep, exact, 0.0).to(dtype)
+    torch.testing.assert_close(e[0], expected[0], rtol=0, atol=0)
+    assert (e[0][~keep[0]] == 0).all() and (e[0][keep[0]] > 0).all()
+    assert e[1, 1].isnan() and not e[1, [0, 2, 3, 6, 7, 8, 9]].isnan().any() and (e[1, [4, 5]] == 0).all()
+    assert row_max[0, 0] == 0 and total[0, 0] == e[0].sum()
