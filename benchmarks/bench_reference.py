@@ -208,12 +208,27 @@ def table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def cpu_description() -> str:
+    """This CPU's model and the vector/matrix extensions that decide SDPA's and the reference's speed (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "CPU unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    have = [name for name, flag in (("AVX2", "avx2"), ("FMA", "fma"), ("AVX-512", "avx512f"),
+                                    ("AVX-512 BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if flag in flags]
+    lacks = [name for name, flag in (("AVX-512", "avx512f"), ("AMX", "amx_bf16")) if flag not in flags]
+    return f"{model} ({', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(lacks)}" if lacks else "") + ")"
+
+
 def header(repeats: int, warmup: int) -> str:
     """What the numbers were measured with, including the machine's load (other processes skew CPU ratios)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} CPUs, load average "
-            f"{load}; median of {repeats} alternating runs after {warmup} warm-up; ratio = FIA / SDPA (lower is "
-            "better)")
+    return (f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads on "
+            f"{os.cpu_count()} CPUs, load average {load}; median of {repeats} alternating runs after {warmup} "
+            "warm-up; ratio = FIA / SDPA (lower is better)")
 
 
 def main(argv: list[str] | None = None) -> int:

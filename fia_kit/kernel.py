@@ -8,10 +8,22 @@ learnable sink in the denominator; O = P V.
 One tile loop (``_attend_rows``) computes everything, on the inputs' device: query rows in tiles; each tile reads
 only the key columns its band can reach, chunk by chunk (``BatchKeys``: a paged cache is read through block_table
 a few blocks at a time, never gathered whole); the tile's score rows are kept whole, so its softmax is the one-pass
-softmax (no online rescaling moves the numerics) and each key and value block is read once per row tile. Outputs
-(``attend_batch``, ``run_plan``) and probabilities for figures (``pooled_probabilities``: only the heads shown,
-pooled as they are computed) come from it; ``batch_row_status`` needs no attention (it reads the plan's
-``fia_kit.visibility.Visibility``, as the loop does for the user mask).
+softmax (no online rescaling moves the numerics). The kv heads go in groups whose score block stays in cache
+(``SCORE_BYTES`` per thread), each group over all tiles, so its keys and values stay in cache too; each key and
+value block is read once per row tile and group. Outputs (``attend_batch``, ``run_plan``) and probabilities for
+figures (``pooled_probabilities``: only the heads shown, pooled as they are computed) come from it;
+``batch_row_status`` needs no attention (it reads the plan's ``fia_kit.visibility.Visibility``, as the loop does
+for the user mask).
+
+Where speed chose among float32 (float64) evaluations of the same formulas, and what it changes:
+- scale * Q K^T is the matmul's alpha (``baddbmm``) for dense keys, and paged blocks are multiplied as K q^T:
+  the products round like any float32 matmul of another blocking, a few ulp of the score apart.
+- exp(s - m) is computed as exp(max(s - m, x0)) and then 0 at or below exp(x0), x0 = -87.33 in float32 (-708.39
+  in float64), where exp is still a normal number: torch's exp is 4 to 40 times slower where its result is
+  subnormal or 0 (masked keys, peaked rows). A probability whose value is at most 1.18e-38 (2.2e-308) becomes 0;
+  every other one is unchanged; masked keys still get exactly 0 and NaN stays NaN (``_exponentials``).
+- bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block as they are
+  read (paged); scores and P are never rounded to them (spec 3.6).
 """
 
 from __future__ import annotations
