@@ -646,9 +646,11 @@ def _finish_rows(problem: Plan, tiles: RowTiles, q_heads: slice, values: bool) -
         if full is not None:
             out.mul_(full.dequant_scale2)
         out.div_(torch.where(totals > 0, totals, torch.ones_like(totals)).unsqueeze(-1))
+    if bool(invalid.any()):
         out.masked_fill_(invalid.view(1, -1, 1), 0.0)
-    return RowTiles(out, lse.masked_fill_(invalid, float("inf")), tiles.status, offsets,
-                    totals.masked_fill_(invalid, 0.0))
+        lse.masked_fill_(invalid, float("inf"))
+        totals.masked_fill_(invalid, 0.0)
+    return RowTiles(out, lse, tiles.status, offsets, totals)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
