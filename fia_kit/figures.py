@@ -18,7 +18,8 @@ import plotly.colors
 import plotly.graph_objects as go
 import torch
 
-from . import kernel, paged
+from . import kernel
+from .diagrams import block_table_figure
 from .kernel import ReferenceResult, RowStatus
 from .layouts import INPUT_LAYOUTS, from_canonical, to_canonical
 from .planning import Plan
@@ -376,52 +377,23 @@ def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: f
 
 
 def paged_figure(problem: Plan, b: int = 0) -> go.Figure:
-    """Batch b's logical tokens, block by block, mapped through block_table to the cache's physical blocks."""
-    if not problem.paged:
-        raise ValueError("paged_figure needs a paged call (block_table given)")
-    plan, bs = problem.batches[b], problem.block_size
-    used = -(-plan.kv_len // bs)
-    ids = [int(i) for i in problem.block_table[plan.kv_index, :used].tolist()]
-    num_blocks = problem.key.shape[0]
-    fig = go.Figure()
-    for k, phys in enumerate(ids):
-        fig.add_trace(go.Scatter(x=[k, phys], y=[1, 0], mode="lines", line=dict(color="#8d99ae", width=1),
-                                 hoverinfo="skip", showlegend=False))
-    tokens = [f"tokens {k * bs}..{min(plan.kv_len, (k + 1) * bs) - 1}" for k in range(used)]
-    fig.add_trace(go.Scatter(x=list(range(used)), y=[1] * used, mode="markers+text", text=[str(k) for k in range(used)],
-                             marker=dict(symbol="square", size=22, color="#2a9d8f"), textfont=dict(color="white"),
-                             customdata=tokens, hovertemplate="logical block %{x}: %{customdata}<extra></extra>",
-                             name=f"logical blocks of batch {b}"))
-    owner = {phys: k for k, phys in enumerate(ids)}
-    for name, color, blocks in (("physical blocks used by this batch", "#e76f51", sorted(owner)),
-                                ("other physical blocks", "#bfc5cc", [p for p in range(num_blocks) if p not in owner])):
-        if blocks:
-            fig.add_trace(go.Scatter(x=blocks, y=[0] * len(blocks), mode="markers+text", text=[str(p) for p in blocks],
-                                     marker=dict(symbol="square", size=22, color=color), name=name,
-                                     hovertemplate="physical block %{x}<extra></extra>"))
-    layout = paged.CACHE_LAYOUTS[problem.key.dim()]
-    fig.update_layout(title=dict(text=f"Paged KV, batch {b}: {plan.kv_len} tokens in {used} blocks of {bs}<br>"
-                                      f"block_table[{plan.kv_index}] = {ids}; cache {layout} "
-                                      f"{tuple(problem.key.shape)}", font=dict(size=13)),
-                      legend=dict(orientation="h", y=-0.3, yanchor="top"), height=340, margin=dict(t=80, b=90))
-    fig.update_yaxes(tickvals=[0, 1], ticktext=["physical", "logical"], range=[-0.5, 1.5])
-    fig.update_xaxes(title_text="block index", tickmode="linear", tick0=0, dtick=1,
-                     range=[-0.6, max(num_blocks, used) - 0.4])
-    return fig
+    """Batch b's block_table row mapped to the cache's physical blocks: ``diagrams.block_table_figure`` for b."""
+    return block_table_figure(problem, [b])
 
 
 def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 2) -> go.Figure:
     """How query rows lie in memory for ``input_layout``: each cell is one D-vector, in address order.
 
-    One row per tensor part (the input, and the output when the layout has two parts). Cell colour = head n,
-    text = (b, s, n) (packed parts: (t, n), t the token of all batches). Uses ``fia_kit.layouts`` to lay an index
-    tensor out, so the figure shows exactly what the library does.
+    One panel per tensor part (the input, and the output when the layout has two parts), each with its own axes.
+    Cell colour = head n (key above the plot), text = (b, s, n) (packed parts: (t, n), t the token of all batches). Uses
+    ``fia_kit.layouts`` to lay an index tensor out, so the figure shows exactly what the library does.
     """
     query_part, out_part = INPUT_LAYOUTS[input_layout]
     parts = [("query/key/value", query_part)] + ([("attention_out", out_part)] if out_part != query_part else [])
+    colors = plotly.colors.qualitative.Pastel1
+    panel, gap, top, bottom = 60, 75, 80, 60
+    area = panel * len(parts) + gap * (len(parts) - 1)
     fig = go.Figure()
-    gap = 0.12
-    height = (1 - gap * (len(parts) - 1)) / len(parts)
     for k, (what, part) in enumerate(parts):
         packed = part in ("TND", "NTD")
         b = 1 if packed or part == "NSD" else batch
@@ -430,16 +402,25 @@ def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 
         order = from_canonical(ids, part).reshape(-1).to(torch.int64).tolist()
         labels = [(i // (heads * s), (i // s) % heads, i % s) for i in order]  # (b, n, s) of each vector
         text = [f"t{si}<br>n{ni}" if packed else f"b{bi} s{si}<br>n{ni}" for bi, ni, si in labels]
+        suffix = "" if k == 0 else str(k + 1)
         fig.add_trace(go.Heatmap(z=[[ni for _, ni, _ in labels]], x=list(range(len(order))), y=[f"{what}: {part}"],
-                                 text=[text], texttemplate="%{text}", colorscale=plotly.colors.qualitative.Pastel1,
-                                 showscale=False, zmin=0, zmax=8, yaxis="y" if k == 0 else f"y{k + 1}",
+                                 text=[text], texttemplate="%{text}", colorscale=_discrete_scale(
+                                     {n: colors[n % len(colors)] for n in range(heads)}),
+                                 zmin=-0.5, zmax=heads - 0.5, showscale=False, xgap=1,
+                                 xaxis=f"x{suffix}", yaxis=f"y{suffix}",
                                  hovertemplate="address slot %{x}: %{text}<extra></extra>"))
-        top = 1 - k * (height + gap)
-        fig.layout["yaxis" if k == 0 else f"yaxis{k + 1}"] = dict(domain=[max(0.0, round(top - height, 6)), round(top, 6)], anchor="x")
+        top_edge = 1 - k * (panel + gap) / area
+        fig.layout[f"yaxis{suffix}"] = dict(domain=[round(top_edge - panel / area, 6), round(top_edge, 6)],
+                                            anchor=f"x{suffix}")
+        fig.layout[f"xaxis{suffix}"] = dict(anchor=f"y{suffix}", tickmode="linear", tick0=0, dtick=1,
+                                            title=dict(text="memory order (one D-vector per cell)"
+                                                       if k == len(parts) - 1 else ""))
+    swatches = "   ".join(f"<span style='color:{colors[n % len(colors)]}'>■</span> n{n}" for n in range(heads))
+    fig.add_annotation(text=f"colour = head: {swatches}", xref="paper", yref="paper", x=1, y=1, xanchor="right",
+                       yanchor="bottom", showarrow=False, font=dict(size=13))
     fig.update_layout(title=dict(text=f"input_layout {input_layout}: D-vectors in memory order (d fastest inside "
-                                      f"each cell), B={batch}, S={seq}, N={heads}; colour = head",
-                                 font=dict(size=13)), height=160 + 70 * len(parts))
-    fig.update_xaxes(title_text="memory order (one D-vector per cell)")
+                                      f"each cell), B={batch}, S={seq}, N={heads}", font=dict(size=13)),
+                      height=area + top + bottom, margin=dict(t=top, b=bottom), plot_bgcolor="white")
     return fig
 
 
