@@ -172,3 +172,5 @@ print("mask", tuple(decode_mask.shape), "hiding keys 0..9 == SDPA over keys 10..
 # * A paged call equals the contiguous call with the same lengths.
 # * S_q == 1: sparse_mode, pre/next and `actual_seq_lengths` are ignored; only the mask and `L_kv` apply.
 #   (With MLA rope inputs, S_q == 1 keeps sparse modes 0/3/4: spec section 6.5.)
+#
+# Next: [06 · GQA and MLA](06_gqa_and_mla.ipynb).

@@ -102,7 +102,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     served.mkdir()
     for nb in NOTEBOOKS.glob("*.ipynb"):
         shutil.copy(nb, served / nb.name)
-    shutil.copytree(ROOT / "examples", home / "examples")  # notebook 08 reads ../examples, as under `make lab`
+    shutil.copytree(ROOT / "examples", home / "examples")  # notebook 09 reads ../examples, as under `make lab`
     (served / EXPLORER_CHECK).write_text(json.dumps(_explorer_notebook()), encoding="utf-8")
     for name, values in SETTINGS.items():
         path = home / "settings" / name

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 10 · Your own calls
+# # 11 · Your own calls
 #
 # The other notebooks build calls of the op from scratch. Here the calls come from a model: a small decoder,
 # written against the op the way serving code is, runs inside `fia_kit.capture`. The capture records every call

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 7 · Quantisation: int8/int4 K/V, int8 output, full int8
+# # 8 · Quantisation: int8/int4 K/V, int8 output, full int8
 #
 # Three families (spec section 16), all computed by `fia_kit.quant` in the reference:
 #
@@ -201,3 +201,5 @@ print("== SDPA on the dequantised concatenation (bf16 tolerance):",
 #   **[inferred]** (open question 5).
 # * int8 output: half-to-even rounding and saturation **[inferred]** (open question 4).
 # * v1 full quant: uint64 `npu_trans_quant_param` scales (FP19 + bit 46); v2: MLA with `dequant_scale_query`.
+#
+# Next: [09 · graph mode and profiling](09_graph_mode_and_profiling.ipynb).

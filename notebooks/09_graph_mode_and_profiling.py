@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 8 · Graph mode and profiling
+# # 9 · Graph mode and profiling
 #
 # In production the op runs inside a graph: TorchAir compiles a model into a GE graph on the NPU. This
 # notebook shows how (the cells run TorchAir on an Ascend box), what stands in for it elsewhere (the kit's
@@ -265,3 +265,5 @@ print("an NPU's peaks are entered, not guessed:", roofline.DevicePeaks("my NPU")
 # * `fia_kit.profiling.profile` for timings, memory and traces; `graph_modes` for the graph-mode matrix
 #   (compiles, host time, length copies); `read_ascend` for torch_npu / msprof profiles; `compare_runs` for the
 #   8 % regression gate; `fia_kit.roofline` for exact FLOPs, minimum bytes and the roofline.
+#
+# Next: [10 · validating the real op](10_validating_the_real_op.ipynb).

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 9 · Validating the real op: a sweep
+# # 10 · Validating the real op: a sweep
 #
 # On an Ascend box the question is "does torch_npu's op (eager and in a TorchAir graph) compute what the spec
 # says?". This notebook answers it with a sweep: a list of `fia_kit.case.Case`s (each a seeded, reproducible
@@ -167,3 +167,5 @@ with tempfile.TemporaryDirectory() as folder:
 # eager op and through a TorchAir graph, and the table shows which cases disagree with the spec's reference.
 # Known places to look first (spec section 23): LSE with sinks (open question 1), rows beyond the last TND
 # offset (2), int8 rounding (4), int4 nibble order (5), and `(1, 1, 1, S)` masks in paged decode (7).
+#
+# Next: [11 · your own calls](11_your_own_calls.ipynb).
