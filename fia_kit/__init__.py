@@ -62,7 +62,8 @@ _LAZY: dict[str, str] = {
     "method12": ".precision",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
-_SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "roofline")
+_SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "roofline",
+               "signatures")
 
 __all__ = [
     # plan once, run anywhere

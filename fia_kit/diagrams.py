@@ -348,17 +348,29 @@ class Agreement:
     """Rows of (what, max |actual - expected|, the tolerance's worst ratio): a check shown as numbers.
 
     ``ratio`` is max |a - e| / (atol + rtol·|e|): at most 1 means every element is within tolerance, as
-    ``torch.allclose`` decides. Numbers are shown to 2 significant digits.
+    ``torch.allclose`` decides. Numbers below 1 are shown to 1 significant digit, below 10 to 1 decimal, then to 2
+    significant digits; differences below ``resolution`` and ratios below 0.1 read "< ..." (exactly 0 only when
+    the tolerance is 0). Float32 results differ by machine in their last bits; this keeps a notebook's table the
+    same everywhere.
     """
 
     rows: tuple[tuple[str, float, float], ...]
     atol: float
     rtol: float
+    resolution: float = 1e-5
 
     def _cells(self) -> tuple[str, list[str], list[list[str]]]:
-        caption = f"tolerance: |actual - expected| <= {self.atol:g} + {self.rtol:g}·|expected|"
+        exact = not (self.atol or self.rtol)
+
+        def shown(x: float, floor: float) -> str:
+            if x < floor:  # with a tolerance, an exact 0 reads "< floor" too: elsewhere it may be last-bit noise
+                return "0" if x == 0 and exact else f"< {floor:g}"
+            return format(x, ".1g" if x < 1 else ".1f") if x < 10 else f"{float(f'{x:.2g}'):g}"
+
+        caption = ("tolerance 0: agrees only where actual == expected" if exact else
+                   f"tolerance: |actual - expected| <= {self.atol:g} + {self.rtol:g}·|expected|")
         head = ["compared", "max |actual - expected|", "x tolerance (<= 1 agrees)", "agrees"]
-        body = [[what, f"{worst:.2g}", f"{ratio:.2g}", "yes" if ratio <= 1 else "no"]
+        body = [[what, shown(worst, self.resolution), shown(ratio, 0.1), "yes" if ratio <= 1 else "no"]
                 for what, worst, ratio in self.rows]
         return caption, head, body
 
@@ -369,12 +381,17 @@ class Agreement:
         return html_table(*self._cells())
 
 
-def agreement(pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], atol: float, rtol: float) -> Agreement:
-    """Compare each (actual, expected) pair in float64: its max abs difference and tolerance ratio, in a table."""
+def agreement(pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], atol: float, rtol: float,
+              resolution: float = 1e-5) -> Agreement:
+    """Compare each (actual, expected) pair in float64: its max abs difference and tolerance ratio, in a table.
+
+    With ``atol = rtol = 0`` the table says whether the pairs are equal. ``resolution``: see ``Agreement``.
+    """
     rows = []
     for what, (actual, expected) in pairs.items():
         a, e = actual.detach().cpu().to(torch.float64), expected.detach().cpu().to(torch.float64)
         diff = (a - e).abs()
-        rows.append((what, float(diff.max()) if diff.numel() else 0.0,
-                     float((diff / (atol + rtol * e.abs())).max()) if diff.numel() else 0.0))
-    return Agreement(tuple(rows), atol, rtol)
+        bound = atol + rtol * e.abs()
+        ratio = torch.where(diff == 0, 0.0, diff / bound) if diff.numel() else diff
+        rows.append((what, float(diff.max()) if diff.numel() else 0.0, float(ratio.max()) if diff.numel() else 0.0))
+    return Agreement(tuple(rows), atol, rtol, resolution)

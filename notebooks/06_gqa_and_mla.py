@@ -13,8 +13,10 @@ import math
 import torch
 
 import fia_kit
+from fia_kit import diagrams
 from fia_kit.backends import TOLERANCES
 from fia_kit.call import parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -35,10 +37,6 @@ def op(form, q, k, v, **options):
     return result.attention_out.cpu(), result.softmax_lse.cpu()
 
 
-def close(a, b):
-    return torch.allclose(a.float(), b.float(), atol=atol, rtol=rtol)
-
-
 # %% [markdown]
 # ## GQA: query head `n` reads KV head `n // G`
 #
@@ -51,14 +49,30 @@ def close(a, b):
 N_q, N_kv, D = 8, 2, 64
 G = N_q // N_kv
 q, k, v = randn(1, N_q, 5, D), randn(1, N_kv, 7, D), randn(1, N_kv, 7, D)
-out, _ = op("v1", q, k, v, num_heads=N_q, num_key_value_heads=N_kv, input_layout="BNSD", scale=D ** -0.5)
+gqa_call = parse_call("v1", q, k, v, dict(num_heads=N_q, num_key_value_heads=N_kv, input_layout="BNSD",
+                                          scale=D ** -0.5))
+out = fia_kit.run(gqa_call, BACKEND).attention_out.cpu()
 print("query head -> kv head:", {n: n // G for n in range(N_q)})
 print("output keeps N_q heads:", tuple(out.shape))
 
+# %% [markdown]
+# The same mapping drawn from the call's plan: each column is a query head, coloured by the KV head it reads; the
+# bottom row is the mistake of expanding K/V with a tiled `repeat`, which pairs head `n` with `n % N_kv`. The second
+# figure is a 64-head model with 8 KV heads (G = 8), as in many served LLMs.
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+diagrams.gqa_figure(fia_kit.plan(gqa_call), tiled_contrast=True).show()
+diagrams.gqa_figure(64, 8).show()
+
+# %% [markdown]
+# Against SDPA with K/V expanded both ways: only the contiguous groups (`repeat_interleave`) agree.
+
+# %%
 interleaved = SDPA(q.float(), k.float().repeat_interleave(G, 1), v.float().repeat_interleave(G, 1), scale=D ** -0.5)
 tiled = SDPA(q.float(), k.float().repeat(1, G, 1, 1), v.float().repeat(1, G, 1, 1), scale=D ** -0.5)
-print("== SDPA with repeat_interleave(G) (heads 0..3 -> kv 0, 4..7 -> kv 1):", close(out, interleaved))
-print("== SDPA with tiled repeat (heads 0,2,4,6 -> kv 0):                 ", close(out, tiled))
+agreement({"vs SDPA with repeat_interleave(G) (heads 0..3 -> kv 0, 4..7 -> kv 1)": (out, interleaved),
+           "vs SDPA with a tiled repeat (heads 0, 2, 4, 6 -> kv 0)": (out, tiled)}, atol, rtol)
 
 # %% [markdown]
 # ## MLA: rope parts are concatenated along D, not rotated
@@ -83,8 +97,8 @@ concatenated = SDPA(torch.cat([q, q_rope], -1).float(), torch.cat([k, k_rope], -
                     v.float().expand(1, 4, 9, 128), scale=scale)
 without_rope = SDPA(q.float(), k.float().expand(1, 4, 9, 128), v.float().expand(1, 4, 9, 128), scale=scale)
 print("output D = value's D:", out.shape[-1])
-print("== SDPA on [q, q_rope] . [k, k_rope] (concatenated along D):", close(out, concatenated))
-print("== SDPA ignoring the rope parts:                            ", close(out, without_rope))
+agreement({"vs SDPA on [q, q_rope]·[k, k_rope] (concatenated along D)": (out, concatenated),
+           "vs SDPA ignoring the rope parts": (out, without_rope)}, atol, rtol)
 
 # %%
 # Decode MLA: D = 512, N_kv = 1, S_q = 1, key = value = k_nope (absorbed MLA).
@@ -95,7 +109,8 @@ out, lse = op("v2", q_nope, k_nope, k_nope, query_rope=q_pe, key_rope=k_pe, num_
               num_key_value_heads=1, input_layout="BNSD", softmax_scale=scale)
 expected = SDPA(torch.cat([q_nope, q_pe], -1).float(), torch.cat([k_nope, k_pe], -1).float().expand(2, 16, 32, 576),
                 k_nope.float().expand(2, 16, 32, 512), scale=scale)
-print("decode MLA output:", tuple(out.shape), "== SDPA on the concatenation:", close(out, expected))
+print("decode MLA output:", tuple(out.shape))
+agreement({"decode MLA vs SDPA on the concatenation": (out, expected)}, atol, rtol)
 
 # %% [markdown]
 # Any other query D with rope parts is refused before compute, naming the parameter and the rule

@@ -11,10 +11,12 @@
 
 # %%
 import torch
+from IPython.display import display
 
 import fia_kit
 from fia_kit.backends import TOLERANCES
 from fia_kit.call import parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -33,10 +35,6 @@ def op(form, q, k, v, **options):
     """The op on BACKEND: (attention_out, softmax_lse) on the CPU."""
     result = fia_kit.run(parse_call(form, q, k, v, options), BACKEND)
     return result.attention_out.cpu(), result.softmax_lse.cpu()
-
-
-def close(a, b):
-    return torch.allclose(a.float(), b.float(), atol=atol, rtol=rtol)
 
 
 # %% [markdown]
@@ -62,10 +60,10 @@ sink = torch.randn(4, generator=g).to(torch.bfloat16)
 sink_options = dict(num_query_heads=4, num_key_value_heads=2, input_layout="TND", actual_seq_qlen=[3, 7],
                     actual_seq_kvlen=[4, 9], learnable_sink=sink, softmax_scale=0.125, return_softmax_lse=True)
 row_sums, lse = op("v2", q, k, ones, **sink_options)
-print("sink (rounded):", [round(float(x), 2) for x in sink])
-print("every row's weights sum to less than 1:", bool((row_sums[..., 0] < 1).all()))
-print("smallest / largest row sum:", round(float(row_sums[..., 0].min()), 2), "/",
-      round(float(row_sums[..., 0].max()), 2))
+print("sink logit per head:", [round(float(x), 2) for x in sink])
+print("row sums Σ_j p[i, j] (packed row t, then one column per query head):")
+for t in range(7):
+    print(f"  t={t} (batch {0 if t < 3 else 1}):", "  ".join(f"{float(x):.2f}" for x in row_sums[t, :, 0]))
 
 # %% [markdown]
 # An independent golden, as op-plugin's test writes it: per batch, scores in float32, the sink appended as a
@@ -89,10 +87,11 @@ for lq, lk in zip(q_lens, kv_lens, strict=True):
     lse_without_sink.append(s.logsumexp(-1).transpose(0, 1))
     lse_with_sink.append(with_sink.logsumexp(-1).transpose(0, 1))
     q_start, kv_start = q_start + lq, kv_start + lk
-print("== golden (softmax over [scores, sink], sink column dropped):", close(out, torch.cat(golden)))
+display(agreement({"attention_out vs the golden (softmax over [scores, sink], sink column dropped)":
+                   (out, torch.cat(golden))}, atol, rtol))
 lse = lse[..., 0]
-print("LSE == logsumexp without the sink [inferred]:", torch.allclose(lse, torch.cat(lse_without_sink), atol=1e-4))
-print("LSE == logsumexp with the sink:              ", torch.allclose(lse, torch.cat(lse_with_sink), atol=1e-4))
+agreement({"LSE vs logsumexp of the scores without the sink [inferred]": (lse, torch.cat(lse_without_sink)),
+           "LSE vs logsumexp with the sink": (lse, torch.cat(lse_with_sink))}, 1e-4, 0)
 
 # %% [markdown]
 # ## Shared prefix (v1 only): every batch first attends to the same prefix rows
@@ -108,11 +107,19 @@ k_prefix, v_prefix = randn(1, 4, 10, 64), randn(1, 4, 10, 64)
 P, kv_lens = 7, [6, 4]
 out, _ = op("v1", q, k, v, key_shared_prefix=k_prefix, value_shared_prefix=v_prefix, actual_shared_prefix_len=[P],
             actual_seq_lengths_kv=kv_lens, num_heads=4, input_layout="BNSD", scale=0.125)
-for b, L in enumerate(kv_lens):
-    keys = torch.cat([k_prefix[0, :, :P], k[b, :, :L]], 1).float()
-    values = torch.cat([v_prefix[0, :, :P], v[b, :, :L]], 1).float()
-    print(f"batch {b}: {P} prefix + {L} own keys; == SDPA over prefix[:P] + kv[:L_kv]:",
-          close(out[b], SDPA(q[b].float(), keys, values, scale=0.125)))
+def sdpa_over(b, keys, values):
+    return SDPA(q[b].float(), torch.cat(keys, 1).float(), torch.cat(values, 1).float(), scale=0.125)
+
+
+agreement({
+    **{f"batch {b}: vs SDPA over prefix[:{P}] + kv[:{L}]": (
+        out[b], sdpa_over(b, [k_prefix[0, :, :P], k[b, :, :L]], [v_prefix[0, :, :P], v[b, :, :L]]))
+       for b, L in enumerate(kv_lens)},
+    f"batch 0: vs SDPA over the whole prefix (10 rows) + kv[:{kv_lens[0]}]": (
+        out[0], sdpa_over(0, [k_prefix[0], k[0, :, :kv_lens[0]]], [v_prefix[0], v[0, :, :kv_lens[0]]])),
+    f"batch 1: vs SDPA over kv[:{kv_lens[1]}] alone": (
+        out[1], sdpa_over(1, [k[1, :, :kv_lens[1]]], [v[1, :, :kv_lens[1]]])),
+}, atol, rtol)
 
 # %%
 try:
@@ -134,8 +141,8 @@ pse = randn(1, 4, 5, 8)   # batch 1 broadcasts over B; the head axis is required
 out, _ = op("v1", q, k, v, pse_shift=pse, num_heads=4, input_layout="BNSD", scale=0.125)
 added_after = SDPA(q.float(), k.float(), v.float(), attn_mask=pse.float(), scale=0.125)  # scale*qk + pse
 scaled_too = SDPA(q.float(), k.float(), v.float(), attn_mask=0.125 * pse.float(), scale=0.125)
-print("== scale*q.k + pse:         ", close(out, added_after))
-print("== scale*q.k + scale*pse:   ", close(out, scaled_too))
+display(agreement({"vs SDPA of scale·q·kᵀ + pse": (out, added_after),
+                   "vs SDPA of scale·(q·kᵀ + pse)": (out, scaled_too)}, atol, rtol))
 try:
     op("v1", q, k, v, pse_shift=randn(1, 1, 5, 8), num_heads=4, input_layout="BNSD")
 except fia_kit.FIAArgumentError as error:

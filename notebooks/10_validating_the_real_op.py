@@ -20,10 +20,12 @@
 # *Reference-implementation recipe*, section 5.4 *What happens outside the valid lengths*.
 
 # %%
+import html
 import tempfile
 from pathlib import Path
 
 import torch
+from IPython.display import HTML
 
 import fia_kit
 from fia_kit.backends import TOLERANCES
@@ -71,15 +73,15 @@ print(cases["decode paged BnNBsD"].describe())
 # %% [markdown]
 # ## Run the sweep
 #
-# `form` is "v2" for the sink case (sinks are v2-only) and "v1" otherwise. The cell prints one line per case
-# with the verdicts only; the next cells tabulate the errors.
+# `form` is "v2" for the sink case (sinks are v2-only) and "v1" otherwise. The cell prints which cases fail the
+# fixed tolerance on some backend (none, when all is well); the next cells tabulate the errors.
 
 # %%
 results = {}
 for name, case in cases.items():
     form = "v2" if case.sinks else "v1"
     results[name] = fia_kit.compare(case.to_fia_call(form), SWEPT)
-print("all cases within tolerance on every backend:", all(r.passed for r in results.values()))
+print(f"{len(results)} cases x {len(SWEPT)} backend(s) compared")
 print("cases with a failing backend:", [name for name, r in results.items() if not r.passed])
 
 
@@ -105,9 +107,9 @@ def golden_error(case):
 
 
 golden = {name: golden_error(case) for name, case in cases.items()}
-print("fp16/bf16 reference within tolerance of the float64 golden in every case:",
-      all(e <= 1 for e, _ in golden.values()))
-print("computed rows:", sum(n for _, n in golden.values()))
+print(f"{'case':30s} {'dtype':9s} {'computed rows':>13s} {'ref vs f64 (x tolerance)':>25s}")
+for name, (error, rows) in golden.items():
+    print(f"{name:30s} {str(cases[name].dtype).removeprefix('torch.'):9s} {rows:13d} {error:25.1f}")
 
 # %% [markdown]
 # ## Summary table, worst first
@@ -135,16 +137,18 @@ for r in rows:
           f" {r['tolerance']:>9s} {r['golden']:>6s}")
 
 # %%
-print("table rows == cases x backends:", len(rows) == len(cases) * len(SWEPT))
-print("every backend passes the fixed tolerance:", all(r["tolerance"] == "pass" for r in rows))
-print("every backend passes the golden scheme:", all(r["golden"] in ("pass", "-") for r in rows))
+print(f"table: {len(rows)} rows ({len(cases)} cases x {len(SWEPT)} backend(s))")
+print("failing the fixed tolerance:", [(r["case"], r["backend"]) for r in rows if r["tolerance"] != "pass"])
+print("failing the golden scheme:  ", [(r["case"], r["backend"]) for r in rows if r["golden"] == "FAIL"])
 
 # %% [markdown]
 # ## The worst case in detail
 #
 # The full comparison of the case on top of the table, what the case means, and how to hand it to someone
 # with an Ascend box: `Case.to_script(path)` writes a standalone script that rebuilds the inputs from the seed
-# and runs the op.
+# and runs the op, eager and in a TorchAir graph (on a machine without torch_npu it runs the reference and the
+# compiled look-alike instead). Which case is worst depends on the measured errors, so these two cells' output
+# is not compared by nbval.
 
 # %% tags=["nbval-ignore-output"]
 # Output ignored by nbval (tag nbval-ignore-output): measured errors differ by machine and backend.
@@ -153,12 +157,14 @@ print("worst case:", worst_name)
 print(cases[worst_name])
 results[worst_name]
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# Output ignored by nbval (tag nbval-ignore-output): the worst case, hence the script, differs by machine.
 with tempfile.TemporaryDirectory() as folder:
     script = Path(folder) / "repro.py"
     cases[worst_name].to_script(str(script), form="v2" if cases[worst_name].sinks else "v1")
     text = script.read_text()
-    print("reproducer written:", script.exists(), "| it calls the op:", "npu_fused_infer_attention_score" in text)
+HTML(f"<details><summary><code>repro.py</code> for case {html.escape(worst_name)!r}: {len(text.splitlines())} "
+     f"lines, click to read</summary><pre>{html.escape(text)}</pre></details>")
 
 # %% [markdown]
 # ## On an Ascend box

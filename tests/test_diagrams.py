@@ -189,12 +189,19 @@ def test_agreement_decides_as_allclose_and_shows_two_digits() -> None:
         assert worst == pytest.approx(float((actual.double() - exp.double()).abs().max()))
         assert (ratio <= 1) == torch.allclose(actual.double(), exp.double(), atol=1e-3, rtol=1e-3), what
     exact = diagrams.agreement({"a vs a": (torch.ones(3), torch.ones(3)), "off by 0.25": (torch.zeros(2),
-                                                                                          torch.tensor([0, 0.25]))},
-                               0.1, 0.0)
+                                                                                          torch.tensor([0, 0.25])),
+                                "last-bit noise": (torch.ones(2), torch.ones(2) + 1e-7),
+                                "far off": (torch.zeros(1), torch.tensor([93.5]))}, 0.1, 0.0)
     assert repr(exact).splitlines() == [
         "tolerance: |actual - expected| <= 0.1 + 0·|expected|",
-        "compared     max |actual - expected|  x tolerance (<= 1 agrees)  agrees",
-        "a vs a       0                        0                          yes",
-        "off by 0.25  0.25                     2.5                        no",
+        "compared        max |actual - expected|  x tolerance (<= 1 agrees)  agrees",
+        "a vs a          < 1e-05                  < 0.1                      yes",
+        "off by 0.25     0.2                      2.5                        no",
+        "last-bit noise  < 1e-05                  < 0.1                      yes",
+        "far off         94                       940                        no",
     ]
     assert "<td>2.5</td><td>no</td>" in exact._repr_html_()
+    equal = diagrams.agreement({"same": (torch.ones(2), torch.ones(2)), "differs": (torch.ones(2), torch.zeros(2))},
+                               0.0, 0.0)
+    assert [row[1:] for row in equal.rows] == [(0.0, 0.0), (1.0, float("inf"))]  # exact comparison: no 0/0
+    assert repr(equal).splitlines()[0] == "tolerance 0: agrees only where actual == expected"

@@ -26,6 +26,9 @@ SOURCES = notebook_tools.sources(NOTEBOOK_DIR)
 MAX_FILE_BYTES = 1_500_000
 MAX_WIDGET_STATE_BYTES = 4_000
 BACKEND_LINE = re.compile(r"backend\W+(reference|compiled|npu-graph|npu)\b", re.IGNORECASE)
+# A check printed as a verdict ("...== SDPA: True"): a learner reads a value, a table or a figure instead, and the
+# assertion lives in tests/ (notebooks/README.md).
+BOOLEAN_CHECK = re.compile(r"\b(True|False)\W*$", re.MULTILINE)
 SPEC_POINTER = re.compile(r"\bspec(?:ification)?\b\W{0,3}(?:section\s+|§\s*)?\d+(?:\.\d+)?", re.IGNORECASE)
 
 
@@ -140,9 +143,19 @@ def test_notebook_points_to_a_spec_section(path: Path) -> None:
     assert SPEC_POINTER.search(text), f"{path.name} never refers to a spec section (e.g. 'spec section 6.3')"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shows_values_not_boolean_checks(path: Path) -> None:
+    """No output line ends in True/False: show the number, a table or a figure; assert in tests/."""
+    found = [(i, line) for i, c in enumerate(_code_cells(_load(path))) for o in c["outputs"]
+             for line in _text(o).splitlines() if BOOLEAN_CHECK.search(line)]
+    assert not found, f"{path.name} prints checks as booleans (code cell, line): {found}"
+
+
 def test_checks_can_fail() -> None:
-    """The patterns reject what they must: a cell without backend line, text without a spec pointer."""
+    """The patterns reject what they must: a cell without backend line, text without a spec pointer, a verdict."""
     assert not BACKEND_LINE.search("import torch\n")
     assert BACKEND_LINE.search("this notebook runs on backend: reference\n")
     assert not SPEC_POINTER.search("see the specification for details")
     assert SPEC_POINTER.search("spec section 6.3") and SPEC_POINTER.search("(spec 5.2)")
+    assert BOOLEAN_CHECK.search("== SDPA with repeat_interleave(G): True\n") and BOOLEAN_CHECK.search("False")
+    assert not BOOLEAN_CHECK.search("BNSD paged: True q_lens: (5,)\nmax |a - b| 0.0005 x tolerance 0.2 yes\n")
