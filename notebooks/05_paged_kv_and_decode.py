@@ -29,8 +29,9 @@ print("this notebook runs on backend:", BACKEND)
 # **required** with paging, and `block_table` is int32 `(B, max_blocks_per_seq)`.
 #
 # `fia_kit.builders.to_paged` writes per-sequence K (or V) into a cache, placing the blocks at shuffled
-# physical ids as an allocator would, and returns the block table. The sizes suit the NPU: block_size 128
-# (prefill paging wants 128..512 in multiples of 128, decode a multiple of 16), D = 128.
+# physical ids as an allocator would, and returns the block table; here the pool keeps two spare blocks that no
+# sequence uses. The sizes suit the NPU: block_size 128 (prefill paging wants 128..512 in multiples of 128, decode
+# a multiple of 16), D = 128.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -43,7 +44,7 @@ v = torch.randn(B, N_KV, S_KV, D, generator=g, dtype=torch.float16)
 def paged_cache(x, rank):
     """Sequences of x (B, N_kv, S, D) cut to kv_lens, in a rank-``rank`` cache (same block table each time)."""
     return builders.to_paged([x[b, :, :n] for b, n in enumerate(kv_lens)], BLOCK, cache_rank=rank,
-                             generator=torch.Generator().manual_seed(1))
+                             extra_blocks=2, generator=torch.Generator().manual_seed(1))
 
 cache_k, block_table = paged_cache(k, 4)   # rank 4: (num_blocks, N_kv, block_size, D)
 cache_v, _ = paged_cache(v, 4)
@@ -64,7 +65,8 @@ agreement({f"cache_k[{block}, :, {offset}] vs k[{b}, :, {t}]": (cache_k[block, :
 # The whole table at once: each sequence's row of `block_table` (top; each cell names a cache block, coloured over
 # the part of its 128 tokens the sequence's `L_kv` fills, the rest of a last block unused; entries past
 # `ceil(L_kv / 128)` are never read) and the cache's blocks (bottom, labelled batch·logical block). Sequence 1
-# (77 tokens) uses a single block; its other three table entries are not read.
+# (77 tokens) uses a single block; its other three table entries are not read, and two cache blocks belong to no
+# sequence.
 
 # %% tags=["nbval-ignore-output"]
 # Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
