@@ -62,6 +62,19 @@ def _stacked(heights: Sequence[int], titles: Sequence[str], gap: int = 105, top:
     return fig, area + top + bottom
 
 
+def _spaced(ticks: set[int], gap: float) -> list[int]:
+    """The sorted ticks, leaving out any closer than ``gap`` to the one before (the last one always stays)."""
+    kept: list[int] = []
+    for tick in sorted(ticks):
+        if kept and tick - kept[-1] < gap:
+            if tick != max(ticks):
+                continue
+            if len(kept) > 1:
+                kept.pop()
+        kept.append(tick)
+    return kept
+
+
 def _integer_ticks(count: int) -> dict:
     """Axis settings for integer positions 0..count-1: every one when few, else plotly's integer choice."""
     if count <= 40:
@@ -154,7 +167,7 @@ def packing_figure(the_plan: Plan) -> go.Figure:
                 textposition="inside", insidetextanchor="middle",
                 hovertemplate=f"rows [{end}, {total}): no batch; output unspecified, [inferred] zero "
                               "(spec 5.2, 23 q.2)<extra></extra>"), row=row, col=1)
-        ticks = sorted({0, total, *(s + n for s, n in spans)})
+        ticks = _spaced({0, total, *(s + n for s, n in spans)}, total / 40)  # labels that do not overlap
         fig.update_xaxes(tickvals=ticks, range=[0, max(total, 1)], title_text="token row t of T", showgrid=False,
                          row=row, col=1)
         fig.update_yaxes(showticklabels=False, row=row, col=1)
