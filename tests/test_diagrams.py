@@ -81,6 +81,18 @@ def test_packing_figure_cuts_T_at_the_cumulative_lengths() -> None:
     assert list(fig.layout.xaxis.tickvals) == [0, 3, 8, 10, 12]
 
 
+def test_packing_figure_ticks_are_boundaries_that_do_not_crowd() -> None:
+    lens = [5, 17, 3, 40, 9, 1, 22, 8, 0, 13, 30, 2]
+    cum = torch.tensor(lens).cumsum(0).tolist()
+    x = torch.zeros(160, 2, 16)
+    fig = diagrams.packing_figure(fia_kit.plan("v1", x, x, x, num_heads=2, input_layout="TND",
+                                               actual_seq_lengths=cum, actual_seq_lengths_kv=cum))
+    ticks = list(fig.layout.xaxis.tickvals)
+    assert ticks[0] == 0 and ticks[-1] == 160 and set(ticks) <= {0, 160, *cum}
+    assert min(b - a for a, b in zip(ticks, ticks[1:])) >= 160 / 40
+    assert len(ticks) >= 8  # most boundaries keep their label
+
+
 def test_packing_figure_paged_shows_the_query_side_and_v2_names() -> None:
     cache = torch.zeros(4, 16, 2 * 16)
     table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
