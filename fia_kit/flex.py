@@ -28,10 +28,11 @@ quantisation, int8 output, MLA full quantisation). The tree mask (sparse_mode 9)
 mask with spec 25.1's rule and applied like a user mask.
 
 Compilation: ``mode="eager"`` runs flex unfused (materialises the scores; fast enough for small calls),
-``mode="compiled"`` runs ``torch.compile(flex_attention)`` (static shapes on CPU, where torch 2.13's dynamic CPU
-kernel fails to build, ``dynamic=True`` on CUDA; compiled once per shape and cached by dynamo; the key axis padded
-to ``COMPILED_BUCKET``, see there), ``"auto"`` compiles
-on CUDA and for large CPU calls. ``with flex_mode("eager"):`` sets the mode for a block. Compiled flex on CPU has no
+``mode="compiled"`` runs ``torch.compile(flex_attention)``, compiled once per shape and cached by dynamo:
+``dynamic=True`` on CUDA; static shapes on CPU, where torch 2.13's dynamic CPU kernel fails to build once a mask
+or score function reads a tensor (user masks, pse: a C++ compile error or "unbacked_bindings"), so the rows and keys
+are padded up to a multiple of ``COMPILED_BUCKET`` instead: lengths that change within a bucket (an explorer's
+edits, a decode loop) reuse the compiled kernel. ``"auto"`` compiles on CUDA and for large CPU calls. ``with flex_mode("eager"):`` sets the mode for a block. Compiled flex on CPU has no
 LSE in torch 2.13, so calls needing it (the LSE output, learnable sinks) run eager there.
 """
 
@@ -67,8 +68,8 @@ MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
 EMPTY_DECODE_LSE = -3.40282e38  # IFA's LSE for a batch without keys (spec 25.1)
 UNBOUNDED = 1 << 40  # a band bound no |j - i| reaches
 COMPILE_SCORES = 1 << 26  # "auto" compiles a CPU call from this many scores (B * N_q * L_q * keys) on
-# Compiled flex pads the key axis (every layout) and a packed layout's rows up to a multiple of this: compiled
-# shapes then repeat, and torch 2.13's compiled CPU kernel is not handed a ragged last key block, which it gets
+# Compiled flex pads the rows and the key axis up to a multiple of this: compiled shapes then repeat, and torch
+# 2.13's compiled CPU kernel is not handed a ragged last key block, which it gets
 # wrong on some CPUs (seen on an AVX2 Zen 2 with head dim 8/16 and 8 keys past a multiple of 16: rows of zeros
 # or NaN; eager flex and padded keys are right). Padded keys are hidden by the mask like any key past P + L_kv.
 COMPILED_BUCKET = 128
@@ -210,6 +211,12 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _row_bucket(rows: int, bucket: int) -> int:
+    """Rows padded for a compiled shape: a multiple of ``bucket``, or below it the next power of two (a decode
+    step's single row stays one row)."""
+    return min(_round_up(rows, bucket), 1 << max(0, rows - 1).bit_length())
+
+
 class _Padded:
     """One flex problem for the whole plan: batches padded to (B, N, L, D), keys prefix first.
 
@@ -225,12 +232,12 @@ class _Padded:
 
     @classmethod
     def of(cls, plan: Plan, dtype: torch.dtype, bucket: int) -> _Padded:
-        """Pad ``plan``'s batches into one problem; the key axis, and a packed layout's rows, round up to ``bucket``."""
+        """Pad ``plan``'s batches into one problem; its rows (``_row_bucket``) and key axis (a multiple) round up
+        to ``bucket``."""
         device = plan.query.device
         batches = plan.batches
         packed = plan.layout.packed
-        rows = _round_up(max((p.q_len for p in batches), default=0), bucket) if packed \
-            else plan.query.shape[2]
+        rows = _row_bucket(max((p.q_len for p in batches), default=0) if packed else plan.query.shape[2], bucket)
         q_index = _int([p.q_index for p in batches], device)
         q_start = _int([p.q_start for p in batches], device)
         q_len = _int([p.q_len for p in batches], device)

@@ -192,3 +192,25 @@ def test_flex_on_cuda_matches_the_reference():
     torch.testing.assert_close(out.cpu().double(), ref_out.double(), atol=1e-2, rtol=1e-2)
     finite = torch.isfinite(ref_lse)
     torch.testing.assert_close(lse.cpu()[finite], ref_lse[finite], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_flex_reuses_its_kernel_within_a_bucket():
+    """Lengths that change inside one COMPILED_BUCKET (rows and keys padded to 128) compile once, and stay exact."""
+    from torch._dynamo.utils import counters
+
+    import fia_kit
+
+    compiled_frames = []
+    for length in (100, 120):
+        case = fia_kit.Case(q_lens=(length,), kv_lens=(length,), heads=2, kv_heads=1, head_dim=32, sparse_mode=3,
+                            dtype=torch.float32, return_lse=False, seed=length)
+        plan = fia_kit.plan(case)
+        before = counters["stats"]["unique_graphs"]
+        out, _ = flex.run_plan(plan, mode="compiled")
+        compiled_frames.append(counters["stats"]["unique_graphs"] - before)
+        q, k, v = plan.query.double(), plan.key.double(), plan.value.double()
+        expected = sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True,
+                        scale=plan.scale)  # S_q == S_kv: right-down causal is the usual causal
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    assert compiled_frames[1] == 0, compiled_frames
