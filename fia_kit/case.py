@@ -113,7 +113,8 @@ class Case:
         q_lens, kv_lens: valid query rows and keys per batch (B = len(q_lens)).
         heads, kv_heads: N_q and N_kv (kv_heads must divide heads).
         head_dim, value_dim, rope_dim: D of query/key, D of value (None: head_dim), MLA rope D (0 or 64).
-        dtype, layout: the tensors' dtype and input_layout (None: "TND" with sinks, which need it, else "BNSD").
+        dtype, layout: the tensors' dtype (default float16, what the NPU takes; float32/float64 are the kit's
+            extension) and input_layout (None: "TND" with sinks, which need it, else "BNSD").
         sparse_mode, pre_tokens, next_tokens: the masking mode (spec 6).
         mask: "auto" (none for mode 0, compressed for 2-4, padding for 1), "none", "compressed", "causal"
             (explicit right-down causal, (B,1,S_q,S_kv)), "padding", or a custom tensor passed as atten_mask.
@@ -134,7 +135,7 @@ class Case:
     head_dim: int = 16
     value_dim: int | None = None
     rope_dim: int = 0
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = torch.float16
     layout: str | None = None
     sparse_mode: int = 0
     pre_tokens: int = INT_MAX

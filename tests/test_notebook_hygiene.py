@@ -127,6 +127,30 @@ def test_notebook_is_stored_as_jupyterlab_saves_it(path: Path) -> None:
         f"{path.name}: language_info is not the kernel's (JupyterLab would rewrite it): {info}"
     assert text.endswith("}\n"), f"{path.name}: JupyterLab ends the file with a newline"
     assert all(c.get("id") for c in notebook["cells"]), f"{path.name}: cells without ids"
+    undrawn = [i for i, c in enumerate(notebook["cells"]) for o in c.get("outputs", [])
+               if notebook_tools.PLOTLY_MIME in o.get("data", {}) and "image/png" not in o["data"]]
+    assert not undrawn, (f"{path.name}: plotly outputs of cells {undrawn} have no stored PNG; plotly's Lab renderer "
+                         "would write one on opening (marking the notebook modified): rebuild it")
+
+
+def test_static_images_are_real_pngs_of_the_figure_size() -> None:
+    """``add_static_images`` draws each plotly output into a PNG of the layout's size (read from its IHDR)."""
+    if not Path(notebook_tools.CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (`make browser-deps`)")
+    import base64
+    import struct
+
+    import nbformat
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]), layout=dict(width=480, height=300))
+    output = nbformat.v4.new_output("display_data", data={notebook_tools.PLOTLY_MIME: figure.to_plotly_json()})
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[output])])
+    assert notebook_tools.add_static_images(notebook) == 1
+    png = base64.b64decode(notebook.cells[0].outputs[0]["data"]["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (480, 300)
+    assert notebook_tools.add_static_images(notebook) == 0  # already drawn: nothing to add
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
