@@ -25,8 +25,9 @@ from .planning import Plan
 
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
-VISIBILITY_TILE_CELLS = 2**21  # int8 cells of one row tile of the pooled visibility map (2 MB)
+VISIBILITY_TILE_CELLS = 2**21  # bool cells of one row tile of the pooled visibility map with atten_mask (2 MB)
 SAMPLE_ROWS_ABOVE = 2**26  # score cells (heads x L_q x keys) above which probabilities sample rows
+SAMPLED_CELLS = 128  # rows sampled (and key blocks) per panel when sampling: half the rows of MAX_CELLS, half the work
 
 # Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
 PADDING, OUTSIDE_BAND, MASKED, VISIBLE = 0, 1, 2, 3
@@ -98,10 +99,18 @@ def _batch_rows(problem: Plan, b: int) -> tuple[int, int]:
     return 0, problem.query.shape[2]
 
 
-def row_status_of_batch(problem: Plan, result: ReferenceResult, b: int) -> torch.Tensor:
-    """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b."""
+def row_status_of_batch(problem: Plan, result: ReferenceResult | None, b: int) -> torch.Tensor:
+    """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b.
+
+    From the call's result when given, else from the plan alone (``kernel.batch_row_status``: no attention), the
+    rows past L_q being PADDING.
+    """
     first, count = _batch_rows(problem, b)
-    return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
+    if result is not None:
+        return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
+    status = torch.full((count,), int(RowStatus.PADDING), dtype=torch.int64)
+    status[:problem.batches[b].q_len] = kernel.batch_row_status(problem, b).cpu()
+    return status
 
 
 def _visibility_columns(problem: Plan, b: int) -> int:
@@ -133,11 +142,14 @@ def visibility_codes(problem: Plan, b: int) -> torch.Tensor:
 
 
 def pooled_visibility_codes(problem: Plan, b: int, max_cells: int = MAX_CELLS) -> tuple[torch.Tensor, int, int]:
-    """``pool(visibility_codes(problem, b), "max", max_cells)``, built row tile by row tile.
+    """``pool(visibility_codes(problem, b), "max", max_cells)``, without building the map.
 
-    Each tile is a whole number of pooled block rows, about ``VISIBILITY_TILE_CELLS`` int8 cells, so memory stays
-    bounded by a few tiles (tens of MB at 8192 x 8192) instead of the full map. Cells past the map's edge are
-    PADDING, the smallest code, and every block holds a real cell, so the block maxima equal ``pool``'s.
+    A block's maximum is its most visible state, so each block needs only three facts: whether it holds a real cell
+    (row < L_q, key < P + L_kv: at least OUTSIDE_BAND), a key inside the band (``Band.key_range`` of the block's
+    rows: every column of that range is in the band for some row of the block, since the rows' bands overlap), and
+    without atten_mask that already makes it VISIBLE. With atten_mask (or the tree mask) the in-band blocks are
+    MASKED unless some cell is visible, found row tile by row tile over the band's key range only, in bool tiles of
+    about ``VISIBILITY_TILE_CELLS`` cells (tens of MB at 8192 x 8192) reduced as they go.
 
     Returns:
         (pooled (ceil(rows / rs), ceil(cols / cs)) float64 codes, rs, cs), as ``pool``.
@@ -146,25 +158,50 @@ def pooled_visibility_codes(problem: Plan, b: int, max_cells: int = MAX_CELLS) -
     if not rows or not columns:
         return pool(visibility_codes(problem, b), "max", max_cells)
     rs, cs = max(1, math.ceil(rows / max_cells)), max(1, math.ceil(columns / max_cells))
-    width = columns + (-columns % cs)
-    step = rs * max(1, VISIBILITY_TILE_CELLS // (rs * width))
-    pieces = []
-    for r0 in range(0, rows, step):
-        height = min(step, rows - r0)
-        tile = _visibility_tile(problem, b, r0, r0 + height + (-height % rs), width)
-        pieces.append(tile.view(-1, rs, width // cs, cs).amax((1, 3)))
-    return torch.cat(pieces).to(torch.float64), rs, cs
+    vis, band = problem.visibility, problem.batches[b].band
+    q_len, num_keys = vis.num_rows(b), vis.num_keys(b)
+    codes = torch.full((-(-rows // rs), -(-columns // cs)), PADDING, dtype=torch.int8)
+    real_rows, real_cols = -(-q_len // rs), -(-num_keys // cs)
+    codes[:real_rows, :real_cols] = OUTSIDE_BAND
+    masked = problem.atten_mask is not None
+    for block in range(real_rows):
+        c0, c1 = band.key_range(block * rs, min(q_len, (block + 1) * rs), num_keys)
+        if c1 > c0:
+            codes[block, c0 // cs:-(-c1 // cs)] = MASKED if masked else VISIBLE
+    if masked:
+        step = max(1, VISIBILITY_TILE_CELLS // (rs * max(1, num_keys))) * rs
+        for r0 in range(0, q_len, step):
+            _mark_visible_blocks(problem, b, r0, min(q_len, r0 + step), rs, cs, codes)
+    return codes.to(torch.float64), rs, cs
+
+
+def _mark_visible_blocks(problem: Plan, b: int, r0: int, r1: int, rs: int, cs: int, codes: torch.Tensor) -> None:
+    """Set VISIBLE in ``codes`` for the blocks of rows [r0, r1) (r0 a multiple of rs) holding a visible cell."""
+    vis, band = problem.visibility, problem.batches[b].band
+    c0, c1 = band.key_range(r0, r1, vis.num_keys(b))
+    if c1 <= c0:
+        return
+    a0, a1 = c0 - c0 % cs, c1
+    visible = ~vis.hidden_tile(b, r0, r1, a0, a1).cpu()
+    outside = band.outside_tile(r0, r1, a0, a1)
+    if outside is not None:
+        visible &= ~outside
+    visible = torch.nn.functional.pad(visible, (0, -(a1 - a0) % cs, 0, -(r1 - r0) % rs))
+    blocks = visible.view(visible.shape[0] // rs, rs, visible.shape[1] // cs, cs).any(dim=(1, 3))
+    target = codes[r0 // rs:r0 // rs + blocks.shape[0], a0 // cs:a0 // cs + blocks.shape[1]]
+    target.masked_fill_(blocks, VISIBLE)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
 
-def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
+def visibility_figure(problem: Plan, result: ReferenceResult | None = None, b: int = 0) -> go.Figure:
     """Which keys each query row of batch b sees, with the band edges, the right-down diagonal and the row status.
 
     Left panel: one cell per (query row i, key j), coloured visible / hidden by atten_mask / outside the band /
     padding. Lines: the band edges j - i = lo and j - i = hi, the right-down diagonal j = i + delta with
     delta = P + L_kv - L_q, and the end of the shared prefix. Right strip: what the op writes for each row
-    (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise).
+    (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise), read
+    from ``result`` when given, else from the plan (no attention computed).
     """
     plan = problem.batches[b]
     rows, columns = _batch_rows(problem, b)[1], _visibility_columns(problem, b)
@@ -258,7 +295,8 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
 
     Only the shown heads are computed, pooled as they go (``fia_kit.kernel.pooled_probabilities``). Above
     SAMPLE_ROWS_ABOVE score cells (heads x L_q x keys), or with ``sample_rows=True``, each pooled row is one
-    sampled query row rather than the maximum over its block (the title says so). With learnable sinks the sink's
+    sampled query row rather than the maximum over its block, and a panel has at most SAMPLED_CELLS rows and key
+    blocks (the title says so): the work is the sampled rows times every key. With learnable sinks the sink's
     share is left out of every row, which then sums to less than 1; that uses the LSE excluding the sink, which is
     [inferred] (spec 8, 13).
     """
@@ -267,7 +305,7 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     num_keys = problem.visibility.num_keys(b)
     if sample_rows is None:
         sample_rows = len(heads) * plan.q_len * num_keys > SAMPLE_ROWS_ABOVE
-    pooled = kernel.pooled_probabilities(problem, b, heads, MAX_CELLS, sample_rows)
+    pooled = kernel.pooled_probabilities(problem, b, heads, SAMPLED_CELLS if sample_rows else MAX_CELLS, sample_rows)
     rs, cs = pooled.row_block, pooled.col_block
     rows_axis = list(range(0, plan.q_len, rs)) if pooled.sampled_rows else _axis(plan.q_len, rs)
     note = _pool_note(rs, cs, "max")
@@ -288,10 +326,17 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
                                 x=left + width / 2, y=1, yanchor="bottom", showarrow=False, font=dict(size=11)))
     layout.update(
         yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
-        title=dict(text=f"Attention probabilities softmax(scale·QKᵀ + masks), batch {b}<br>{count} of "
+        title=dict(text=f"Attention probabilities softmax({_score_terms(problem)} + masks), batch {b}<br>{count} of "
                         f"{problem.num_heads} query heads (G={g} query heads per kv head){note}", font=dict(size=13)),
         margin=dict(t=120))
     return go.Figure(data=traces, layout=layout)
+
+
+def _score_terms(problem: Plan) -> str:
+    """The score as the op forms it for this plan: rope concatenated to Q and K, int8 K dequantised, pse added."""
+    key = "K" if problem.quant is None or problem.quant.key is None else "dequant(K_int8)"
+    terms = f"scale·Q{key}ᵀ" if problem.query_rope is None else f"scale·[Q|Q_rope][{key}|K_rope]ᵀ"
+    return terms + (" + pse_shift" if problem.pse is not None else "")
 
 
 def canonical_output(problem: Plan, result: ReferenceResult) -> torch.Tensor:
