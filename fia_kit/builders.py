@@ -20,7 +20,7 @@ from .layouts import convert_layout, from_canonical, to_canonical
 from .lengths import cumulative
 from .masks import compressed_causal_mask
 from .paged import gather_sequence
-from .quant import INT8_RANGE, quantize_kv
+from .quant import INT8_RANGE, quantize_kv, saturate_round
 
 __all__ = [
     "alibi_pse", "antiquant_kv", "band_mask", "causal_mask", "compressed_causal_mask", "convert_layout",
@@ -243,7 +243,8 @@ def antiquant_kv(kv: torch.Tensor, lengths: Sequence[int], granularity: str, sca
 
     Scales are ``quant.quantize_kv``'s (symmetric, ``scale * ints`` reconstructs within half a step), computed from
     each batch's first ``lengths[b]`` tokens only: positions beyond them hold garbage (1000) that would swamp a
-    per-channel scale; there the ints are 127, garbage again.
+    per-channel scale; there the ints are 127, garbage again. A scale the op reads in ``scale_dtype`` is rounded
+    to it first, and the ints are taken against the rounded value.
 
     Args:
         granularity: "tensor", "channel", "token", "head" or "token_head" (``quant.GRANULARITIES``).
@@ -256,10 +257,13 @@ def antiquant_kv(kv: torch.Tensor, lengths: Sequence[int], granularity: str, sca
     mode = ANTIQUANT_MODES[granularity]
     positions = torch.arange(kv.shape[2]).view(1, 1, -1, 1)
     padding = positions >= torch.tensor([int(n) for n in lengths]).view(-1, 1, 1, 1)
-    ints, scale, _ = quantize_kv(kv.masked_fill(padding, 0.0), granularity)
-    ints = ints.masked_fill_(padding.expand_as(ints), INT8_RANGE[1])
+    valid = kv.masked_fill(padding, 0.0)
+    ints, scale, _ = quantize_kv(valid, granularity)
     if mode in (1, 3):
         wanted = kv.shape[2] if kv_axis is None else kv_axis
         scale = torch.nn.functional.pad(scale, (0, wanted - scale.shape[-1]), value=1.0)
-        return ints, scale.to(torch.float32), mode
-    return ints, scale.to(scale_dtype), mode
+    else:  # the op reads this scale in scale_dtype: quantise against that rounded value
+        scale = scale.to(scale_dtype)
+        view = {"tensor": (1, 1, 1, 1), "channel": scale.shape, "head": (1, -1, 1, 1)}[granularity]
+        ints = saturate_round(valid.to(torch.float32) / scale.to(torch.float32).view(view), INT8_RANGE)
+    return ints.to(torch.int8).masked_fill_(padding.expand_as(ints), INT8_RANGE[1]), scale, mode
