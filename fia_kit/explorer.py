@@ -56,7 +56,12 @@ _LENGTHS = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
 
 FULL_CALL_AT_ONCE = 2**22  # in-band scores (heads x rows x keys in the band) up to which the full call runs at once
 LARGEST_PSE = 2**26  # pse_shift elements (B x N_q x S_q x S_kv) the explorer builds (128 MB in float16)
-CONTROL_WIDTH = "260px"  # fits "3: rightDownCausal" after a 95 px label; four columns fit a 1400 px window
+CONTROL_WIDTH = "260px"  # fits "3: rightDownCausal" after a 95 px label; three columns fit beside Lab's side bar
+CONTROL_COLUMNS = (  # masking and lengths; heads, dtype and what the scores hold; memory, extras and what is shown
+    ("layout", "sparse_mode", "pre_tokens", "next_tokens", "mask", "q_lens", "kv_lens", "batch_shown"),
+    ("heads", "kv_heads", "head_dim", "dtype", "rope_dim", "pse", "kv_quant", "inner_precise"),
+    ("paged", "cache_rank", "block_size", "prefix_len", "sinks", "backend"),
+)
 PREVIEW_CELLS = 48  # the static preview's map is pooled to at most this many rows and columns
 PREVIEW_CELL_PX = 8
 
@@ -214,11 +219,13 @@ def _difference(outcome: Outcome) -> go.Figure:
     if outcome.reference_out is None:
         why = outcome.declined or "backend is the reference: choose another backend (or int8 K/V) to compare"
         return _note_figure(why)
+    quantised = outcome.compared[1] == "float K/V"
+    name = f"the {_dtype_name(outcome.problem.call.query.dtype)} comparison tolerance" if quantised else "tolerance"
     fig = figures.difference_figure(outcome.result.attention_out, outcome.reference_out, outcome.tolerance,
-                                    outcome.compared)
-    if outcome.declined:
-        fig.add_annotation(text=html.escape(outcome.declined), xref="paper", yref="paper", x=0, y=-0.25,
-                           showarrow=False, xanchor="left", font=dict(color="#b00020"))
+                                    outcome.compared, name)
+    if outcome.declined:  # a title line: an annotation would sit on the axis title
+        fig.update_layout(title_text=f"{fig.layout.title.text}<br><span style='color:#b00020'>"
+                                     f"{html.escape(outcome.declined)}</span>", margin_t=110)
     return fig
 
 
@@ -248,7 +255,7 @@ def hints(case: Case) -> list[str]:
 def _note_figure(text: str) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(title=dict(text=text, font=dict(size=13)), height=200, xaxis_visible=False,
-                      yaxis_visible=False)
+                      yaxis_visible=False, plot_bgcolor="white")
     return fig
 
 
@@ -361,7 +368,7 @@ class Explorer:
         self.hint = widgets.HTML()
         self.code = widgets.HTML()
         self.run_button = widgets.Button(description="run the full call", icon="play", button_style="primary",
-                                         layout=widgets.Layout(width="180px", display="none"))
+                                         layout=widgets.Layout(width="auto", display="none"))
         self.progress = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="300px",
                                                                                          display="none"))
         self.call_note = widgets.HTML()
@@ -456,7 +463,8 @@ class Explorer:
             return self._reject(Outcome(self.case, self.backend, error=str(err)))
         self.case = case
         self.backend = self.controls["backend"].value
-        self.hint.value = "".join(f"<div style='color:#555'>&#9432; {html.escape(line)}</div>" for line in hints(case))
+        self.hint.value = "".join(f"<div style='color:#555'><b>hint:</b> {html.escape(line)}</div>"
+                                  for line in hints(case))
         if self.good is not None and _same((self.good.case, self.good.backend), (case, self.backend)):
             outcome = self.good  # the same call (e.g. only the batch shown changed): keep its results
         else:
@@ -479,9 +487,13 @@ class Explorer:
         self.progress.layout.display = None
         self.progress.value, self.progress.max = 0, 1
         self.progress.description = "running"
+        backend = self.good.backend
 
         def progress(done: int, total: int) -> None:
             self.progress.max, self.progress.value = max(1, total), done
+            then = f", then {backend}" if backend != "reference" and done < total else ""
+            self.call_note.value = (f"<span style='color:#555'>the full call: {done} of {total} query rows{then} "
+                                    "(with a causal band the later rows see more keys)</span>")
 
         with reusing_tensors(self._tensors):
             self.good = self.outcome = run_call(self.good, progress)
@@ -548,8 +560,8 @@ class Explorer:
 
     def _layout(self) -> widgets.Widget:
         for control in self.controls.values():
-            control.layout.width = CONTROL_WIDTH  # four columns fit a notebook; narrower panels wrap them
-        boxes = [widgets.VBox(list(self.controls.values())[k:k + 6]) for k in range(0, len(self.controls), 6)]
+            control.layout.width = CONTROL_WIDTH  # three columns fit a notebook; narrower panels wrap them
+        boxes = [widgets.VBox([self.controls[name] for name in column]) for column in CONTROL_COLUMNS]
         full_call = widgets.HBox([self.run_button, self.progress, self.call_note],
                                  layout=widgets.Layout(align_items="center"))
         return widgets.VBox([widgets.HBox(boxes, layout=widgets.Layout(flex_flow="row wrap")), self.hint, self.error,

@@ -21,6 +21,7 @@ import torch
 from . import kernel, paged
 from .kernel import ReferenceResult, RowStatus
 from .layouts import INPUT_LAYOUTS, from_canonical, to_canonical
+from .masks import TREE_MODE
 from .planning import Plan
 
 MAX_CELLS = 256
@@ -72,7 +73,7 @@ def _pool_note(rs: int, cs: int, how: str) -> str:
     if rs == 1 and cs == 1:
         return ""
     word = {"max": "max", "absmax": "largest |value|", "mean": "mean"}[how]
-    return f" [downsampled: each cell = {word} of a {rs}x{cs} block]"
+    return f"<br>[downsampled: each cell = {word} of a {rs}x{cs} block]"  # its own title line: titles do not wrap
 
 
 def _axis(count: int, step: int) -> list[float]:
@@ -227,6 +228,8 @@ def visibility_figure(problem: Plan, result: ReferenceResult | None = None, b: i
     title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}<br>L_q={plan.q_len}, "
              f"L_kv={plan.kv_len}, prefix P={problem.prefix_len}, delta=P+L_kv-L_q={delta}" + _pool_note(rs, cs, "max")
              + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else "")
+             + (f"<br>tree mask: keys below L_kv-L_q={plan.kv_len - plan.q_len} are context (all seen), the rest "
+                "the draft tokens, seen where the tree mask is 0" if problem.sparse_mode == TREE_MODE else "")
              + _band_note(problem, plan, columns))
     shapes, annotations = [], []
     if problem.prefix_len:
@@ -235,11 +238,12 @@ def visibility_figure(problem: Plan, result: ReferenceResult | None = None, b: i
         annotations.append(dict(xref="x", yref="paper", x=problem.prefix_len - 0.5, y=1, yanchor="bottom",
                                 showarrow=False, text=f"prefix | own keys (P={problem.prefix_len})"))
     layout = dict(
-        title=dict(text=title, font=dict(size=13)), margin=dict(t=110), shapes=shapes, annotations=annotations,
+        title=dict(text=title, font=dict(size=13)), margin=dict(t=40 + 18 * (title.count("<br>") + 1)), shapes=shapes,
+        annotations=annotations,
         showlegend=True, legend=dict(orientation="h", y=-0.15, yanchor="top"), height=520,
         xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, columns - 0.5]),
         xaxis2=dict(domain=[0.93, 1], anchor="y"),
-        yaxis=dict(title="query row i", autorange="reversed"),
+        yaxis=dict(title="query row i", range=[rows - 0.5, -0.5]),  # fixed: the lines' ends add no margin
     )
     return go.Figure(data=traces, layout=layout)
 
@@ -277,7 +281,7 @@ def _band_lines(problem: Plan, plan: Any, columns: int) -> list[go.Scatter]:
                           line=dict(color=color, dash=dash, width=2), name=name, hoverinfo="name")
 
     lines, band = [], plan.band
-    if _edge_on_plot(band.hi, plan, columns):
+    if _edge_on_plot(band.hi, plan, columns) and problem.sparse_mode != 3:  # mode 3: the diagonal is that edge
         lines.append(diagonal(band.hi + 0.5, f"band edge j = {_signed(band.hi)} (last visible key)", "#1d3557",
                               "dash"))
     if _edge_on_plot(band.lo, plan, columns):
@@ -310,14 +314,15 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     rows_axis = list(range(0, plan.q_len, rs)) if pooled.sampled_rows else _axis(plan.q_len, rs)
     note = _pool_note(rs, cs, "max")
     if pooled.sampled_rows:
-        note = f" [downsampled: every {rs}th query row; each cell = max over {cs} keys]"
+        note = f"<br>[downsampled: every {rs}th query row; each cell = max over {cs} keys]"
     g, count, gap = problem.group_size, len(heads), 0.03
     width = (1 - gap * (count - 1)) / count
+    top = max(float(pooled.values.max()) if pooled.values.numel() else 0.0, 1e-6)  # long rows: every p is small
     traces, annotations, layout = [], [], {}
     for k, n in enumerate(heads):
         axis = "" if k == 0 else str(k + 1)
         traces.append(go.Heatmap(z=pooled.values[k].numpy(), x=_axis(num_keys, cs), y=rows_axis, zmin=0,
-                                 zmax=1, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
+                                 zmax=top, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
                                  xaxis=f"x{axis}", yaxis="y",
                                  hovertemplate="query row %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"))
         left = k * (width + gap)
@@ -327,8 +332,9 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     layout.update(
         yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
         title=dict(text=f"Attention probabilities softmax({_score_terms(problem)} + masks), batch {b}<br>{count} of "
-                        f"{problem.num_heads} query heads (G={g} query heads per kv head){note}", font=dict(size=13)),
-        margin=dict(t=120))
+                        f"{problem.num_heads} query heads (G={g} query heads per kv head); colour up to the largest "
+                        f"p shown, {top:.3g}{note}", font=dict(size=13)),
+        margin=dict(t=130))
     return go.Figure(data=traces, layout=layout)
 
 
@@ -358,8 +364,8 @@ def output_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figu
     for h in range(1, n):
         fig.add_vline(x=h * dv - 0.5, line=dict(color="black", width=1))
     fig.update_layout(title=dict(text=f"attention_out, batch {b} ({problem.out_dtype}): column = head·{dv} + d, "
-                                      f"{n} heads; padding and out-of-band rows are 0" + _pool_note(rs, cs, "mean"),
-                                 font=dict(size=13)))
+                                      f"{n} heads<br>padding and out-of-band rows are 0" + _pool_note(rs, cs, "mean"),
+                                 font=dict(size=13)), margin=dict(t=110))
     fig.update_xaxes(title_text="head · Dv + d")
     fig.update_yaxes(title_text="query row", autorange="reversed")
     return fig
@@ -392,6 +398,7 @@ def lse_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
             hovertemplate="query row %{y}: %{text}<extra></extra>", name="row not computed (LSE +inf, gap)"))
     fig.update_layout(title=dict(text=f"softmax LSE (natural log) per query row and head, batch {b}; gaps and x = "
                                       "rows not computed" + _pool_note(rs, cs, "mean"), font=dict(size=13)),
+                      margin=dict(t=100),
                       legend=dict(orientation="h", y=-0.15))
     fig.update_xaxes(title_text="query head")
     fig.update_yaxes(title_text="query row", autorange="reversed")
@@ -399,8 +406,10 @@ def lse_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
 
 
 def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: float,
-                      labels: tuple[str, str] = ("actual", "expected")) -> go.Figure:
-    """|actual - expected| as a heatmap over (all leading axes flattened, last axis), with its max and tolerance."""
+                      labels: tuple[str, str] = ("actual", "expected"),
+                      tolerance_name: str = "tolerance") -> go.Figure:
+    """|actual - expected| as a heatmap over (all leading axes flattened, last axis), with its max and tolerance
+    (``tolerance_name`` says what the tolerance is, e.g. a dtype's comparison tolerance given for scale)."""
     if actual.shape != expected.shape:
         raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
     diff = (actual.to(torch.float64) - expected.to(torch.float64)).abs()
@@ -413,8 +422,9 @@ def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: f
                                colorbar=dict(title="|diff|"),
                                hovertemplate="row %{y}<br>col %{x}<br>|diff| %{z:.3g}<extra></extra>"))
     fig.update_layout(title=dict(text=f"|{labels[0]} - {labels[1]}|, shape {tuple(actual.shape)} flattened to "
-                                      f"{tuple(flat.shape)}: max {worst:.3g} {verdict} tolerance {tolerance:.3g}"
-                                      + _pool_note(rs, cs, "max"), font=dict(size=13)))
+                                      f"{tuple(flat.shape)}<br>max {worst:.3g} {verdict} {tolerance_name} "
+                                      f"{tolerance:.3g}" + _pool_note(rs, cs, "max"), font=dict(size=13)),
+                      margin=dict(t=90))
     fig.update_xaxes(title_text="last axis")
     fig.update_yaxes(title_text="leading axes (flattened)", autorange="reversed")
     return fig
