@@ -168,7 +168,7 @@ def run_call(outcome: Outcome, progress: Callable[[int, int], None] | None = Non
         try:
             ran = run_backend(problem, backend)
         except NotImplementedError as err:
-            declined = f"{backend} does not compute this call: {err}"
+            declined = f"{backend} does not compute this call: {getattr(err, 'feature', err)}"
         except Exception as err:  # noqa: BLE001  (a backend failing, e.g. a compile error: shown, not raised)
             declined = f"backend {backend!r} failed: {type(err).__name__}: {err}"
         else:
@@ -368,7 +368,7 @@ class Explorer:
         self.hint = widgets.HTML()
         self.code = widgets.HTML()
         self.run_button = widgets.Button(description="run the full call", icon="play", button_style="primary",
-                                         layout=widgets.Layout(width="auto", display="none"))
+                                         layout=widgets.Layout(width="auto", flex="0 0 auto", display="none"))
         self.progress = widgets.IntProgress(min=0, max=1, value=0, layout=widgets.Layout(width="300px",
                                                                                          display="none"))
         self.call_note = widgets.HTML()
