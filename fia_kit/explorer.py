@@ -21,9 +21,10 @@ follows its row tiles). Random Q/K/V are drawn again only when their shapes chan
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,6 +55,8 @@ QUANT_CHOICES = [("off: float K/V", "none"), ("int8 per tensor", "tensor"), ("in
                  ("int8 per token", "token"), ("int8 per head", "head"), ("int8 per token+head", "token_head")]
 _LENGTHS = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
 
+REDRAW_THREADS = 1  # torch threads while a change redraws (many small ops: on a shared 2-core CPU one thread is 3-5x
+# faster than two, whose OpenMP barriers stall); the full call on request keeps the session's threads
 FULL_CALL_AT_ONCE = 2**22  # in-band scores (heads x rows x keys in the band) up to which the full call runs at once
 LARGEST_PSE = 2**26  # pse_shift elements (B x N_q x S_q x S_kv) the explorer builds (128 MB in float16)
 CONTROL_WIDTH = "260px"  # fits "3: rightDownCausal" after a 95 px label; three columns fit beside Lab's side bar
@@ -444,7 +447,8 @@ class Explorer:
         self.refresh()
 
     def _on_tab(self, change: Mapping[str, Any]) -> None:
-        self._redraw(self._shown())
+        with torch_threads(REDRAW_THREADS):
+            self._redraw(self._shown())
 
     def _shown(self) -> tuple[str, ...]:
         """The figures on screen: the visibility map and the selected tab."""
@@ -456,6 +460,10 @@ class Explorer:
     def refresh(self) -> Outcome:
         """Validate the call the controls describe and redraw what is shown; on a rejected call, show why and keep
         the figures."""
+        with torch_threads(REDRAW_THREADS):
+            return self._refresh()
+
+    def _refresh(self) -> Outcome:
         try:
             case = self._case_from_controls()
             _check_buildable(case)
@@ -500,7 +508,8 @@ class Explorer:
         self.progress.layout.display = "none"
         self.call_note.value = ""
         self._stale |= set(NEEDS_CALL)
-        self._redraw(self._shown())
+        with torch_threads(REDRAW_THREADS):
+            self._redraw(self._shown())
         return self.good
 
     def redraw_all(self) -> None:
@@ -579,6 +588,20 @@ class Explorer:
         bundle["text/html"] = static_preview(self.good)
         bundle["text/plain"] = "fia_kit explorer: run this cell in JupyterLab to get its controls"
         return bundle
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (None: as they are), then restore the previous number."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _same(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:

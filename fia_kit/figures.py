@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 import torch
@@ -76,9 +77,13 @@ def _pool_note(rs: int, cs: int, how: str) -> str:
     return f"<br>[downsampled: each cell = {word} of a {rs}x{cs} block]"  # its own title line: titles do not wrap
 
 
-def _axis(count: int, step: int) -> list[float]:
-    """The centre of each pooled block along an axis of ``count`` entries (the index itself when unpooled)."""
-    return [start + (min(count, start + step) - 1 - start) / 2 for start in range(0, count, step)]
+def _axis(count: int, step: int) -> np.ndarray:
+    """The centre of each pooled block along an axis of ``count`` entries (the index itself when unpooled).
+
+    A numpy array: plotly takes it as is, where a list is validated element by element (tens of ms a redraw).
+    """
+    starts = np.arange(0, count, step, dtype=np.float64)
+    return starts + (np.minimum(count, starts + step) - 1 - starts) / 2
 
 
 def _discrete_scale(colors: Mapping[int, str]) -> list[list[Any]]:
@@ -311,7 +316,7 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
         sample_rows = len(heads) * plan.q_len * num_keys > SAMPLE_ROWS_ABOVE
     pooled = kernel.pooled_probabilities(problem, b, heads, SAMPLED_CELLS if sample_rows else MAX_CELLS, sample_rows)
     rs, cs = pooled.row_block, pooled.col_block
-    rows_axis = list(range(0, plan.q_len, rs)) if pooled.sampled_rows else _axis(plan.q_len, rs)
+    rows_axis = np.arange(0, plan.q_len, rs) if pooled.sampled_rows else _axis(plan.q_len, rs)
     note = _pool_note(rs, cs, "max")
     if pooled.sampled_rows:
         note = f"<br>[downsampled: every {rs}th query row; each cell = max over {cs} keys]"
