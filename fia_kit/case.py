@@ -452,9 +452,10 @@ class Case:
         if kind == "padding":
             return builders.padding_mask(self.q_lens, [n + self.prefix_len for n in self.kv_lens], self.s_q,
                                          columns)
-        causal = torch.stack([builders.causal_mask(self.s_q, columns)
-                              | builders.padding_mask([q], [n + self.prefix_len], self.s_q, columns)[0, 0]
-                              for q, n in zip(self.q_lens, self.kv_lens, strict=True)])
+        causal = torch.stack([builders.causal_mask(self.s_q, columns)] * self.batch)
+        for plane, q, n in zip(causal, self.q_lens, self.kv_lens, strict=True):  # builders.padding_mask, in place
+            plane[q:] = True
+            plane[:, n + self.prefix_len:] = True
         return causal.unsqueeze(1)
 
     def _to_device(self, name: str, value: Any, form: str) -> Any:

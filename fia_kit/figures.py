@@ -28,8 +28,9 @@ from .planning import Plan
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
 VISIBILITY_TILE_CELLS = 2**21  # bool cells of one row tile of the pooled visibility map with atten_mask (2 MB)
-SAMPLE_ROWS_ABOVE = 2**26  # score cells (heads x L_q x keys) above which probabilities sample rows
-SAMPLED_CELLS = 128  # rows sampled (and key blocks) per panel when sampling: half the rows of MAX_CELLS, half the work
+SAMPLE_ROWS_ABOVE = 2**24  # score cells (heads x L_q x keys) above which probabilities sample rows
+PROBABILITY_CELLS = 128  # rows and key blocks per probability panel: four panels share a figure's width, and a
+# FigureWidget sends a 2-D z as nested lists (ipywidgets walks every cell: ~1 ms per 1000 cells on this CPU)
 
 # Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
 PADDING, OUTSIDE_BAND, MASKED, VISIBLE = 0, 1, 2, 3
@@ -188,12 +189,14 @@ def _mark_visible_blocks(problem: Plan, b: int, r0: int, r1: int, rs: int, cs: i
     if c1 <= c0:
         return
     a0, a1 = c0 - c0 % cs, c1
-    visible = ~vis.hidden_tile(b, r0, r1, a0, a1).cpu()
+    hidden = vis.hidden_tile(b, r0, r1, a0, a1).cpu()  # not seen: hidden by the mask, or outside the band
     outside = band.outside_tile(r0, r1, a0, a1)
     if outside is not None:
-        visible &= ~outside
-    visible = torch.nn.functional.pad(visible, (0, -(a1 - a0) % cs, 0, -(r1 - r0) % rs))
-    blocks = visible.view(visible.shape[0] // rs, rs, visible.shape[1] // cs, cs).any(dim=(1, 3))
+        hidden = hidden | outside
+    if (a1 - a0) % cs or (r1 - r0) % rs:
+        hidden = torch.nn.functional.pad(hidden, (0, -(a1 - a0) % cs, 0, -(r1 - r0) % rs), value=True)
+    shape = (hidden.shape[0] // rs, rs, hidden.shape[1] // cs, cs)
+    blocks = hidden.view(torch.uint8).reshape(shape).amin(3).amin(1) == 0  # uint8 min: the fast block reduction
     target = codes[r0 // rs:r0 // rs + blocks.shape[0], a0 // cs:a0 // cs + blocks.shape[1]]
     target.masked_fill_(blocks, VISIBLE)
 
@@ -304,8 +307,8 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
 
     Only the shown heads are computed, pooled as they go (``fia_kit.kernel.pooled_probabilities``). Above
     SAMPLE_ROWS_ABOVE score cells (heads x L_q x keys), or with ``sample_rows=True``, each pooled row is one
-    sampled query row rather than the maximum over its block, and a panel has at most SAMPLED_CELLS rows and key
-    blocks (the title says so): the work is the sampled rows times every key. With learnable sinks the sink's
+    sampled query row rather than the maximum over its block (the title says so): the work is the sampled rows
+    times every key. A panel has at most PROBABILITY_CELLS rows and key blocks. With learnable sinks the sink's
     share is left out of every row, which then sums to less than 1; that uses the LSE excluding the sink, which is
     [inferred] (spec 8, 13).
     """
@@ -314,7 +317,7 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     num_keys = problem.visibility.num_keys(b)
     if sample_rows is None:
         sample_rows = len(heads) * plan.q_len * num_keys > SAMPLE_ROWS_ABOVE
-    pooled = kernel.pooled_probabilities(problem, b, heads, SAMPLED_CELLS if sample_rows else MAX_CELLS, sample_rows)
+    pooled = kernel.pooled_probabilities(problem, b, heads, PROBABILITY_CELLS, sample_rows)
     rs, cs = pooled.row_block, pooled.col_block
     rows_axis = np.arange(0, plan.q_len, rs) if pooled.sampled_rows else _axis(plan.q_len, rs)
     note = _pool_note(rs, cs, "max")

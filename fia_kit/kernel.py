@@ -425,9 +425,10 @@ def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> t
     """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
     if hidden is None:
         return None
+    if outside is None:  # no copy: a row sees a key unless its smallest hidden flag is 1 (uint8: the fast reduction)
+        return hidden.view(torch.uint8).amin(-1) == 0
     visible = ~hidden
-    if outside is not None:
-        visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
+    visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
     return visible.any(-1)
 
 
