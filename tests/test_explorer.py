@@ -220,6 +220,8 @@ def test_at_8192_a_control_change_computes_no_full_call_and_the_map_follows_the_
     assert "has not run yet" in ex.figures["output"].layout.title.text
     ex.tabs.selected_index = E.TABS.index("layout")
     assert ex.run_button.layout.display == "none" and ex.call_note.value == ""
+    preview = ex._repr_mimebundle_()["text/html"]  # the static picture: pooled too, never the 8192^2 map
+    assert preview.count("<tr>") == 48 and "171x171 pooled" in preview
 
 
 def test_the_full_call_runs_on_request_with_a_progress_bar(monkeypatch):
@@ -382,3 +384,27 @@ def test_row_status_strip_needs_no_call_and_matches_the_rule():
     ex = E.explore(small_case(q_lens=(7,), kv_lens=(4,), sparse_mode=3))
     strip = np.asarray(ex.figures["visibility"].data[1].z).ravel().tolist()
     assert strip == [2, 2, 2, 1, 1, 1, 1] and not ex.good.ran  # rows i < L_q - L_kv see no key (spec 7)
+
+
+def test_in_band_scores_count_heads_times_band_pairs():
+    problem = E.prepare(small_case(q_lens=(4,), kv_lens=(10,), sparse_mode=3)).problem
+    assert E.in_band_scores(problem) == 2 * sum(i + 6 + 1 for i in range(4))  # row i sees keys 0..i+6, 2 heads
+    problem = E.prepare(small_case(q_lens=(4, 3), kv_lens=(10, 2), sparse_mode=2)).problem
+    assert E.in_band_scores(problem) == 2 * (sum(min(i + 1, 10) for i in range(4)) + sum(min(i + 1, 2) for i in range(3)))
+
+
+def test_every_control_is_placed_once():
+    ex = E.explore(small_case())
+    placed = [name for column in E.CONTROL_COLUMNS for name in column]
+    assert sorted(placed) == sorted(ex.controls) and len(placed) == len(set(placed))
+
+
+def test_a_case_with_its_own_mask_tensor_redraws():
+    mask = torch.zeros(1, 1, 4, 10, dtype=torch.bool)
+    mask[..., 7:] = True  # hide keys 7..9
+    ex = E.explore(small_case(mask=mask))
+    assert ex.controls["mask"].value == E.CUSTOM_MASK
+    assert visible_counts(ex.figures["visibility"].data[0].z) == [7, 7, 7, 7]
+    ex.controls["sparse_mode"].value = 1  # mode 1: the mask only
+    ex.controls["batch_shown"].value = 2
+    assert ex.error.value == "" and visible_counts(ex.figures["visibility"].data[0].z) == [7, 7, 7, 7]
