@@ -29,6 +29,7 @@ MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
 VISIBILITY_TILE_CELLS = 2**21  # bool cells of one row tile of the pooled visibility map with atten_mask (2 MB)
 SAMPLE_ROWS_ABOVE = 2**24  # score cells (heads x L_q x keys) above which probabilities sample rows
+SATURATE_ABOVE = 4096  # probability cells above which the colour saturates at their 99th percentile (else the max)
 PROBABILITY_CELLS = 128  # rows and key blocks per probability panel: four panels share a figure's width, and a
 # FigureWidget sends a 2-D z as nested lists (ipywidgets walks every cell: ~1 ms per 1000 cells on this CPU)
 
@@ -326,7 +327,10 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     g, count, gap = problem.group_size, len(heads), 0.03
     width = (1 - gap * (count - 1)) / count
     shown = pooled.values[pooled.values > 0]  # long rows: most p are small, a few early causal rows hold p = 1
-    top = max(float(shown.quantile(0.99)) if 0 < shown.numel() <= 2**24 else 1.0, 1e-6)
+    clipped = shown.numel() > SATURATE_ABOVE
+    top = max(float(shown.quantile(0.99) if clipped else shown.max()) if shown.numel() else 1.0, 1e-6)
+    scale_note = f"the colour saturates at p = {top:.3g} (99% of cells below)" if clipped else \
+        f"the colour runs up to the largest p, {top:.3g}"
     traces, annotations, layout = [], [], {}
     for k, n in enumerate(heads):
         axis = "" if k == 0 else str(k + 1)
@@ -341,8 +345,8 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     layout.update(
         yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
         title=dict(text=f"Attention probabilities softmax({_score_terms(problem)} + masks), batch {b}<br>{count} of "
-                        f"{problem.num_heads} query heads (G={g} query heads per kv head); the colour saturates at "
-                        f"p = {top:.3g} (99% of cells below){note}", font=dict(size=13)),
+                        f"{problem.num_heads} query heads (G={g} query heads per kv head); {scale_note}{note}",
+                        font=dict(size=13)),
         margin=dict(t=130))
     return go.Figure(data=traces, layout=layout)
 
