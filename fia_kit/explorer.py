@@ -240,8 +240,9 @@ def hints(case: Case) -> list[str]:
                      "their default 2147483647 every key is inside it) (spec 6.3)")
     if case.sparse_mode == TREE_MODE:
         lines.append("sparse_mode 9, the tree mask: v2, MLA only (rope 64 with head dim 512, KV heads 1), "
-                     "L_q <= L_kv; the case builds a binary draft tree: token t sees itself and its ancestors "
-                     "(parent (t - 1) // 2) and all context keys (spec 6.6, 25.1)")
+                     "L_q <= L_kv; A2/A3 kernels from CANN 9.1 [inferred], not Ascend950 (fia_kit.target); the case "
+                     "builds a binary draft tree: token t sees itself, its ancestors (parent (t - 1) // 2) and every "
+                     "context key (spec 6.6, 25.1, 25.3)")
     if case.rope_dim:
         lines.append("MLA rope: query/key head dim 512 (decode MLA: 1 KV head; before CANN 9.1 N_q a power of two "
                      "<= 128) or 128 (prefill MLA); no pse, prefix or K/V quantisation (spec 12, 25.1)")
