@@ -239,7 +239,7 @@ def hints(case: Case) -> list[str]:
         lines.append("sparse_mode 4 is a band around the right-down diagonal: set pre_tokens and next_tokens (at "
                      "their default 2147483647 every key is inside it) (spec 6.3)")
     if case.sparse_mode == TREE_MODE:
-        lines.append("sparse_mode 9, the tree mask: v2, MLA only (rope 64 with head dim 512, KV heads 1), "
+        lines.append("sparse_mode 9, the tree mask: v2, MLA only (rope 64 with head dim 512), "
                      "L_q <= L_kv; A2/A3 kernels from CANN 9.1 [inferred], not Ascend950 (fia_kit.target); the case "
                      "builds a binary draft tree: token t sees itself, its ancestors (parent (t - 1) // 2) and every "
                      "context key (spec 6.6, 25.1, 25.3)")
