@@ -243,19 +243,20 @@ def test_kv_quant_goes_through_the_reference_as_dequantised_kv():
 
 def test_from_call_reads_kv_quant_back():
     for granularity in ("channel", "token"):
-        case = Case(q_lens=(1, 1), kv_lens=(9, 12), layout="BNSD", kv_quant=granularity)
+        case = Case(q_lens=(1, 1), kv_lens=(9, 12), layout="BNSD", kv_quant=granularity, dtype=torch.float16)
         assert Case.from_call(fia_kit.plan(case)).kv_quant == granularity
-    assert Case.from_call(fia_kit.plan(Case())).kv_quant == "none"
+    assert Case.from_call(fia_kit.plan(Case(dtype=torch.float16))).kv_quant == "none"
 
 
 def test_kv_quant_with_a_shared_prefix_says_the_case_cannot_build_it():
     with pytest.raises(FIAArgumentError) as info:
-        Case(kv_quant="channel", prefix_len=2).build("v1")
+        Case(kv_quant="channel", prefix_len=2, dtype=torch.float16).build("v1")
     assert info.value.parameter == "kv_quant + prefix_len"
 
 
 def test_alibi_pse_is_minus_slope_times_the_distance_to_the_diagonal():
-    case = Case(q_lens=(3, 2), kv_lens=(5, 6), heads=4, kv_heads=2, layout="BNSD", pse=True, pse_kind="alibi")
+    case = Case(q_lens=(3, 2), kv_lens=(5, 6), heads=4, kv_heads=2, layout="BNSD", pse=True, pse_kind="alibi",
+                dtype=torch.float32)
     pse = case.build("v1").kwargs["pse_shift"]
     assert pse.shape == (2, 4, 3, 6)
     for b, (lq, lk) in enumerate(zip(case.q_lens, case.kv_lens, strict=True)):
@@ -269,7 +270,8 @@ def test_alibi_pse_is_minus_slope_times_the_distance_to_the_diagonal():
 
 
 def test_tree_mask_case_is_v2_and_sees_context_plus_ancestors():
-    case = Case(q_lens=(4, 3), kv_lens=(9, 5), heads=2, kv_heads=1, head_dim=512, rope_dim=64, sparse_mode=9)
+    case = Case(q_lens=(4, 3), kv_lens=(9, 5), heads=2, kv_heads=1, head_dim=512, rope_dim=64, sparse_mode=9,
+                dtype=torch.float16)
     assert case.natural_form == "v2" and case.mask == "auto"
     mask = case.build().kwargs["atten_mask"]
     assert mask.shape == (2, 4, 4)
@@ -279,7 +281,7 @@ def test_tree_mask_case_is_v2_and_sees_context_plus_ancestors():
             for j in range(4):
                 assert bool(mask[b, i, j]) == (i >= lq or j >= lq or j not in ancestors[i])
     packed = Case(q_lens=(4, 3), kv_lens=(9, 5), layout="TND", paged=True, heads=2, kv_heads=1, head_dim=512,
-                  rope_dim=64, sparse_mode=9).build().kwargs["atten_mask"]
+                  rope_dim=64, sparse_mode=9, dtype=torch.float16).build().kwargs["atten_mask"]
     assert packed.shape == (16 + 9,) and torch.equal(packed[:16].view(4, 4), mask[0])
 
 
@@ -289,7 +291,7 @@ def test_reusing_tensors_draws_once_for_equal_shapes_and_builds_the_same_tensors
     draws = []
     real = torch.randn
     monkeypatch.setattr(torch, "randn", lambda *a, **k: draws.append(a) or real(*a, **k))
-    base = Case(q_lens=(5, 3), kv_lens=(7, 6), pse=True, paged=True)
+    base = Case(q_lens=(5, 3), kv_lens=(7, 6), pse=True, paged=True, dtype=torch.float32)
     fresh = [base.build("v1"), base.replace(sparse_mode=3, dtype=torch.float16).build("v1")]
     store: dict = {}
     draws.clear()
