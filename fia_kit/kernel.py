@@ -89,8 +89,12 @@ def resolve_compute_dtype(problem: Plan) -> torch.dtype:
     return torch.float64 if problem.query.dtype == torch.float64 else torch.float32
 
 
-def run_plan(problem: Plan) -> ReferenceResult:
-    """Compute attention_out, the full LSE and the row status of a validated problem."""
+def run_plan(problem: Plan, progress: Callable[[int], None] | None = None) -> ReferenceResult:
+    """Compute attention_out, the full LSE and the row status of a validated problem.
+
+    ``progress(rows)``, if given, is called after each row tile of the one tile loop with the number of query rows
+    it finished; over the call they add up to sum(L_q) (e.g. to feed a progress bar).
+    """
     dtype = resolve_compute_dtype(problem)
     q4 = problem.query
     device = q4.device
@@ -106,7 +110,7 @@ def run_plan(problem: Plan) -> ReferenceResult:
         if plan.q_len == 0:
             continue
         rows = slice(plan.q_start, plan.q_start + plan.q_len)
-        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging)
+        out_b, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging, progress)
         if plan.kv_len + problem.prefix_len == 0:
             lse_b = lse_b.fill_(no_key_lse(problem))  # the sentinel of this path (spec 7, 25.1)
         out4[plan.q_index, :, rows] = out_b
@@ -123,27 +127,38 @@ def run_plan(problem: Plan) -> ReferenceResult:
 
 
 def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None, dtype: torch.dtype | None = None,
-                 staging: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 staging: dict[int, torch.Tensor] | None = None, progress: Callable[[int], None] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved).
 
     ``staging``: buffers paged blocks are read into, shared between the batches of one call (``BatchKeys``).
+    ``progress(rows)``: called after each row tile with its number of rows.
     """
     dtype = resolve_compute_dtype(problem) if dtype is None else dtype
-    tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype),
-                         staging=staging)
-    return tiles.out, tiles.lse, tiles.status
+    tiles: Iterable[tuple[int, int]] = _row_tiles(problem, b, dtype)
+    if progress is not None:
+        tiles = _reported(tiles, progress)
+    found = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), tiles, staging=staging)
+    return found.out, found.lse, found.status
+
+
+def _reported(tiles: Iterable[tuple[int, int]], progress: Callable[[int], None]) -> Iterator[tuple[int, int]]:
+    """The row tiles, calling ``progress(r1 - r0)`` once the loop has finished each (it asks for the next)."""
+    for r0, r1 in tiles:
+        yield r0, r1
+        progress(r1 - r0)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
-def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
-    """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
+def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype, heads: slice = slice(None)) -> torch.Tensor:
+    """(N_q', L_q, D [+ 64 rope]) query rows of one batch for the query heads ``heads`` (default: all), in ``dtype``."""
     rows = slice(plan.q_start, plan.q_start + plan.q_len)
-    q = problem.query[plan.q_index, :, rows].to(dtype)
+    q = problem.query[plan.q_index, heads, rows].to(dtype)
     if problem.quant is not None and problem.quant.query_scale is not None:
-        q = quant.dequantize_query(q, problem.quant.query_scale, plan.q_index, plan.q_start, dtype)
+        q = quant.dequantize_query(q, problem.quant.query_scale[:, heads], plan.q_index, plan.q_start, dtype)
     if problem.query_rope is not None:
-        q = torch.cat([q, problem.query_rope[plan.q_index, :, rows].to(dtype)], dim=-1)
+        q = torch.cat([q, problem.query_rope[plan.q_index, heads, rows].to(dtype)], dim=-1)
     return q
 
 
@@ -198,12 +213,13 @@ class BatchKeys:
     its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is copied), others copied
     (``fia_kit.paged.gather_blocks``); each block is read once per row tile and the sequence is never gathered
     whole (a shared prefix is then its own chunk). int8/int4 K/V are
-    dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2).
+    dequantised per chunk (spec 16.3); v1 full quant keeps them as integers (spec 16.2). ``heads``: the kv heads
+    handed out (default all); dense float keys of the other heads are never converted.
     """
 
     def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
-                 staging: dict[int, torch.Tensor] | None = None) -> None:
-        self.problem, self.plan, self.dtype = problem, plan, dtype
+                 staging: dict[int, torch.Tensor] | None = None, heads: slice = slice(None)) -> None:
+        self.problem, self.plan, self.dtype, self.heads = problem, plan, dtype, heads
         self.staging = {} if staging is None else staging  # per cache (by position): a buffer blocks are read into
         self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
             else (None, None)
@@ -214,15 +230,15 @@ class BatchKeys:
         values: list[torch.Tensor] = []
         if self.prefix_len:
             p = self.prefix_len
-            keys.append(self._floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
-            values.append(self._floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
+            keys.append(self._head_floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
+            values.append(self._head_floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
         if not problem.paged:
             span = slice(plan.kv_start, plan.kv_start + plan.kv_len)
-            key = self._floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
+            key = self._head_floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
             if problem.key_rope is not None:
-                key = torch.cat([key, problem.key_rope[plan.kv_index, :, span].to(dtype)], dim=-1)
+                key = torch.cat([key, problem.key_rope[plan.kv_index, heads, span].to(dtype)], dim=-1)
             keys.append(key)
-            values.append(self._floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
+            values.append(self._head_floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
         # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense)
         self._dense = [] if not keys else [
             (KeyChunk.dense(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
@@ -239,7 +255,10 @@ class BatchKeys:
     def _chunks(self, start: int, stop: int, which: int) -> Iterator[KeyChunk]:
         pieces = (pair[which] for pair in self._dense)
         if self.problem.paged:
-            pieces = itertools.chain(pieces, self._paged(start, stop, which))
+            paged_pieces = self._paged(start, stop, which)
+            if self.heads != slice(None):
+                paged_pieces = (chunk.heads(self.heads) for chunk in paged_pieces)
+            pieces = itertools.chain(pieces, paged_pieces)
         for chunk in pieces:
             clipped = chunk.clip(start, stop)
             if clipped is not None:
@@ -289,6 +308,13 @@ class BatchKeys:
         if buffer is None or buffer.shape[1:] != cache.shape[1:] or buffer.dtype != cache.dtype:
             buffer = self.staging[slot] = cache.new_empty(blocks, *cache.shape[1:])
         return buffer
+
+    def _head_floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int) -> torch.Tensor:
+        """``_floats`` of the handed-out heads of (N_kv, n, D) rows: sliced before converting, unless dequantised
+        (the scales cover every head)."""
+        if dq is None:
+            return rows[self.heads].to(self.dtype)
+        return self._floats(rows, dq, start)[self.heads]
 
     def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
                 block_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -399,9 +425,10 @@ def _any_visible(hidden: torch.Tensor | None, outside: OutsideStrip | None) -> t
     """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
     if hidden is None:
         return None
+    if outside is None:  # no copy: a row sees a key unless its smallest hidden flag is 1 (uint8: the fast reduction)
+        return hidden.view(torch.uint8).amin(-1) == 0
     visible = ~hidden
-    if outside is not None:
-        visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
+    visible[:, outside.start:outside.start + outside.mask.shape[1]] &= ~outside.mask
     return visible.any(-1)
 
 
@@ -437,7 +464,7 @@ def _softmax_values(scores: torch.Tensor, values: Iterable[KeyChunk], c0: int, s
     """softmax(scores) @ value per kv head, with an optional sink logit in the denominator.
 
     scores: (N_kv', G, rows, keys) over keys [c0, c0 + keys), overwritten with the unnormalised probabilities;
-    values: the value chunks of those keys, (N_kv, n, Dv) each, of which heads ``_head_view`` are used; sink:
+    values: the value chunks of those keys, (N_kv', n, Dv) each (the tile's kv heads only); sink:
     (N_kv', G, 1, 1) or None. The row max excludes the sink, as in the kernel (spec 13); so does the LSE
     ([inferred], spec 8). With v1 full quant, P V uses the int8-quantised probabilities times dequant_scale2
     (spec 16.2). Returns (out (N_kv', G, rows, Dv) or None, lse, offset, total), the last three (N_kv', G, rows).
@@ -480,11 +507,6 @@ def _head_span(kv_heads: Iterable[int]) -> slice:
     return slice(heads[0], heads[-1] + 1)
 
 
-def _head_view(chunks: Iterable[KeyChunk], span: slice, all_heads: bool) -> Iterator[KeyChunk]:
-    for chunk in chunks:
-        yield chunk if all_heads else chunk.heads(span)
-
-
 def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[int],
                  tiles: Iterable[tuple[int, int] | torch.Tensor],
                  observe: Callable[[slice | torch.Tensor, int, torch.Tensor], None] | None = None,
@@ -514,9 +536,9 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     totals = torch.zeros((n_q, q_len), dtype=dtype, device=device)
     if q_len == 0:
         return RowTiles(out, lse, status, offsets, totals)
-    q = batch_queries(problem, plan, dtype)
-    qg = (q if all_heads else q[q_heads]).view(n_kv, group, q_len, q.shape[-1])
-    keys = BatchKeys(problem, plan, dtype, staging)
+    q = batch_queries(problem, plan, dtype, q_heads)
+    qg = q.view(n_kv, group, q_len, q.shape[-1])
+    keys = BatchKeys(problem, plan, dtype, staging, slice(None) if all_heads else span)
     sink = problem.learnable_sink[q_heads].to(device=device, dtype=dtype).view(n_kv, group, 1, 1) \
         if problem.learnable_sink is not None else None
     full = problem.quant.full if problem.quant is not None else None
@@ -528,7 +550,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
         if c1 <= c0:
             continue
         rows, scores, visible = (r1 - r0 if index is None else len(index)), None, None
-        for chunk in _head_view(keys.keys(c0, c1), span, all_heads):
+        for chunk in keys.keys(c0, c1):
             whole = (chunk.lo, chunk.hi) == (c0, c1)
             if not whole and scores is None:
                 scores = torch.empty(n_kv, group, rows, c1 - c0, dtype=dtype, device=device)
@@ -543,7 +565,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
         counts = plan.band.key_counts(r0, r1, keys.num_keys).to(device)
         tile_status = _row_status(counts if index is None else counts[index - r0], visible)
         out_t, lse_t, offset_t, total_t = _softmax_values(
-            scores, _head_view(keys.values(c0, c1), span, all_heads), c0, sink, full, values)
+            scores, keys.values(c0, c1), c0, sink, full, values)
         invalid = tile_status == RowStatus.OUT_OF_BAND
         if problem.inner_precise & 2:
             invalid = invalid | (tile_status == RowStatus.FULLY_MASKED)  # "row invalid correction" (spec 7)
@@ -653,28 +675,30 @@ def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list, rs: int, cs: in
     plan, group = problem.batches[b], problem.group_size
     num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
     n_cols = -(-num_keys // cs)
-    col_max = torch.full((group, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
+    kept_rows = -(-plan.q_len // rs) if sampled else plan.q_len  # sampled: only rows 0, rs, 2 rs, ... are kept
+    col_max = torch.full((group, kept_rows, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
 
     def observe(rows: slice | torch.Tensor, c0: int, scores: torch.Tensor) -> None:
         first, cols = c0 // cs, scores.shape[-1]
         blocks = -(-(c0 + cols) // cs) - first
         if cs > 1:
-            scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
-                                             value=float("-inf"))
+            before, after = c0 - first * cs, (first + blocks) * cs - c0 - cols
+            if before or after:  # whole blocks already: no copy
+                scores = torch.nn.functional.pad(scores, (before, after), value=float("-inf"))
             scores = scores.view(group, scores.shape[1], blocks, cs).amax(-1)
         if isinstance(rows, slice):
             target = col_max[:, rows, first:first + blocks]
             torch.maximum(target, scores, out=target)
         else:
-            col_max[:, rows, first:first + blocks] = torch.maximum(col_max[:, rows, first:first + blocks], scores)
+            slots = rows // rs if sampled else rows
+            col_max[:, slots, first:first + blocks] = torch.maximum(col_max[:, slots, first:first + blocks], scores)
 
     found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
-    denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)
-    probs = torch.exp(col_max - found.offset.unsqueeze(-1)).div_(denominator)
-    probs.masked_fill_((found.total == 0).unsqueeze(-1), 0.0)
-    if sampled:
-        probs = probs[:, ::rs]
-    elif rs > 1:
+    offset, total = (found.offset[:, ::rs], found.total[:, ::rs]) if sampled else (found.offset, found.total)
+    denominator = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
+    probs = torch.exp(col_max - offset.unsqueeze(-1)).div_(denominator)
+    probs.masked_fill_((total == 0).unsqueeze(-1), 0.0)
+    if not sampled and rs > 1:
         n_rows = -(-plan.q_len // rs)
         probs = torch.nn.functional.pad(probs, (0, 0, 0, n_rows * rs - plan.q_len)).view(
             group, n_rows, rs, n_cols).amax(2)

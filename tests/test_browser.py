@@ -18,7 +18,9 @@ For every notebook:
   drawn, and the page logs no JavaScript error (a page error or a console error).
 
 The explorer is driven like a user would (a small notebook of its own): a prefix length set and removed leaves no
-prefix line behind; the difference tab, after choosing another backend, gets a real figure's height.
+prefix line behind; the difference tab, after choosing another backend, gets a real figure's height; int8 K/V shows
+the quantisation error there, ALiBi pse appears in the probabilities' score, and sparse_mode 4 at the default
+pre/next shows a hint to set them.
 
 Screenshots go to ``test-artifacts/browser/`` (gitignored). Without Chromium or playwright the test skips, unless
 the ``CI`` environment variable is set: there it must run.
@@ -384,8 +386,23 @@ def _set_text(page, label: str, value: str) -> None:
     box.press("Enter")
 
 
+def _select(page, label: str, option: str) -> None:
+    dropdown = page.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(f"^{re.escape(label)}$")))
+    dropdown.locator("select").select_option(label=option)
+
+
+def _shown_title(page, start: str) -> None:
+    """Wait until a plot on screen has a title starting with ``start``."""
+    page.wait_for_function(
+        """(start) => [...window.__panel.node.querySelectorAll('.js-plotly-plot')].some(p => p.offsetParent !== null
+             && p._fullLayout.title.text && p._fullLayout.title.text.startsWith(start))""",
+        arg=start, timeout=RUN_TIMEOUT_MS)
+
+
 def test_explorer_redraws_cleanly(lab_page: Page) -> None:
-    """Defects seen by users: a removed prefix left its line; the difference tab kept a placeholder's height."""
+    """Defects seen by users: a removed prefix left its line; the difference tab kept a placeholder's height. The
+    controls for int8 K/V, pse and sparse_mode 4 show what they do: the quantisation error, pse in the score, a hint
+    to set pre/next."""
     page = lab_page.page
     try:
         page.evaluate(OPEN, EXPLORER_CHECK)
@@ -419,6 +436,18 @@ def test_explorer_redraws_cleanly(lab_page: Page) -> None:
         difference = [f for f in figures if f["title"].startswith("|compiled")]
         page.screenshot(path=str(ARTIFACTS / "explorer-difference.png"), full_page=True)
         assert difference and difference[0]["height"] > 300, figures
+
+        _select(page, "backend", "reference")
+        _select(page, "K/V quant", "int8 per channel")
+        _shown_title(page, "|int8 K/V per channel - float K/V|")
+        _select(page, "K/V quant", "off: float K/V")
+        _select(page, "pse_shift", "ALiBi slopes")
+        page.locator(".lm-TabBar-tab", has_text=re.compile("^probabilities$")).first.click()
+        _shown_title(page, "Attention probabilities softmax(scale·QKᵀ + pse_shift")
+        _select(page, "sparse_mode", "4: band")
+        page.wait_for_function("() => window.__panel.node.innerText.includes('set pre_tokens and next_tokens')",
+                               timeout=DRAW_TIMEOUT_MS)
+        page.screenshot(path=str(ARTIFACTS / "explorer-reach.png"), full_page=True)
         assert not lab_page.take_errors()
     finally:
         _close(lab_page)
