@@ -20,8 +20,7 @@ import math
 import torch
 
 import fia_kit
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, parse_call
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

@@ -12,9 +12,7 @@
 import torch
 
 import fia_kit
-from fia_kit import builders, diagrams, figures, layouts
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, builders, diagrams, figures, layouts, parse_call
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

@@ -12,10 +12,7 @@
 import torch
 
 import fia_kit
-from fia_kit import figures, masks
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
-from fia_kit.case import Case
+from fia_kit import TOLERANCES, Case, figures, masks, parse_call
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

@@ -13,9 +13,7 @@ import torch
 from IPython.display import display
 
 import fia_kit
-from fia_kit import builders, diagrams
-from fia_kit.backends import TOLERANCES, compiled
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, builders, diagrams, parse_call
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
@@ -106,12 +104,12 @@ except fia_kit.FIAArgumentError as error:
 
 # %% [markdown]
 # With TorchAir the lengths are graph **inputs**, so one compiled graph serves every length; a Python list is
-# a constant of the graph, and each new list recompiles. `fia_kit.backends.compiled.recompile_counts` shows it
+# a constant of the graph, and each new list recompiles. `fia_kit.profiling.recompiles` shows it
 # with `torch.compile` (no NPU needed):
 
 # %%
 decode_call = parse_call("v1", q[:, :, :1], k, v, {**base, "actual_seq_lengths_kv": [12, 7, 3]})
-counts = compiled.recompile_counts(decode_call, [[12, 7, 3], [11, 7, 3], [10, 6, 2]])
+counts = fia_kit.profiling.recompiles(decode_call, [[12, 7, 3], [11, 7, 3], [10, 6, 2]])
 print("compiles for 3 different length lists:  list", counts["list"], " tensor", counts["tensor"])
 
 # %% [markdown]

@@ -13,9 +13,7 @@ import math
 import torch
 
 import fia_kit
-from fia_kit import diagrams
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, diagrams, parse_call
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

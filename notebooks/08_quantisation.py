@@ -19,9 +19,7 @@ import torch
 from IPython.display import display
 
 import fia_kit
-from fia_kit import diagrams, quant
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, diagrams, parse_call, quant
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

@@ -20,10 +20,7 @@ from pathlib import Path
 import torch
 
 import fia_kit
-from fia_kit import profiling, roofline
-from fia_kit.backends.compiled import captured_graph
-from fia_kit.backends.graph import GraphOptions
-from fia_kit.call import parse_call
+from fia_kit import GraphOptions, captured_graph, parse_call, profiling, roofline
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
@@ -63,7 +60,7 @@ print("graph mode runs on backend:", GRAPH)
 # tensors, and compiles with those options. Off the box the same cell runs the compiled look-alike instead.
 
 # %%
-call = fia_kit.backends.founding_example("v1")          # the founding page's call, seeded fp16
+call = fia_kit.founding_example("v1")          # the founding page's call, seeded fp16
 options = GraphOptions(mode="max-autotune", tiling_schedule_optimize=True)
 print(options)
 result = fia_kit.run(call, GRAPH, graph_options=options) if GRAPH == "npu-graph" else fia_kit.run(call, GRAPH)

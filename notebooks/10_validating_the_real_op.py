@@ -28,10 +28,8 @@ import torch
 from IPython.display import HTML
 
 import fia_kit
-from fia_kit.backends import TOLERANCES
-from fia_kit.case import Case
+from fia_kit import TOLERANCES, Case, RowStatus
 from fia_kit.environment import detect
-from fia_kit.kernel import RowStatus
 from fia_kit.reference import run_call
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"

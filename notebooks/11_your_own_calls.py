@@ -21,8 +21,7 @@ import torch
 from IPython.display import display
 
 import fia_kit
-from fia_kit import masks
-from fia_kit.case import Case
+from fia_kit import Case, masks
 from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 

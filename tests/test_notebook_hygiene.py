@@ -8,6 +8,7 @@ backend line or spec pointer.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -175,11 +176,51 @@ def test_notebook_shows_values_not_boolean_checks(path: Path) -> None:
     assert not found, f"{path.name} prints checks as booleans (code cell, line): {found}"
 
 
+def _private_reaches(code: str) -> list[str]:
+    """What ``code`` takes from fia_kit outside its public surface: names not in ``fia_kit.__all__``, modules that
+    are not public submodules (``fia_kit.masks`` is one, ``fia_kit.kernel`` is not), private names."""
+    import ast
+
+    import fia_kit
+
+    public = set(fia_kit.__all__)
+    modules = {name for name in public if inspect.ismodule(getattr(fia_kit, name))}
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "fia_kit":
+            parts = node.module.split(".")
+            if len(parts) == 1:
+                found += [f"from fia_kit import {a.name}" for a in node.names if a.name not in public]
+            elif len(parts) > 2 or parts[1] not in modules:
+                found.append(f"from {node.module} import ...")
+            else:
+                found += [f"from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("fia_kit.")
+                      and a.name.split(".")[1] not in modules]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "fia_kit" \
+                and node.attr not in public:
+            found.append(f"fia_kit.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_notebook_uses_only_the_public_surface(source: Path) -> None:
+    """Notebooks teach what users may call: ``fia_kit.__all__`` and the public submodules, nothing private."""
+    assert _private_reaches(source.read_text(encoding="utf-8")) == [], source.name
+
+
 def test_checks_can_fail() -> None:
     """The patterns reject what they must: a cell without backend line, text without a spec pointer, a verdict."""
     assert not BACKEND_LINE.search("import torch\n")
     assert BACKEND_LINE.search("this notebook runs on backend: reference\n")
     assert not SPEC_POINTER.search("see the specification for details")
     assert SPEC_POINTER.search("spec section 6.3") and SPEC_POINTER.search("(spec 5.2)")
+    assert sorted(_private_reaches("from fia_kit.kernel import run_plan\nimport fia_kit\nfia_kit.kernel\n"
+                                   "from fia_kit import _LAZY\nfrom fia_kit.masks import _band\n")) == [
+        "fia_kit.kernel", "from fia_kit import _LAZY", "from fia_kit.kernel import ...",
+        "from fia_kit.masks import _band"]
+    assert _private_reaches("import fia_kit\nfrom fia_kit import plan\nfrom fia_kit.masks import "
+                            "compressed_causal_mask\nfia_kit.masks.INT_MAX\n") == []
     assert BOOLEAN_CHECK.search("== SDPA with repeat_interleave(G): True\n") and BOOLEAN_CHECK.search("False")
     assert not BOOLEAN_CHECK.search("BNSD paged: True q_lens: (5,)\nmax |a - b| 0.0005 x tolerance 0.2 yes\n")
