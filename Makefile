@@ -4,7 +4,7 @@
 #   make test    pytest + nbval over tests/ and notebooks/      (extra args: PYTEST_ARGS=...); needs browser-deps
 #   make bench   benchmarks/run_all.py (or benchmarks/bench_reference.py)  (BENCH_ARGS=...)
 #   make lint    ruff check fia_kit tests benchmarks notebooks/*.py (the notebook sources)
-#   make notebooks  execute notebooks/NN_*.py into the committed .ipynb   (only some: NB="03 05")
+#   make notebooks  execute notebooks/NN_*.py into the committed .ipynb   (only some: NB="03 05"); needs browser-deps
 #
 # Which Python?
 #   By default everything runs in a project virtualenv, .venv/, created on first use from
@@ -61,8 +61,10 @@ external-env:
 	  || { echo "fia_kit not importable by $(PYTHON); installing it editable without deps"; \
 	       $(PYTHON) -m pip install -e . --no-deps; }
 
+# lab-settings/overrides.json: no "Jupyter news" question and no update check (also with an external PYTHON).
 lab: $(ENV_READY)
-	$(PY) -m jupyterlab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --no-browser $(ALLOW_ROOT) $(JUPYTER_ARGS)
+	$(PY) -m jupyterlab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --no-browser $(ALLOW_ROOT) \
+	  --LabApp.app_settings_dir=$(CURDIR)/lab-settings $(JUPYTER_ARGS)
 
 # Debian's chromium for tests/test_browser.py (driven by playwright; never `playwright install`). Without root/apt
 # the install fails softly and the browser test skips (in CI, where CI is set, it fails instead).
@@ -84,5 +86,5 @@ lint: $(ENV_READY)
 	$(PY) -m ruff check $(LINT_PATHS)
 
 # Execute the jupytext sources (notebooks/NN_name.py) into the committed notebooks; see notebooks/README.md.
-notebooks: $(ENV_READY)
+notebooks: $(ENV_READY) browser-deps
 	$(PY) -m fia_kit.notebook_tools build $(NB)

@@ -60,9 +60,11 @@ _LAZY: dict[str, str] = {
     "graph_modes": ".mode_matrix",
     "read_ascend": ".ascend_profile",
     "method12": ".precision",
+    "captured_graph": ".backends.compiled",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
-_SUBMODULES = ("builders", "figures", "layouts", "masks", "paged", "profiling", "quant", "roofline")
+_SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "reference",
+               "roofline", "signatures")
 
 __all__ = [
     # plan once, run anywhere
@@ -78,7 +80,7 @@ __all__ = [
     "visibility_figure", "probabilities_figure", "output_figure", "lse_figure", "difference_figure",
     "paged_figure", "layout_figure", "timing_chart", "roofline_chart", "explore", "Explorer", "profile",
     # profiles torch_npu / msprof wrote, the regression gate, the graph-mode matrix, the op team's precision rule
-    "read_ascend", "compare_runs", "graph_modes", "method12",
+    "read_ascend", "compare_runs", "graph_modes", "method12", "captured_graph",
     *_SUBMODULES,
     # products and versions; context-parallel merging of partial results
     "target", "Target", "merge_attention",

@@ -20,12 +20,16 @@ from .layouts import convert_layout, from_canonical, to_canonical
 from .lengths import cumulative
 from .masks import compressed_causal_mask
 from .paged import gather_sequence
+from .quant import INT8_RANGE, quantize_kv, saturate_round
 
 __all__ = [
-    "band_mask", "causal_mask", "compressed_causal_mask", "convert_layout", "cumulative", "custom_mask",
-    "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask", "per_batch", "pse_tensor",
-    "rope_parts", "shared_prefix", "sink_tensor", "to_paged", "unpack_sequences",
+    "alibi_pse", "antiquant_kv", "band_mask", "causal_mask", "compressed_causal_mask", "convert_layout",
+    "cumulative", "custom_mask", "from_paged", "length_tensor", "nz_block", "pack_sequences", "padding_mask",
+    "per_batch", "pse_tensor", "rope_parts", "shared_prefix", "sink_tensor", "to_paged", "tree_mask",
+    "unpack_sequences",
 ]
+
+ANTIQUANT_MODES = {"tensor": 0, "channel": 0, "token": 1, "head": 2, "token_head": 3}  # separated form, spec 16.3
 
 
 def per_batch(cumulative_lengths: Sequence[int]) -> list[int]:
@@ -73,8 +77,13 @@ def band_mask(s_q: int, s_kv: int, pre_tokens: int, next_tokens: int, align: str
     if align not in ("left-up", "right-down"):
         raise FIAArgumentError("align", "must be 'left-up' or 'right-down'", align)
     offset = s_kv - s_q if align == "right-down" else 0
-    diff = torch.arange(s_kv).unsqueeze(0) - torch.arange(s_q).unsqueeze(1) - offset
-    return (diff < -pre_tokens) | (diff > next_tokens)
+    above, below = offset + next_tokens + 1, offset - pre_tokens - 1  # masked: j - i >= above or j - i <= below
+    ones = torch.ones(s_q, s_kv, dtype=torch.bool)  # bool passes only (no int64 j - i grid)
+    parts = [ones.triu(above)] if above < s_kv else []
+    parts += [ones.tril(below)] if below > -s_q else []
+    if not parts:
+        return torch.zeros(s_q, s_kv, dtype=torch.bool)
+    return parts[0] if len(parts) == 1 else parts[0] | parts[1]
 
 
 def padding_mask(q_lens: Sequence[int], kv_lens: Sequence[int], s_q: int, s_kv: int) -> torch.Tensor:
@@ -125,7 +134,8 @@ def to_paged(sequences: Sequence[torch.Tensor], block_size: int, cache_rank: int
         raise FIAArgumentError("num_blocks", f"lengths {[s.shape[1] for s in sequences]} need {sum(counts)} blocks "
                                f"of {block_size} tokens", total)
     order = torch.randperm(total, generator=generator) if shuffle else torch.arange(total)
-    blocks = torch.full((total, n, block_size, d), 1000.0, dtype=sequences[0].dtype)  # garbage where unused
+    garbage = 1000.0 if sequences[0].is_floating_point() else INT8_RANGE[1]  # int8 K/V: 127
+    blocks = torch.full((total, n, block_size, d), garbage, dtype=sequences[0].dtype)  # garbage where unused
     table = torch.zeros(len(sequences), max(counts, default=0), dtype=torch.int32)
     next_id = 0
     for b, seq in enumerate(sequences):
@@ -188,3 +198,72 @@ def rope_parts(batch: int, heads: int, kv_heads: int, s_q: int, s_kv: int, rope_
     q = torch.randn(batch, heads, s_q, rope_dim, generator=generator).to(dtype)
     k = torch.randn(batch, kv_heads, s_kv, rope_dim, generator=generator).to(dtype)
     return q, k
+
+
+def alibi_pse(q_lens: Sequence[int], kv_lens: Sequence[int], heads: int, s_q: int, s_kv: int, prefix_len: int = 0,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """pse_shift as ALiBi distances: (B, heads, s_q, s_kv) with ``-slope_n * |j - (i + delta_b)|`` (spec 9).
+
+    delta_b = P + L_kv[b] - L_q[b] puts distance 0 on each batch's right-down diagonal (query i's own position);
+    slope_n = 2^(-8 (n + 1) / heads), the ALiBi paper's geometric slopes: head 0 looks farthest back. Columns count
+    the shared prefix first (s_kv includes it), as pse_shift's do.
+    """
+    slopes = torch.tensor([2.0 ** (-8.0 * (n + 1) / heads) for n in range(heads)], dtype=torch.float64)
+    delta = torch.tensor([prefix_len + kv - q for q, kv in zip(q_lens, kv_lens, strict=True)], dtype=torch.float64)
+    i = torch.arange(s_q, dtype=torch.float64).view(1, 1, -1, 1)
+    j = torch.arange(s_kv, dtype=torch.float64).view(1, 1, 1, -1)
+    distance = (j - i - delta.view(-1, 1, 1, 1)).abs()
+    return (-slopes.view(1, -1, 1, 1) * distance).to(dtype)
+
+
+def tree_mask(q_lens: Sequence[int], s_q: int, packed: bool = False) -> torch.Tensor:
+    """A speculative-decoding tree mask for sparse_mode 9 (spec 6.6, 25.1): 1 (True) = hidden.
+
+    Each batch's L_q draft tokens form a binary tree in heap order (token t's parent is (t - 1) // 2); token i sees
+    token j when j is i or one of its ancestors. Returns (B, s_q, s_q) bool (rows and columns >= L_q hidden), or for
+    packed layouts (TND) the per-batch L_q x L_q masks flattened and concatenated: (sum L_q^2,).
+    """
+    planes = []
+    for n in q_lens:
+        seen = torch.eye(n, dtype=torch.bool)
+        for t in range(1, n):
+            seen[t] |= seen[(t - 1) // 2]  # a token sees what its parent sees (parents come first)
+        planes.append(~seen)
+    if packed:
+        return torch.cat([p.reshape(-1) for p in planes]) if planes else torch.zeros(0, dtype=torch.bool)
+    out = torch.ones(len(planes), s_q, s_q, dtype=torch.bool)
+    for b, p in enumerate(planes):
+        out[b, :p.shape[0], :p.shape[0]] = p
+    return out
+
+
+def antiquant_kv(kv: torch.Tensor, lengths: Sequence[int], granularity: str, scale_dtype: torch.dtype,
+                 kv_axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """int8 K or V for antiquant's separated form (spec 16.3), from canonical (B, N_kv, S, D) float K or V.
+
+    Scales are ``quant.quantize_kv``'s (symmetric, ``scale * ints`` reconstructs within half a step), computed from
+    each batch's first ``lengths[b]`` tokens only: positions beyond them hold garbage (1000) that would swamp a
+    per-channel scale; there the ints are 127, garbage again. A scale the op reads in ``scale_dtype`` is rounded
+    to it first, and the ints are taken against the rounded value.
+
+    Args:
+        granularity: "tensor", "channel", "token", "head" or "token_head" (``quant.GRANULARITIES``).
+        scale_dtype: the dtype of per-tensor / per-channel / per-head scales (the query's); per-token ones are
+            float32, as the op requires.
+        kv_axis: the key axis per-token scales must cover (S_kv, or the paged capacity); default S.
+    Returns:
+        (ints (B, N_kv, S, D) int8, scale in the op's shape for the granularity, the antiquant mode 0-3).
+    """
+    mode = ANTIQUANT_MODES[granularity]
+    positions = torch.arange(kv.shape[2]).view(1, 1, -1, 1)
+    padding = positions >= torch.tensor([int(n) for n in lengths]).view(-1, 1, 1, 1)
+    valid = kv.masked_fill(padding, 0.0)
+    ints, scale, _ = quantize_kv(valid, granularity)
+    if mode in (1, 3):
+        wanted = kv.shape[2] if kv_axis is None else kv_axis
+        scale = torch.nn.functional.pad(scale, (0, wanted - scale.shape[-1]), value=1.0)
+    else:  # the op reads this scale in scale_dtype: quantise against that rounded value
+        scale = scale.to(scale_dtype)
+        view = {"tensor": (1, 1, 1, 1), "channel": scale.shape, "head": (1, -1, 1, 1)}[granularity]
+        ints = saturate_round(valid.to(torch.float32) / scale.to(torch.float32).view(view), INT8_RANGE)
+    return ints.to(torch.int8).masked_fill_(padding.expand_as(ints), INT8_RANGE[1]), scale, mode

@@ -14,13 +14,17 @@
 
 Tensors are seeded (``seed``) and padding positions hold large garbage (1000), never zeros, so a wrong length
 shows. The scale defaults to 1/sqrt(head_dim + rope_dim); the op's own default is 1.0 (spec 18.5).
+Inside ``reusing_tensors(store)`` (the explorer's), a build whose random Q/K/V have the shapes and seed of the
+previous one takes copies of them instead of drawing them again (the same values either way).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +34,29 @@ from . import builders
 from .call import FIACall, parse_call
 from .errors import FIAArgumentError, describe_value
 from .layouts import from_canonical, parse_layout
-from .masks import INT_MAX, compressed_causal_mask
+from .masks import INT_MAX, TREE_MODE, compressed_causal_mask
+from .quant import GRANULARITIES
 from .shapes import key_axis_width
 from .signatures import canonical_name, is_torchair, spelled, version_of
 
-MASK_KINDS = ("auto", "none", "compressed", "causal", "padding")
+MASK_KINDS = ("auto", "none", "compressed", "causal", "padding", "tree")
+PSE_KINDS = ("random", "alibi")
+KV_QUANT_KINDS = ("none", *GRANULARITIES)  # int8 K/V (antiquant, spec 16.3): none, or one scale per ...
 PADDING_VALUE = 1000.0
+
+_REUSE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("fia_case_reuse", default=None)
+
+
+@contextlib.contextmanager
+def reusing_tensors(store: dict[str, Any]) -> Iterator[None]:
+    """Inside the block, ``Case.build`` keeps its last random Q/K/V draw in ``store`` and reuses it (copied) when
+    the next build draws the same shapes with the same seed: a control change that keeps the shapes (sparse_mode,
+    masks, pre/next, dtype, quantisation) skips drawing them (about 0.2 s at 8192 x 8192 with 32 heads)."""
+    token = _REUSE.set(store)
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
 
 MEANINGS = {
     "query": "queries, laid out as input_layout's first part",
@@ -62,6 +83,10 @@ MEANINGS = {
     "softmax_lse_flag": "also return the natural-log LSE",
     "block_size": "tokens per cache block",
     "key_rope": "MLA rope part of the keys",
+    "key_antiquant_scale": "int8 key = scale * ints (antiquant, spec 16.3)",
+    "value_antiquant_scale": "int8 value = scale * ints (antiquant, spec 16.3)",
+    "key_antiquant_mode": "0 per-channel/tensor, 1 per-token, 2 per-head, 3 per-token per-head",
+    "value_antiquant_mode": "0 per-channel/tensor, 1 per-token, 2 per-head, 3 per-token per-head",
 }
 
 
@@ -113,18 +138,25 @@ class Case:
         q_lens, kv_lens: valid query rows and keys per batch (B = len(q_lens)).
         heads, kv_heads: N_q and N_kv (kv_heads must divide heads).
         head_dim, value_dim, rope_dim: D of query/key, D of value (None: head_dim), MLA rope D (0 or 64).
-        dtype, layout: the tensors' dtype and input_layout (None: "TND" with sinks, which need it, else "BNSD").
+        dtype, layout: the tensors' dtype (default float16, what the NPU takes; float32/float64 are the kit's
+            extension) and input_layout (None: "TND" with sinks, which need it, else "BNSD").
         sparse_mode, pre_tokens, next_tokens: the masking mode (spec 6).
-        mask: "auto" (none for mode 0, compressed for 2-4, padding for 1), "none", "compressed", "causal"
-            (explicit right-down causal, (B,1,S_q,S_kv)), "padding", or a custom tensor passed as atten_mask.
+        mask: "auto" (none for mode 0, compressed for 2-4, padding for 1, tree for 9), "none", "compressed",
+            "causal" (explicit right-down causal, (B,1,S_q,S_kv)), "padding", "tree" (a binary draft tree,
+            ``builders.tree_mask``: (B,S_q,S_q), 1-D for TND), or a custom tensor passed as atten_mask.
         paged, block_size, cache_rank: paged KV cache (rank 3, 4 or 5 NZ) with a shuffled block table.
         num_blocks: the cache's block count (None: the blocks needed + 1 spare); too few for kv_lens raises.
         prefix_len: shared prefix length (v1 only); pse: add pse_shift; sinks: add learnable_sink (v2, TND).
+        pse_kind: what pse_shift holds: "random" (N(0, 1), ``builders.pse_tensor``) or "alibi" (-slope_n times the
+            distance from the right-down diagonal, ``builders.alibi_pse``).
+        kv_quant: "none", or int8 K/V in antiquant's separated form (spec 16.3) with one scale per "tensor" or
+            "channel" (mode 0), "token" (1), "head" (2) or "token_head" (3), from the same float K/V
+            (``builders.antiquant_kv``); the op takes modes 0/1 only, with S_q <= 16, when S_q > 1.
         inner_precise, return_lse, scale: as the op (scale None: 1/sqrt(head_dim + rope_dim)).
         q_seq, kv_seq: the S axes (None: the longest length); larger values add padding.
         seed, device: inputs are seeded; tensors live on ``device``.
         form: the form ``build()``, ``fia_kit.plan(case)``, ``run`` and ``compare`` use (``signatures.FORMS``);
-            None: the natural form, "v2" when the case uses a v2-only feature (sinks), else "v1".
+            None: the natural form, "v2" when the case uses a v2-only feature (sinks, the tree mask), else "v1".
     """
 
     q_lens: tuple[int, ...] = (6, 4)
@@ -134,7 +166,7 @@ class Case:
     head_dim: int = 16
     value_dim: int | None = None
     rope_dim: int = 0
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = torch.float16
     layout: str | None = None
     sparse_mode: int = 0
     pre_tokens: int = INT_MAX
@@ -147,6 +179,8 @@ class Case:
     prefix_len: int = 0
     pse: bool = False
     sinks: bool = False
+    pse_kind: str = "random"
+    kv_quant: str = "none"
     inner_precise: int = 0
     return_lse: bool = True
     scale: float | None = None
@@ -177,6 +211,10 @@ class Case:
                                    self.kv_seq)
         if isinstance(self.mask, str) and self.mask not in MASK_KINDS:
             raise FIAArgumentError("mask", f"must be one of {MASK_KINDS} or a tensor", self.mask)
+        if self.pse_kind not in PSE_KINDS:
+            raise FIAArgumentError("pse_kind", f"must be one of {PSE_KINDS}", self.pse_kind)
+        if self.kv_quant not in KV_QUANT_KINDS:
+            raise FIAArgumentError("kv_quant", f"must be one of {KV_QUANT_KINDS}", self.kv_quant)
         if self.rope_dim not in (0, 64):
             raise FIAArgumentError("rope_dim", "MLA rope parts have D = 64 (spec 12); 0 turns rope off",
                                    self.rope_dim)
@@ -194,8 +232,9 @@ class Case:
     # ------------------------------------------------------------------------------------------------ geometry
     @property
     def natural_form(self) -> str:
-        """``form`` if given, else "v2" when the case uses a v2-only feature (learnable sinks), else "v1"."""
-        return self.form or ("v2" if self.sinks else "v1")
+        """``form`` if given, else "v2" when the case uses a v2-only feature (learnable sinks, sparse_mode 9),
+        else "v1"."""
+        return self.form or ("v2" if self.sinks or self.sparse_mode == TREE_MODE else "v1")
 
     @property
     def batch(self) -> int:
@@ -247,10 +286,13 @@ class Case:
         layout = parse_layout(self.layout)
         gen = torch.Generator().manual_seed(self.seed)
         q4, k4, v4 = self._canonical_qkv(gen)
-        options: dict[str, Any] = {"num_heads": self.heads, "num_key_value_heads": self.kv_heads,
+        options: dict[str, Any] = self._antiquant(k4, v4) if self.kv_quant != "none" else {}
+        if options:
+            k4, v4 = options.pop("key"), options.pop("value")
+        options.update({"num_heads": self.heads, "num_key_value_heads": self.kv_heads,
                                    "scale": self.softmax_scale, "input_layout": self.layout,
                                    "sparse_mode": self.sparse_mode, "inner_precise": self.inner_precise,
-                                   "softmax_lse_flag": self.return_lse}
+                                   "softmax_lse_flag": self.return_lse})
         if self.pre_tokens != INT_MAX:
             options["pre_tokens"] = self.pre_tokens
         if self.next_tokens != INT_MAX:
@@ -279,7 +321,10 @@ class Case:
             kp, vp = builders.shared_prefix(self.kv_heads, self.prefix_len, self.head_dim, self.v_dim, layout.query,
                                             self.dtype, gen)
             options.update(key_shared_prefix=kp, value_shared_prefix=vp, actual_shared_prefix_len=[self.prefix_len])
-        if self.pse:
+        if self.pse and self.pse_kind == "alibi":
+            options["pse_shift"] = builders.alibi_pse(self.q_lens, self.kv_lens, self.heads, self.s_q,
+                                                      self.kv_columns, self.prefix_len, self.dtype)
+        elif self.pse:
             options["pse_shift"] = builders.pse_tensor(self.batch, self.heads, self.s_q, self.kv_columns,
                                                        self.dtype, gen)
         if self.sinks:
@@ -295,8 +340,8 @@ class Case:
 
         While the case is unchanged, ``build`` returns the call's own arguments (respelled for another form);
         once a field changes (``replace``, an explorer control) it builds seeded tensors as any case does.
-        Arguments a case cannot express (quantisation, left padding, its own rope values) live only in the call's
-        own arguments. Raises FIAArgumentError for a call the op refuses.
+        Arguments a case cannot express (other quantisation than int8 K/V with equal key and value modes 0-3, left
+        padding, its own rope or pse values) live only in the call's own arguments. Raises FIAArgumentError for a call the op refuses.
         """
         from .planning import plan as make_plan
 
@@ -312,7 +357,7 @@ class Case:
             sparse_mode=p.sparse_mode, pre_tokens=o["pre_tokens"], next_tokens=o["next_tokens"], mask=mask,
             paged=p.paged, block_size=p.block_size or 16, cache_rank=c.key.dim() if p.paged else 4,
             num_blocks=c.key.shape[0] if p.paged else None, prefix_len=p.prefix_len,
-            pse=o["pse_shift"] is not None, sinks=o.get("learnable_sink") is not None,
+            pse=o["pse_shift"] is not None, sinks=o.get("learnable_sink") is not None, kv_quant=_kv_quant_of(p),
             inner_precise=p.inner_precise, return_lse=p.return_lse, scale=p.scale,
             q_seq=None if p.layout.packed else p.query.shape[2],
             kv_seq=p.key.shape[2] if dense_kv else None, device=str(c.query.device), form=c.form)
@@ -333,16 +378,42 @@ class Case:
         return to_script(self, path, form=form)
 
     def _canonical_qkv(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Canonical (B, N, S, D) query/key/value with PADDING_VALUE beyond each batch's length."""
-        def tensor(heads: int, seq: int, dim: int, lens: tuple[int, ...]) -> torch.Tensor:
-            x = torch.randn(self.batch, heads, seq, dim, generator=gen)
+        """Canonical (B, N, S, D) query/key/value with PADDING_VALUE beyond each batch's length.
+
+        The float32 draws come from ``gen`` (or, inside ``reusing_tensors``, from the store when the shapes and seed
+        match: ``gen`` is then moved to where the draws left it); padding is written after the cast to ``dtype``
+        (1000 is exact in every float dtype).
+        """
+        shapes = ((self.batch, self.heads, self.s_q, self.head_dim), (self.batch, self.kv_heads, self.s_kv,
+                                                                      self.head_dim),
+                  (self.batch, self.kv_heads, self.s_kv, self.v_dim))
+        store, key = _REUSE.get(), (self.seed, shapes)
+        if store is not None and store.get("key") == key:
+            draws = store["draws"]
+            gen.set_state(store["state"])
+        else:
+            draws = tuple(torch.randn(*shape, generator=gen) for shape in shapes)
+            if store is not None:
+                store.update(key=key, draws=draws, state=gen.get_state())
+
+        def tensor(draw: torch.Tensor, lens: tuple[int, ...]) -> torch.Tensor:
+            x = draw.to(self.dtype, copy=True)
             for b, n in enumerate(lens):
                 x[b, :, n:] = PADDING_VALUE
-            return x.to(self.dtype)
+            return x
 
-        return (tensor(self.heads, self.s_q, self.head_dim, self.q_lens),
-                tensor(self.kv_heads, self.s_kv, self.head_dim, self.kv_lens),
-                tensor(self.kv_heads, self.s_kv, self.v_dim, self.kv_lens))
+        return tensor(draws[0], self.q_lens), tensor(draws[1], self.kv_lens), tensor(draws[2], self.kv_lens)
+
+    def _antiquant(self, k4: torch.Tensor, v4: torch.Tensor) -> dict[str, Any]:
+        """int8 "key"/"value" (canonical) and the separated antiquant keywords for ``kv_quant`` (spec 16.3)."""
+        if self.prefix_len:
+            raise FIAArgumentError("kv_quant + prefix_len", "a Case builds no int8 shared prefix (the op takes one "
+                                   "with int8 K/V, spec 14, 16.3): pass your own call to try it", self.kv_quant)
+        axis = self.kv_columns - self.prefix_len
+        key, key_scale, mode = builders.antiquant_kv(k4, self.kv_lens, self.kv_quant, self.dtype, axis)
+        value, value_scale, _ = builders.antiquant_kv(v4, self.kv_lens, self.kv_quant, self.dtype, axis)
+        return {"key": key, "value": value, "key_antiquant_scale": key_scale, "value_antiquant_scale": value_scale,
+                "key_antiquant_mode": mode, "value_antiquant_mode": mode}
 
     def _rope(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return builders.rope_parts(self.batch, self.heads, self.kv_heads, self.s_q, self.s_kv, self.rope_dim,
@@ -371,18 +442,21 @@ class Case:
         if isinstance(kind, torch.Tensor):
             return kind
         if kind == "auto":
-            kind = {0: "none", 1: "padding"}.get(self.sparse_mode, "compressed")
+            kind = {0: "none", 1: "padding", TREE_MODE: "tree"}.get(self.sparse_mode, "compressed")
         if kind == "none":
             return None
         if kind == "compressed":
             return compressed_causal_mask()
+        if kind == "tree":
+            return builders.tree_mask(self.q_lens, self.s_q, packed=parse_layout(self.layout).packed)
         columns = self.kv_columns
         if kind == "padding":
             return builders.padding_mask(self.q_lens, [n + self.prefix_len for n in self.kv_lens], self.s_q,
                                          columns)
-        causal = torch.stack([builders.causal_mask(self.s_q, columns)
-                              | builders.padding_mask([q], [n + self.prefix_len], self.s_q, columns)[0, 0]
-                              for q, n in zip(self.q_lens, self.kv_lens, strict=True)])
+        causal = torch.stack([builders.causal_mask(self.s_q, columns)] * self.batch)
+        for plane, q, n in zip(causal, self.q_lens, self.kv_lens, strict=True):  # builders.padding_mask, in place
+            plane[q:] = True
+            plane[:, n + self.prefix_len:] = True
         return causal.unsqueeze(1)
 
     def _to_device(self, name: str, value: Any, form: str) -> Any:
@@ -411,3 +485,14 @@ class Case:
         widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
         line = lambda r: "  ".join(r[k].ljust(widths[k]) for k in keys).rstrip()  # noqa: E731
         return "\n".join([line({k: k for k in keys}), line({k: "-" * widths[k] for k in keys}), *map(line, rows)])
+
+
+def _kv_quant_of(problem: Any) -> str:
+    """The ``kv_quant`` of a plan: the granularity of its int8 K/V antiquant (equal key/value modes 0-3), else "none"."""
+    q = problem.quant
+    if q is None or q.key is None or q.value is None or q.full is not None or q.query_scale is not None \
+            or q.key.int4 or q.key.mode != q.value.mode or q.key.mode > 3:
+        return "none"
+    if q.key.mode == 0:
+        return "tensor" if q.key.scale.numel() == 1 else "channel"
+    return {1: "token", 2: "head", 3: "token_head"}[q.key.mode]

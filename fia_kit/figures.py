@@ -14,19 +14,25 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 import torch
 
-from . import kernel, paged
+from . import kernel
+from .diagrams import block_table_figure
 from .kernel import ReferenceResult, RowStatus
 from .layouts import INPUT_LAYOUTS, from_canonical, to_canonical
+from .masks import TREE_MODE
 from .planning import Plan
 
 MAX_CELLS = 256
 MAX_HEAD_PANELS = 4
-VISIBILITY_TILE_CELLS = 2**21  # int8 cells of one row tile of the pooled visibility map (2 MB)
-SAMPLE_ROWS_ABOVE = 2**26  # score cells (heads x L_q x keys) above which probabilities sample rows
+VISIBILITY_TILE_CELLS = 2**21  # bool cells of one row tile of the pooled visibility map with atten_mask (2 MB)
+SAMPLE_ROWS_ABOVE = 2**24  # score cells (heads x L_q x keys) above which probabilities sample rows
+SATURATE_ABOVE = 4096  # probability cells above which the colour saturates at their 99th percentile (else the max)
+PROBABILITY_CELLS = 128  # rows and key blocks per probability panel: four panels share a figure's width, and a
+# FigureWidget sends a 2-D z as nested lists (ipywidgets walks every cell: ~1 ms per 1000 cells on this CPU)
 
 # Visibility categories, ordered so that max-pooling keeps the most visible state of a block.
 PADDING, OUTSIDE_BAND, MASKED, VISIBLE = 0, 1, 2, 3
@@ -71,12 +77,16 @@ def _pool_note(rs: int, cs: int, how: str) -> str:
     if rs == 1 and cs == 1:
         return ""
     word = {"max": "max", "absmax": "largest |value|", "mean": "mean"}[how]
-    return f" [downsampled: each cell = {word} of a {rs}x{cs} block]"
+    return f"<br>[downsampled: each cell = {word} of a {rs}x{cs} block]"  # its own title line: titles do not wrap
 
 
-def _axis(count: int, step: int) -> list[float]:
-    """The centre of each pooled block along an axis of ``count`` entries (the index itself when unpooled)."""
-    return [start + (min(count, start + step) - 1 - start) / 2 for start in range(0, count, step)]
+def _axis(count: int, step: int) -> np.ndarray:
+    """The centre of each pooled block along an axis of ``count`` entries (the index itself when unpooled).
+
+    A numpy array: plotly takes it as is, where a list is validated element by element (tens of ms a redraw).
+    """
+    starts = np.arange(0, count, step, dtype=np.float64)
+    return starts + (np.minimum(count, starts + step) - 1 - starts) / 2
 
 
 def _discrete_scale(colors: Mapping[int, str]) -> list[list[Any]]:
@@ -98,10 +108,18 @@ def _batch_rows(problem: Plan, b: int) -> tuple[int, int]:
     return 0, problem.query.shape[2]
 
 
-def row_status_of_batch(problem: Plan, result: ReferenceResult, b: int) -> torch.Tensor:
-    """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b."""
+def row_status_of_batch(problem: Plan, result: ReferenceResult | None, b: int) -> torch.Tensor:
+    """(rows,) int RowStatus of the rows ``visibility_codes`` shows for batch b.
+
+    From the call's result when given, else from the plan alone (``kernel.batch_row_status``: no attention), the
+    rows past L_q being PADDING.
+    """
     first, count = _batch_rows(problem, b)
-    return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
+    if result is not None:
+        return result.row_status[problem.batches[b].q_index, first:first + count].to(torch.int64)
+    status = torch.full((count,), int(RowStatus.PADDING), dtype=torch.int64)
+    status[:problem.batches[b].q_len] = kernel.batch_row_status(problem, b).cpu()
+    return status
 
 
 def _visibility_columns(problem: Plan, b: int) -> int:
@@ -133,11 +151,14 @@ def visibility_codes(problem: Plan, b: int) -> torch.Tensor:
 
 
 def pooled_visibility_codes(problem: Plan, b: int, max_cells: int = MAX_CELLS) -> tuple[torch.Tensor, int, int]:
-    """``pool(visibility_codes(problem, b), "max", max_cells)``, built row tile by row tile.
+    """``pool(visibility_codes(problem, b), "max", max_cells)``, without building the map.
 
-    Each tile is a whole number of pooled block rows, about ``VISIBILITY_TILE_CELLS`` int8 cells, so memory stays
-    bounded by a few tiles (tens of MB at 8192 x 8192) instead of the full map. Cells past the map's edge are
-    PADDING, the smallest code, and every block holds a real cell, so the block maxima equal ``pool``'s.
+    A block's maximum is its most visible state, so each block needs only three facts: whether it holds a real cell
+    (row < L_q, key < P + L_kv: at least OUTSIDE_BAND), a key inside the band (``Band.key_range`` of the block's
+    rows: every column of that range is in the band for some row of the block, since the rows' bands overlap), and
+    without atten_mask that already makes it VISIBLE. With atten_mask (or the tree mask) the in-band blocks are
+    MASKED unless some cell is visible, found row tile by row tile over the band's key range only, in bool tiles of
+    about ``VISIBILITY_TILE_CELLS`` cells (tens of MB at 8192 x 8192) reduced as they go.
 
     Returns:
         (pooled (ceil(rows / rs), ceil(cols / cs)) float64 codes, rs, cs), as ``pool``.
@@ -146,25 +167,52 @@ def pooled_visibility_codes(problem: Plan, b: int, max_cells: int = MAX_CELLS) -
     if not rows or not columns:
         return pool(visibility_codes(problem, b), "max", max_cells)
     rs, cs = max(1, math.ceil(rows / max_cells)), max(1, math.ceil(columns / max_cells))
-    width = columns + (-columns % cs)
-    step = rs * max(1, VISIBILITY_TILE_CELLS // (rs * width))
-    pieces = []
-    for r0 in range(0, rows, step):
-        height = min(step, rows - r0)
-        tile = _visibility_tile(problem, b, r0, r0 + height + (-height % rs), width)
-        pieces.append(tile.view(-1, rs, width // cs, cs).amax((1, 3)))
-    return torch.cat(pieces).to(torch.float64), rs, cs
+    vis, band = problem.visibility, problem.batches[b].band
+    q_len, num_keys = vis.num_rows(b), vis.num_keys(b)
+    codes = torch.full((-(-rows // rs), -(-columns // cs)), PADDING, dtype=torch.int8)
+    real_rows, real_cols = -(-q_len // rs), -(-num_keys // cs)
+    codes[:real_rows, :real_cols] = OUTSIDE_BAND
+    masked = problem.atten_mask is not None
+    for block in range(real_rows):
+        c0, c1 = band.key_range(block * rs, min(q_len, (block + 1) * rs), num_keys)
+        if c1 > c0:
+            codes[block, c0 // cs:-(-c1 // cs)] = MASKED if masked else VISIBLE
+    if masked:
+        step = max(1, VISIBILITY_TILE_CELLS // (rs * max(1, num_keys))) * rs
+        for r0 in range(0, q_len, step):
+            _mark_visible_blocks(problem, b, r0, min(q_len, r0 + step), rs, cs, codes)
+    return codes.to(torch.float64), rs, cs
+
+
+def _mark_visible_blocks(problem: Plan, b: int, r0: int, r1: int, rs: int, cs: int, codes: torch.Tensor) -> None:
+    """Set VISIBLE in ``codes`` for the blocks of rows [r0, r1) (r0 a multiple of rs) holding a visible cell."""
+    vis, band = problem.visibility, problem.batches[b].band
+    c0, c1 = band.key_range(r0, r1, vis.num_keys(b))
+    if c1 <= c0:
+        return
+    a0, a1 = c0 - c0 % cs, c1
+    hidden = vis.hidden_tile(b, r0, r1, a0, a1).cpu()  # not seen: hidden by the mask, or outside the band
+    outside = band.outside_tile(r0, r1, a0, a1)
+    if outside is not None:
+        hidden = hidden | outside
+    if (a1 - a0) % cs or (r1 - r0) % rs:
+        hidden = torch.nn.functional.pad(hidden, (0, -(a1 - a0) % cs, 0, -(r1 - r0) % rs), value=True)
+    shape = (hidden.shape[0] // rs, rs, hidden.shape[1] // cs, cs)
+    blocks = hidden.view(torch.uint8).reshape(shape).amin(3).amin(1) == 0  # uint8 min: the fast block reduction
+    target = codes[r0 // rs:r0 // rs + blocks.shape[0], a0 // cs:a0 // cs + blocks.shape[1]]
+    target.masked_fill_(blocks, VISIBLE)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
 
-def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
+def visibility_figure(problem: Plan, result: ReferenceResult | None = None, b: int = 0) -> go.Figure:
     """Which keys each query row of batch b sees, with the band edges, the right-down diagonal and the row status.
 
     Left panel: one cell per (query row i, key j), coloured visible / hidden by atten_mask / outside the band /
     padding. Lines: the band edges j - i = lo and j - i = hi, the right-down diagonal j = i + delta with
     delta = P + L_kv - L_q, and the end of the shared prefix. Right strip: what the op writes for each row
-    (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise).
+    (``RowStatus``: computed, or 0 for padding and out-of-band rows, fully masked rows per inner_precise), read
+    from ``result`` when given, else from the plan (no attention computed).
     """
     plan = problem.batches[b]
     rows, columns = _batch_rows(problem, b)[1], _visibility_columns(problem, b)
@@ -190,6 +238,8 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
     title = (f"Visible keys per query row, batch {b}: sparse_mode {problem.sparse_mode}<br>L_q={plan.q_len}, "
              f"L_kv={plan.kv_len}, prefix P={problem.prefix_len}, delta=P+L_kv-L_q={delta}" + _pool_note(rs, cs, "max")
              + ("<br>decode (S_q=1): sparse_mode and pre/next are ignored" if problem.decode else "")
+             + (f"<br>tree mask: keys below L_kv-L_q={plan.kv_len - plan.q_len} are context (all seen), the rest "
+                "the draft tokens, seen where the tree mask is 0" if problem.sparse_mode == TREE_MODE else "")
              + _band_note(problem, plan, columns))
     shapes, annotations = [], []
     if problem.prefix_len:
@@ -198,11 +248,12 @@ def visibility_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.
         annotations.append(dict(xref="x", yref="paper", x=problem.prefix_len - 0.5, y=1, yanchor="bottom",
                                 showarrow=False, text=f"prefix | own keys (P={problem.prefix_len})"))
     layout = dict(
-        title=dict(text=title, font=dict(size=13)), margin=dict(t=110), shapes=shapes, annotations=annotations,
+        title=dict(text=title, font=dict(size=13)), margin=dict(t=40 + 18 * (title.count("<br>") + 1)), shapes=shapes,
+        annotations=annotations,
         showlegend=True, legend=dict(orientation="h", y=-0.15, yanchor="top"), height=520,
         xaxis=dict(domain=[0, 0.92], title="key j (prefix first)", range=[-0.5, columns - 0.5]),
         xaxis2=dict(domain=[0.93, 1], anchor="y"),
-        yaxis=dict(title="query row i", autorange="reversed"),
+        yaxis=dict(title="query row i", range=[rows - 0.5, -0.5]),  # fixed: the lines' ends add no margin
     )
     return go.Figure(data=traces, layout=layout)
 
@@ -240,7 +291,7 @@ def _band_lines(problem: Plan, plan: Any, columns: int) -> list[go.Scatter]:
                           line=dict(color=color, dash=dash, width=2), name=name, hoverinfo="name")
 
     lines, band = [], plan.band
-    if _edge_on_plot(band.hi, plan, columns):
+    if _edge_on_plot(band.hi, plan, columns) and problem.sparse_mode != 3:  # mode 3: the diagonal is that edge
         lines.append(diagonal(band.hi + 0.5, f"band edge j = {_signed(band.hi)} (last visible key)", "#1d3557",
                               "dash"))
     if _edge_on_plot(band.lo, plan, columns):
@@ -258,7 +309,8 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
 
     Only the shown heads are computed, pooled as they go (``fia_kit.kernel.pooled_probabilities``). Above
     SAMPLE_ROWS_ABOVE score cells (heads x L_q x keys), or with ``sample_rows=True``, each pooled row is one
-    sampled query row rather than the maximum over its block (the title says so). With learnable sinks the sink's
+    sampled query row rather than the maximum over its block (the title says so): the work is the sampled rows
+    times every key. A panel has at most PROBABILITY_CELLS rows and key blocks. With learnable sinks the sink's
     share is left out of every row, which then sums to less than 1; that uses the LSE excluding the sink, which is
     [inferred] (spec 8, 13).
     """
@@ -267,19 +319,24 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
     num_keys = problem.visibility.num_keys(b)
     if sample_rows is None:
         sample_rows = len(heads) * plan.q_len * num_keys > SAMPLE_ROWS_ABOVE
-    pooled = kernel.pooled_probabilities(problem, b, heads, MAX_CELLS, sample_rows)
+    pooled = kernel.pooled_probabilities(problem, b, heads, PROBABILITY_CELLS, sample_rows)
     rs, cs = pooled.row_block, pooled.col_block
-    rows_axis = list(range(0, plan.q_len, rs)) if pooled.sampled_rows else _axis(plan.q_len, rs)
+    rows_axis = np.arange(0, plan.q_len, rs) if pooled.sampled_rows else _axis(plan.q_len, rs)
     note = _pool_note(rs, cs, "max")
     if pooled.sampled_rows:
-        note = f" [downsampled: every {rs}th query row; each cell = max over {cs} keys]"
+        note = f"<br>[downsampled: every {rs}th query row; each cell = max over {cs} keys]"
     g, count, gap = problem.group_size, len(heads), 0.03
     width = (1 - gap * (count - 1)) / count
+    shown = pooled.values[pooled.values > 0]  # long rows: most p are small, a few early causal rows hold p = 1
+    clipped = shown.numel() > SATURATE_ABOVE
+    top = max(float(shown.quantile(0.99) if clipped else shown.max()) if shown.numel() else 1.0, 1e-6)
+    scale_note = f"the colour saturates at p = {top:.3g} (99% of cells below)" if clipped else \
+        f"the colour runs up to the largest p, {top:.3g}"
     traces, annotations, layout = [], [], {}
     for k, n in enumerate(heads):
         axis = "" if k == 0 else str(k + 1)
         traces.append(go.Heatmap(z=pooled.values[k].numpy(), x=_axis(num_keys, cs), y=rows_axis, zmin=0,
-                                 zmax=1, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
+                                 zmax=top, colorscale="Viridis", showscale=k == 0, colorbar=dict(title="p"),
                                  xaxis=f"x{axis}", yaxis="y",
                                  hovertemplate="query row %{y}<br>key %{x}<br>p = %{z:.4f}<extra></extra>"))
         left = k * (width + gap)
@@ -288,10 +345,18 @@ def probabilities_figure(problem: Plan, b: int = 0, heads: Sequence[int] | None 
                                 x=left + width / 2, y=1, yanchor="bottom", showarrow=False, font=dict(size=11)))
     layout.update(
         yaxis=dict(autorange="reversed", title="query row i"), annotations=annotations,
-        title=dict(text=f"Attention probabilities softmax(scale·QKᵀ + masks), batch {b}<br>{count} of "
-                        f"{problem.num_heads} query heads (G={g} query heads per kv head){note}", font=dict(size=13)),
-        margin=dict(t=120))
+        title=dict(text=f"Attention probabilities softmax({_score_terms(problem)} + masks), batch {b}<br>{count} of "
+                        f"{problem.num_heads} query heads (G={g} query heads per kv head); {scale_note}{note}",
+                        font=dict(size=13)),
+        margin=dict(t=130))
     return go.Figure(data=traces, layout=layout)
+
+
+def _score_terms(problem: Plan) -> str:
+    """The score as the op forms it for this plan: rope concatenated to Q and K, int8 K dequantised, pse added."""
+    key = "K" if problem.quant is None or problem.quant.key is None else "dequant(K_int8)"
+    terms = f"scale·Q{key}ᵀ" if problem.query_rope is None else f"scale·[Q|Q_rope][{key}|K_rope]ᵀ"
+    return terms + (" + pse_shift" if problem.pse is not None else "")
 
 
 def canonical_output(problem: Plan, result: ReferenceResult) -> torch.Tensor:
@@ -313,8 +378,8 @@ def output_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figu
     for h in range(1, n):
         fig.add_vline(x=h * dv - 0.5, line=dict(color="black", width=1))
     fig.update_layout(title=dict(text=f"attention_out, batch {b} ({problem.out_dtype}): column = head·{dv} + d, "
-                                      f"{n} heads; padding and out-of-band rows are 0" + _pool_note(rs, cs, "mean"),
-                                 font=dict(size=13)))
+                                      f"{n} heads<br>padding and out-of-band rows are 0" + _pool_note(rs, cs, "mean"),
+                                 font=dict(size=13)), margin=dict(t=110))
     fig.update_xaxes(title_text="head · Dv + d")
     fig.update_yaxes(title_text="query row", autorange="reversed")
     return fig
@@ -347,6 +412,7 @@ def lse_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
             hovertemplate="query row %{y}: %{text}<extra></extra>", name="row not computed (LSE +inf, gap)"))
     fig.update_layout(title=dict(text=f"softmax LSE (natural log) per query row and head, batch {b}; gaps and x = "
                                       "rows not computed" + _pool_note(rs, cs, "mean"), font=dict(size=13)),
+                      margin=dict(t=100),
                       legend=dict(orientation="h", y=-0.15))
     fig.update_xaxes(title_text="query head")
     fig.update_yaxes(title_text="query row", autorange="reversed")
@@ -354,8 +420,10 @@ def lse_figure(problem: Plan, result: ReferenceResult, b: int = 0) -> go.Figure:
 
 
 def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: float,
-                      labels: tuple[str, str] = ("actual", "expected")) -> go.Figure:
-    """|actual - expected| as a heatmap over (all leading axes flattened, last axis), with its max and tolerance."""
+                      labels: tuple[str, str] = ("actual", "expected"),
+                      tolerance_name: str = "tolerance") -> go.Figure:
+    """|actual - expected| as a heatmap over (all leading axes flattened, last axis), with its max and tolerance
+    (``tolerance_name`` says what the tolerance is, e.g. a dtype's comparison tolerance given for scale)."""
     if actual.shape != expected.shape:
         raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
     diff = (actual.to(torch.float64) - expected.to(torch.float64)).abs()
@@ -368,60 +436,32 @@ def difference_figure(actual: torch.Tensor, expected: torch.Tensor, tolerance: f
                                colorbar=dict(title="|diff|"),
                                hovertemplate="row %{y}<br>col %{x}<br>|diff| %{z:.3g}<extra></extra>"))
     fig.update_layout(title=dict(text=f"|{labels[0]} - {labels[1]}|, shape {tuple(actual.shape)} flattened to "
-                                      f"{tuple(flat.shape)}: max {worst:.3g} {verdict} tolerance {tolerance:.3g}"
-                                      + _pool_note(rs, cs, "max"), font=dict(size=13)))
+                                      f"{tuple(flat.shape)}<br>max {worst:.3g} {verdict} {tolerance_name} "
+                                      f"{tolerance:.3g}" + _pool_note(rs, cs, "max"), font=dict(size=13)),
+                      margin=dict(t=90))
     fig.update_xaxes(title_text="last axis")
     fig.update_yaxes(title_text="leading axes (flattened)", autorange="reversed")
     return fig
 
 
 def paged_figure(problem: Plan, b: int = 0) -> go.Figure:
-    """Batch b's logical tokens, block by block, mapped through block_table to the cache's physical blocks."""
-    if not problem.paged:
-        raise ValueError("paged_figure needs a paged call (block_table given)")
-    plan, bs = problem.batches[b], problem.block_size
-    used = -(-plan.kv_len // bs)
-    ids = [int(i) for i in problem.block_table[plan.kv_index, :used].tolist()]
-    num_blocks = problem.key.shape[0]
-    fig = go.Figure()
-    for k, phys in enumerate(ids):
-        fig.add_trace(go.Scatter(x=[k, phys], y=[1, 0], mode="lines", line=dict(color="#8d99ae", width=1),
-                                 hoverinfo="skip", showlegend=False))
-    tokens = [f"tokens {k * bs}..{min(plan.kv_len, (k + 1) * bs) - 1}" for k in range(used)]
-    fig.add_trace(go.Scatter(x=list(range(used)), y=[1] * used, mode="markers+text", text=[str(k) for k in range(used)],
-                             marker=dict(symbol="square", size=22, color="#2a9d8f"), textfont=dict(color="white"),
-                             customdata=tokens, hovertemplate="logical block %{x}: %{customdata}<extra></extra>",
-                             name=f"logical blocks of batch {b}"))
-    owner = {phys: k for k, phys in enumerate(ids)}
-    for name, color, blocks in (("physical blocks used by this batch", "#e76f51", sorted(owner)),
-                                ("other physical blocks", "#bfc5cc", [p for p in range(num_blocks) if p not in owner])):
-        if blocks:
-            fig.add_trace(go.Scatter(x=blocks, y=[0] * len(blocks), mode="markers+text", text=[str(p) for p in blocks],
-                                     marker=dict(symbol="square", size=22, color=color), name=name,
-                                     hovertemplate="physical block %{x}<extra></extra>"))
-    layout = paged.CACHE_LAYOUTS[problem.key.dim()]
-    fig.update_layout(title=dict(text=f"Paged KV, batch {b}: {plan.kv_len} tokens in {used} blocks of {bs}<br>"
-                                      f"block_table[{plan.kv_index}] = {ids}; cache {layout} "
-                                      f"{tuple(problem.key.shape)}", font=dict(size=13)),
-                      legend=dict(orientation="h", y=-0.3, yanchor="top"), height=340, margin=dict(t=80, b=90))
-    fig.update_yaxes(tickvals=[0, 1], ticktext=["physical", "logical"], range=[-0.5, 1.5])
-    fig.update_xaxes(title_text="block index", tickmode="linear", tick0=0, dtick=1,
-                     range=[-0.6, max(num_blocks, used) - 0.4])
-    return fig
+    """Batch b's block_table row mapped to the cache's physical blocks: ``diagrams.block_table_figure`` for b."""
+    return block_table_figure(problem, [b])
 
 
 def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 2) -> go.Figure:
     """How query rows lie in memory for ``input_layout``: each cell is one D-vector, in address order.
 
-    One row per tensor part (the input, and the output when the layout has two parts). Cell colour = head n,
-    text = (b, s, n) (packed parts: (t, n), t the token of all batches). Uses ``fia_kit.layouts`` to lay an index
-    tensor out, so the figure shows exactly what the library does.
+    One panel per tensor part (the input, and the output when the layout has two parts), each with its own axes.
+    Cell colour = head n (key above the plot), text = (b, s, n) (packed parts: (t, n), t the token of all batches). Uses
+    ``fia_kit.layouts`` to lay an index tensor out, so the figure shows exactly what the library does.
     """
     query_part, out_part = INPUT_LAYOUTS[input_layout]
     parts = [("query/key/value", query_part)] + ([("attention_out", out_part)] if out_part != query_part else [])
+    colors = plotly.colors.qualitative.Pastel1
+    panel, gap, top, bottom = 60, 75, 80, 60
+    area = panel * len(parts) + gap * (len(parts) - 1)
     fig = go.Figure()
-    gap = 0.12
-    height = (1 - gap * (len(parts) - 1)) / len(parts)
     for k, (what, part) in enumerate(parts):
         packed = part in ("TND", "NTD")
         b = 1 if packed or part == "NSD" else batch
@@ -430,16 +470,25 @@ def layout_figure(input_layout: str, batch: int = 2, seq: int = 3, heads: int = 
         order = from_canonical(ids, part).reshape(-1).to(torch.int64).tolist()
         labels = [(i // (heads * s), (i // s) % heads, i % s) for i in order]  # (b, n, s) of each vector
         text = [f"t{si}<br>n{ni}" if packed else f"b{bi} s{si}<br>n{ni}" for bi, ni, si in labels]
+        suffix = "" if k == 0 else str(k + 1)
         fig.add_trace(go.Heatmap(z=[[ni for _, ni, _ in labels]], x=list(range(len(order))), y=[f"{what}: {part}"],
-                                 text=[text], texttemplate="%{text}", colorscale=plotly.colors.qualitative.Pastel1,
-                                 showscale=False, zmin=0, zmax=8, yaxis="y" if k == 0 else f"y{k + 1}",
+                                 text=[text], texttemplate="%{text}", colorscale=_discrete_scale(
+                                     {n: colors[n % len(colors)] for n in range(heads)}),
+                                 zmin=-0.5, zmax=heads - 0.5, showscale=False, xgap=1,
+                                 xaxis=f"x{suffix}", yaxis=f"y{suffix}",
                                  hovertemplate="address slot %{x}: %{text}<extra></extra>"))
-        top = 1 - k * (height + gap)
-        fig.layout["yaxis" if k == 0 else f"yaxis{k + 1}"] = dict(domain=[max(0.0, round(top - height, 6)), round(top, 6)], anchor="x")
+        top_edge = 1 - k * (panel + gap) / area
+        fig.layout[f"yaxis{suffix}"] = dict(domain=[round(top_edge - panel / area, 6), round(top_edge, 6)],
+                                            anchor=f"x{suffix}")
+        fig.layout[f"xaxis{suffix}"] = dict(anchor=f"y{suffix}", tickmode="linear", tick0=0, dtick=1,
+                                            title=dict(text="memory order (one D-vector per cell)"
+                                                       if k == len(parts) - 1 else ""))
+    swatches = "   ".join(f"<span style='color:{colors[n % len(colors)]}'>■</span> n{n}" for n in range(heads))
+    fig.add_annotation(text=f"colour = head: {swatches}", xref="paper", yref="paper", x=1, y=1, xanchor="right",
+                       yanchor="bottom", showarrow=False, font=dict(size=13))
     fig.update_layout(title=dict(text=f"input_layout {input_layout}: D-vectors in memory order (d fastest inside "
-                                      f"each cell), B={batch}, S={seq}, N={heads}; colour = head",
-                                 font=dict(size=13)), height=160 + 70 * len(parts))
-    fig.update_xaxes(title_text="memory order (one D-vector per cell)")
+                                      f"each cell), B={batch}, S={seq}, N={heads}", font=dict(size=13)),
+                      height=area + top + bottom, margin=dict(t=top, b=bottom), plot_bgcolor="white")
     return fig
 
 

@@ -28,9 +28,11 @@ quantisation, int8 output, MLA full quantisation). The tree mask (sparse_mode 9)
 mask with spec 25.1's rule and applied like a user mask.
 
 Compilation: ``mode="eager"`` runs flex unfused (materialises the scores; fast enough for small calls),
-``mode="compiled"`` runs ``torch.compile(flex_attention)`` (static shapes on CPU, where torch 2.13's dynamic CPU
-kernel fails to build, ``dynamic=True`` on CUDA; compiled once per shape and cached by dynamo), ``"auto"`` compiles
-on CUDA and for large CPU calls. ``with flex_mode("eager"):`` sets the mode for a block. Compiled flex on CPU has no
+``mode="compiled"`` runs ``torch.compile(flex_attention)``, compiled once per shape and cached by dynamo:
+``dynamic=True`` on CUDA; static shapes on CPU, where torch 2.13's dynamic CPU kernel fails to build once a mask
+or score function reads a tensor (user masks, pse: a C++ compile error or "unbacked_bindings"), so the rows and keys
+are padded up to a multiple of ``COMPILED_BUCKET`` instead: lengths that change within a bucket (an explorer's
+edits, a decode loop) reuse the compiled kernel. ``"auto"`` compiles on CUDA and for large CPU calls. ``with flex_mode("eager"):`` sets the mode for a block. Compiled flex on CPU has no
 LSE in torch 2.13, so calls needing it (the LSE output, learnable sinks) run eager there.
 """
 
@@ -66,7 +68,11 @@ MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
 EMPTY_DECODE_LSE = -3.40282e38  # IFA's LSE for a batch without keys (spec 25.1)
 UNBOUNDED = 1 << 40  # a band bound no |j - i| reaches
 COMPILE_SCORES = 1 << 26  # "auto" compiles a CPU call from this many scores (B * N_q * L_q * keys) on
-PACKED_BUCKET = 128  # packed layouts pad rows/keys up to a multiple of this, so compiled shapes repeat
+# Compiled flex pads the rows and the key axis up to a multiple of this: compiled shapes then repeat, and torch
+# 2.13's compiled CPU kernel is not handed a ragged last key block, which it gets
+# wrong on some CPUs (seen on an AVX2 Zen 2 with head dim 8/16 and 8 keys past a multiple of 16: rows of zeros
+# or NaN; eager flex and padded keys are right). Padded keys are hidden by the mask like any key past P + L_kv.
+COMPILED_BUCKET = 128
 
 _mode: contextvars.ContextVar[Mode] = contextvars.ContextVar("fia_flex_mode", default="auto")
 
@@ -124,7 +130,7 @@ def run_plan(plan: Plan, *, mode: Mode | None = None,
     _decline(plan)
     dtype = compute_dtype or (torch.float64 if plan.query.dtype == torch.float64 else torch.float32)
     chosen = _resolve_mode(mode, plan)
-    out4, lse4 = _Padded.of(plan, dtype, PACKED_BUCKET if chosen == "compiled" else 1).attend(chosen)
+    out4, lse4 = _Padded.of(plan, dtype, COMPILED_BUCKET if chosen == "compiled" else 1).attend(chosen)
     out = from_canonical(out4.to(plan.out_dtype), plan.layout.out)
     if not plan.return_lse:
         return out, torch.empty(0, dtype=torch.float32, device=out.device)
@@ -205,6 +211,12 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _row_bucket(rows: int, bucket: int) -> int:
+    """Rows padded for a compiled shape: a multiple of ``bucket``, or below it the next power of two (a decode
+    step's single row stays one row)."""
+    return min(_round_up(rows, bucket), 1 << max(0, rows - 1).bit_length())
+
+
 class _Padded:
     """One flex problem for the whole plan: batches padded to (B, N, L, D), keys prefix first.
 
@@ -220,12 +232,12 @@ class _Padded:
 
     @classmethod
     def of(cls, plan: Plan, dtype: torch.dtype, bucket: int) -> _Padded:
-        """Pad ``plan``'s batches into one problem; packed layouts round rows and keys up to ``bucket``."""
+        """Pad ``plan``'s batches into one problem; its rows (``_row_bucket``) and key axis (a multiple) round up
+        to ``bucket``."""
         device = plan.query.device
         batches = plan.batches
         packed = plan.layout.packed
-        rows = _round_up(max((p.q_len for p in batches), default=0), bucket) if packed \
-            else plan.query.shape[2]
+        rows = _row_bucket(max((p.q_len for p in batches), default=0) if packed else plan.query.shape[2], bucket)
         q_index = _int([p.q_index for p in batches], device)
         q_start = _int([p.q_start for p in batches], device)
         q_len = _int([p.q_len for p in batches], device)
@@ -250,6 +262,9 @@ class _Padded:
             b = len(batches)
             key = torch.cat([plan.prefix_key[:, :, :p].to(dtype).expand(b, -1, -1, -1), key], dim=2)
             value = torch.cat([plan.prefix_value[:, :, :p].to(dtype).expand(b, -1, -1, -1), value], dim=2)
+        extra_keys = _round_up(key.shape[2], bucket) - key.shape[2]
+        if extra_keys:
+            key, value = (torch.nn.functional.pad(t, (0, 0, 0, extra_keys)) for t in (key, value))
         n_keys = own + p
         lo, hi = _band(plan, q_len, n_keys)
         width = key.shape[2]

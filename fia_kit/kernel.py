@@ -103,8 +103,13 @@ def resolve_compute_dtype(problem: Plan) -> torch.dtype:
     return torch.float64 if problem.query.dtype == torch.float64 else torch.float32
 
 
-def run_plan(problem: Plan) -> ReferenceResult:
-    """Compute attention_out, the full LSE and the row status of a validated problem."""
+def run_plan(problem: Plan, progress: Callable[[int], None] | None = None) -> ReferenceResult:
+    """Compute attention_out, the full LSE and the row status of a validated problem.
+
+    ``progress(rows)``, if given, is called as the one tile loop goes with the query rows it finished since the
+    last call (kv-head groups count as their share of a tile's rows); over the call they add up to sum(L_q)
+    (e.g. to feed a progress bar).
+    """
     dtype = resolve_compute_dtype(problem)
     q4 = problem.query
     device = q4.device
@@ -120,7 +125,8 @@ def run_plan(problem: Plan) -> ReferenceResult:
         if plan.q_len == 0:
             continue
         rows = slice(plan.q_start, plan.q_start + plan.q_len)
-        _, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging, out=out4[plan.q_index, :, rows])
+        _, lse_b, status_b = attend_batch(problem, b, plan, dtype, staging, out=out4[plan.q_index, :, rows],
+                                          progress=progress)
         if plan.kv_len + problem.prefix_len == 0:
             lse_b = lse_b.fill_(no_key_lse(problem))  # the sentinel of this path (spec 7, 25.1)
         lse4[plan.q_index, :, rows] = lse_b.to(lse_dtype)
@@ -139,29 +145,30 @@ def run_plan(problem: Plan) -> ReferenceResult:
 
 
 def attend_batch(problem: Plan, b: int, plan: BatchPlan | None = None, dtype: torch.dtype | None = None,
-                 staging: dict[str, torch.Tensor] | None = None, out: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 staging: dict[str, torch.Tensor] | None = None, out: torch.Tensor | None = None,
+                 progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: output (N_q, L_q, Dv), LSE (N_q, L_q) and status (L_q,), in ``dtype`` (default: resolved).
 
     ``staging``: buffers paged blocks are read into, shared between the batches of one call (``BatchKeys``);
-    ``out``: (N_q, L_q, Dv) buffer in ``dtype`` the output is written into (a view of the call's output).
+    ``out``: (N_q, L_q, Dv) buffer in ``dtype`` the output is written into (a view of the call's output);
+    ``progress(rows)``: rows finished, as the loop goes (``run_plan``).
     """
     dtype = resolve_compute_dtype(problem) if dtype is None else dtype
     tiles = _attend_rows(problem, b, dtype, range(problem.num_kv_heads), _row_tiles(problem, b, dtype),
-                         staging=staging, out=out)
+                         staging=staging, out=out, progress=progress)
     return tiles.out, tiles.lse, tiles.status
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
-def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype) -> torch.Tensor:
-    """(N_q, L_q, D [+ 64 rope]) query rows of one batch, in ``dtype``."""
+def batch_queries(problem: Plan, plan: BatchPlan, dtype: torch.dtype, heads: slice = slice(None)) -> torch.Tensor:
+    """(N_q', L_q, D [+ 64 rope]) query rows of one batch for the query heads ``heads`` (default: all), in ``dtype``."""
     rows = slice(plan.q_start, plan.q_start + plan.q_len)
-    q = problem.query[plan.q_index, :, rows].to(dtype)
+    q = problem.query[plan.q_index, heads, rows].to(dtype)
     if problem.quant is not None and problem.quant.query_scale is not None:
-        q = quant.dequantize_query(q, problem.quant.query_scale, plan.q_index, plan.q_start, dtype)
+        q = quant.dequantize_query(q, problem.quant.query_scale[:, heads], plan.q_index, plan.q_start, dtype)
     if problem.query_rope is not None:
-        q = torch.cat([q, problem.query_rope[plan.q_index, :, rows].to(dtype)], dim=-1)
+        q = torch.cat([q, problem.query_rope[plan.q_index, heads, rows].to(dtype)], dim=-1)
     return q
 
 
@@ -223,12 +230,14 @@ class BatchKeys:
     copied), other float caches converted block by block into one reused buffer (``fia_kit.paged.read_blocks``:
     one pass); each block is read once per row tile and kv-head group, and the sequence is never gathered whole
     (a shared prefix is then its own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant
-    keeps them as integers (spec 16.2).
+    keeps them as integers (spec 16.2). ``serves``: the kv heads ever asked for (default all); dense float keys of
+    the others are never converted.
     """
 
     def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
-                 staging: dict[str, torch.Tensor] | None = None) -> None:
+                 staging: dict[str, torch.Tensor] | None = None, serves: slice = slice(None)) -> None:
         self.problem, self.plan, self.dtype = problem, plan, dtype
+        self.serves = slice(*serves.indices(problem.num_kv_heads)[:2])
         self.staging = {} if staging is None else staging  # reused buffers, by name (``_buffer``)
         self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
             else (None, None)
@@ -239,16 +248,16 @@ class BatchKeys:
         values: list[torch.Tensor] = []
         if self.prefix_len:
             p = self.prefix_len
-            keys.append(self._floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
-            values.append(self._floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
+            keys.append(self._served_floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
+            values.append(self._served_floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
         if not problem.paged:
             span = slice(plan.kv_start, plan.kv_start + plan.kv_len)
-            key = self._floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
+            key = self._served_floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
             if problem.key_rope is not None:
-                key = torch.cat([key, problem.key_rope[plan.kv_index, :, span].to(dtype)], dim=-1)
+                key = torch.cat([key, problem.key_rope[plan.kv_index, self.serves, span].to(dtype)], dim=-1)
             keys.append(key)
-            values.append(self._floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
-        # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense), every kv head
+            values.append(self._served_floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
+        # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense), the kv heads served
         self._dense = [] if not keys else [
             (KeyChunk.dense(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
              KeyChunk.dense(0, torch.cat(values, 1) if len(values) > 1 else values[0]))]
@@ -262,7 +271,9 @@ class BatchKeys:
         return self._chunks(start, stop, 1, heads)
 
     def _chunks(self, start: int, stop: int, which: int, heads: slice) -> Iterator[KeyChunk]:
-        pieces = (pair[which].heads(heads) for pair in self._dense)
+        start_head = self.serves.start
+        served = slice(heads.start - start_head, heads.stop - start_head)
+        pieces = (pair[which].heads(served) for pair in self._dense)
         if self.problem.paged:
             pieces = itertools.chain(pieces, self._paged(start, stop, which, heads))
         for chunk in pieces:
@@ -324,6 +335,13 @@ class BatchKeys:
             buffer = self.staging[name] = torch.empty(max(size, 0 if buffer is None else buffer.numel()),
                                                       dtype=dtype, device=self.problem.query.device)
         return buffer[:size].view(shape)
+
+    def _served_floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int) -> torch.Tensor:
+        """``_floats`` of the served kv heads of (N_kv, n, D) rows: sliced before converting, unless dequantised
+        (the scales cover every head)."""
+        if dq is None:
+            return rows[self.serves].to(self.dtype)
+        return self._floats(rows, dq, start)[self.serves]
 
     def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
                 block_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -391,6 +409,8 @@ class TileMasks:
         """(rows,) bool: some key of the tile is neither hidden nor outside the band; None without a user mask."""
         if self.hidden is None:
             return None
+        if self.outside is None:  # no copy: a row sees a key unless its smallest hidden flag is 1 (uint8 reduction)
+            return self.hidden.view(torch.uint8).amin(-1) == 0
         visible = ~self.hidden
         if self.outside is not None:
             strip = self.outside
@@ -563,7 +583,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
                  tiles: Iterable[tuple[int, int] | torch.Tensor],
                  observe: Callable[[slice, slice | torch.Tensor, int, torch.Tensor], None] | None = None,
                  values: bool = True, staging: dict[str, torch.Tensor] | None = None,
-                 out: torch.Tensor | None = None) -> RowTiles:
+                 out: torch.Tensor | None = None, progress: Callable[[int], None] | None = None) -> RowTiles:
     """THE tile loop: attention of batch b for the query heads of ``kv_heads`` over the given row tiles.
 
     Each row tile, rows [r0, r1) or a sorted tensor of rows, reaches keys [c0, c1) of its band; its masks
@@ -577,7 +597,8 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     once for the batch. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are
     wanted). Rows the op writes as 0 (out of band; fully masked with inner_precise 2/3, "row invalid
     correction", spec 7) get out 0, lse +inf and total 0. ``out``: (N', L_q, Dv) buffer to write the output into
-    (any contents; default: a new one).
+    (any contents; default: a new one). ``progress(rows)``: after each tile of each group, the rows finished since
+    the last report, a group counting n / N_kv' of a tile's rows.
     """
     plan = problem.batches[b]
     span = _head_span(kv_heads)
@@ -589,7 +610,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
     offsets = torch.zeros((n_q, q_len), dtype=dtype, device=device)
     totals = torch.zeros((n_q, q_len), dtype=dtype, device=device)
-    keys = BatchKeys(problem, plan, dtype, staging)
+    keys = BatchKeys(problem, plan, dtype, staging, span)
     found = []
     for tile in tiles:
         index = tile.to(device) if isinstance(tile, torch.Tensor) else None
@@ -602,7 +623,8 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
                            TileMasks.of(problem, b, r0, r1, c0, c1, index)))
         counts = plan.band.key_counts(r0, r1, keys.num_keys).to(device)
         status[where] = _row_status(counts if index is None else counts[index - r0], found[-1].masks.any_visible())
-    qg = batch_queries(problem, plan, dtype)[q_heads].view(n_kv, group, q_len, -1) if found else None
+    qg = batch_queries(problem, plan, dtype, q_heads).view(n_kv, group, q_len, -1) if found else None
+    head_rows, reported = 0, 0  # progress: tile rows times kv heads done, and rows reported
     full = problem.quant.full if problem.quant is not None else None
     widest = max((t.rows * (t.c1 - t.c0) for t in found), default=0)
     for kv in _head_groups(n_kv, group * widest * torch.finfo(dtype).bits // 8):
@@ -625,6 +647,11 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
                 weighted = scores.new_empty(n, group * t.rows, dv)
                 _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, weighted)
                 out[q_group, t.where] = weighted.view(-1, t.rows, dv)
+            if progress is not None:
+                head_rows += t.rows * n
+                if head_rows // n_kv > reported:
+                    progress(head_rows // n_kv - reported)
+                    reported = head_rows // n_kv
     return _finish_rows(problem, RowTiles(out, offsets, status, offsets, totals), q_heads, values)
 
 
@@ -744,29 +771,31 @@ def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list, rs: int, cs: in
     plan, group = problem.batches[b], problem.group_size
     num_keys = (problem.prefix_len if problem.prefix_key is not None else 0) + plan.kv_len
     n_cols = -(-num_keys // cs)
-    col_max = torch.full((group, plan.q_len, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
+    kept_rows = -(-plan.q_len // rs) if sampled else plan.q_len  # sampled: only rows 0, rs, 2 rs, ... are kept
+    col_max = torch.full((group, kept_rows, n_cols), float("-inf"), dtype=dtype, device=problem.query.device)
 
     def observe(heads: slice, rows: slice | torch.Tensor, c0: int, scores: torch.Tensor) -> None:
         first, cols = c0 // cs, scores.shape[-1]
         blocks = -(-(c0 + cols) // cs) - first
         if cs > 1:
-            scores = torch.nn.functional.pad(scores, (c0 - first * cs, (first + blocks) * cs - c0 - cols),
-                                             value=float("-inf"))
+            before, after = c0 - first * cs, (first + blocks) * cs - c0 - cols
+            if before or after:  # whole blocks already: no copy
+                scores = torch.nn.functional.pad(scores, (before, after), value=float("-inf"))
             scores = scores.view(scores.shape[0], scores.shape[1], blocks, cs).amax(-1)
         if isinstance(rows, slice):
             target = col_max[heads, rows, first:first + blocks]
             torch.maximum(target, scores, out=target)
         else:
-            col_max[heads, rows, first:first + blocks] = torch.maximum(col_max[heads, rows, first:first + blocks],
-                                                                       scores)
+            slots = rows // rs if sampled else rows
+            col_max[heads, slots, first:first + blocks] = torch.maximum(col_max[heads, slots, first:first + blocks],
+                                                                        scores)
 
     found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
-    denominator = torch.where(found.total > 0, found.total, torch.ones_like(found.total)).unsqueeze(-1)
-    probs = torch.exp(col_max - found.offset.unsqueeze(-1)).div_(denominator)
-    probs.masked_fill_((found.total == 0).unsqueeze(-1), 0.0)
-    if sampled:
-        probs = probs[:, ::rs]
-    elif rs > 1:
+    offset, total = (found.offset[:, ::rs], found.total[:, ::rs]) if sampled else (found.offset, found.total)
+    denominator = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
+    probs = torch.exp(col_max - offset.unsqueeze(-1)).div_(denominator)
+    probs.masked_fill_((total == 0).unsqueeze(-1), 0.0)
+    if not sampled and rs > 1:
         n_rows = -(-plan.q_len // rs)
         probs = torch.nn.functional.pad(probs, (0, 0, 0, n_rows * rs - plan.q_len)).view(
             group, n_rows, rs, n_cols).amax(2)

@@ -9,10 +9,12 @@ code cell, ``# %% [markdown]`` a markdown cell, ``tags=[...]`` after the marker 
     python -m fia_kit.notebook_tools check          # exit 1 when a committed notebook and its source disagree
 
 The executed notebook stores what JupyterLab would store on save (nbformat 4.5 with cell ids, the kernel's
-``kernelspec`` and ``language_info``, a trailing newline), so opening it does not mark it modified; widget state
-(``metadata.widgets``, megabytes with a FigureWidget) and execution timestamps are not kept.
+``kernelspec`` and ``language_info``, a trailing newline) and a PNG of every plotly figure (``add_static_images``),
+so opening it does not mark it modified; widget state (``metadata.widgets``, megabytes with a FigureWidget) and
+execution timestamps are not kept.
 
-jupytext and nbclient are test/lab dependencies: they are imported only when a source is read or executed.
+jupytext and nbclient are test/lab dependencies: they are imported only when a source is read or executed; the
+PNGs are drawn by plotly.js in Debian's chromium through playwright (``make browser-deps``), as the browser test.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ SOURCE_FORMAT = "py:percent"
 # What JupyterLab writes for the ipykernel "python3" kernel when it starts one for a notebook.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 EXECUTION_TIMEOUT_S = 600
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--headless", "--disable-gpu"]
+IMAGE_WIDTH = 1000  # px, for a figure whose layout sets no width (about a notebook's width at 1400 px)
+IMAGE_HEIGHT = 360  # px, for a figure whose layout sets no height (what plotly's Lab renderer uses)
 
 
 def sources(notebook_dir: str | Path = NOTEBOOK_DIR) -> list[Path]:
@@ -131,10 +138,45 @@ def write(notebook: Any, path: str | Path) -> Path:
     return path
 
 
+def add_static_images(notebook: Any) -> int:
+    """Add an ``image/png`` drawing to every plotly output that has none, in place; returns how many were added.
+
+    Plotly's JupyterLab renderer shows a stored PNG as it is (the interactive figure replaces it on hover); an
+    output without one is drawn and then gets its PNG written into it, which marks a notebook that was only opened
+    as modified. GitHub and nbconvert show the PNG too. Drawn by plotly's own plotly.js in headless chromium.
+    """
+    missing = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+               if PLOTLY_MIME in output.get("data", {}) and "image/png" not in output["data"]]
+    if not missing:
+        return 0
+    import plotly
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is needed to draw the notebooks' plotly figures: run `make browser-deps`")
+    script = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+    draw = """async ([figure, width, height]) => Plotly.toImage(
+        {data: figure.data, layout: figure.layout, config: figure.config || {}},
+        {format: 'png', width: figure.layout.width || width, height: figure.layout.height || height})"""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.add_script_tag(content=script)
+            for output in missing:
+                url = page.evaluate(draw, [output["data"][PLOTLY_MIME], IMAGE_WIDTH, IMAGE_HEIGHT])
+                output["data"]["image/png"] = url.split(",", 1)[1]
+        finally:
+            browser.close()
+    return len(missing)
+
+
 def build(source: str | Path) -> Path:
-    """Execute ``source`` and write its notebook next to it; returns the notebook's path."""
+    """Execute ``source``, draw its plotly figures as PNGs and write its notebook next to it; returns its path."""
     source = Path(source)
-    return write(execute(read_source(source), cwd=source.parent), notebook_path(source))
+    notebook = execute(read_source(source), cwd=source.parent)
+    add_static_images(notebook)
+    return write(notebook, notebook_path(source))
 
 
 def _selected(prefixes: Sequence[str], notebook_dir: Path) -> list[Path]:

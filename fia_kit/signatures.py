@@ -8,6 +8,7 @@ reads parameter names and defaults from here.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import FIAArgumentError
+from .tables import html_table, text_table
 
 Form = Literal["v1", "v2"]  # the op's version: v1 (npu_fused_infer_attention_score) or v2 (..._v2)
 
@@ -194,25 +196,127 @@ def form_name(canonical: str, form: str) -> str | None:
     return name if name in keyword_defaults(version_of(form)) else None
 
 
-def parameter_table() -> list[dict[str, str | None]]:
-    """One row per parameter: its v1 name, v2 name, TorchAir type of the lengths, and both defaults.
+# What each parameter does and the docs section that says it, keyed by canonical name (the v1 name where v1 has
+# it). tests/test_parameter_table.py checks that every argument of the four schemas has an entry.
+PARAMETER_DOCS: dict[str, tuple[str, str]] = {
+    "query": ("queries, laid out as input_layout says", "4.2"),
+    "key": ("keys: same layout as the query, or a paged cache", "4.2, 11"),
+    "value": ("values: as the keys; its D is the output's D", "4.2, 4.3"),
+    "pse_shift": ("additive bias (B|1, N_q, S_q', S_kv'), added after the scale", "9"),
+    "atten_mask": ("True/1 = hidden: a full mask (modes 0/1), the 2048 template (2-4) or a tree mask (9)", "6.1, 6.2"),
+    "actual_seq_lengths": ("valid query rows: per batch, or cumulative in TND/NTD", "5"),
+    "actual_seq_lengths_kv": ("valid keys: per batch, cumulative in TND/NTD unless paged", "5"),
+    "dequant_scale1": ("int8 full quant: dequantises Q·Kᵀ (uint64 from npu_trans_quant_param)", "16.2"),
+    "quant_scale1": ("int8 full quant: quantises the probabilities P", "16.2"),
+    "dequant_scale2": ("int8 full quant: dequantises P·V", "16.2"),
+    "quant_scale2": ("int8 output: round(O · scale + offset)", "16.1"),
+    "quant_offset2": ("int8 output: the offset", "16.1"),
+    "antiquant_scale": ("combined int8 K/V scale, leading dim 2 = [key, value]", "16.3"),
+    "antiquant_offset": ("combined int8 K/V offset: K = scale · (K_int + offset)", "16.3"),
+    "key_antiquant_scale": ("int8/int4 key scale; its shape follows the mode", "16.3"),
+    "key_antiquant_offset": ("int8/int4 key offset", "16.3"),
+    "value_antiquant_scale": ("int8/int4 value scale", "16.3"),
+    "value_antiquant_offset": ("int8/int4 value offset", "16.3"),
+    "block_table": ("paged K/V: (B, max_blocks) int32 cache block ids per sequence", "11"),
+    "query_padding_size": ("left padding of the query rows", "15"),
+    "kv_padding_size": ("left padding of the keys", "15"),
+    "key_shared_prefix": ("prefix keys every batch attends to first (1, N_kv, P_S, D)", "14"),
+    "value_shared_prefix": ("prefix values", "14"),
+    "actual_shared_prefix_len": ("valid prefix length P (one value)", "14"),
+    "query_rope": ("MLA: query rope part (D 64), concatenated along D", "12"),
+    "key_rope": ("MLA: key rope part (D 64)", "12"),
+    "key_rope_antiquant_scale": ("reserved, refused", "1.6"),
+    "num_heads": ("query heads N_q (splits H in BSH)", "10"),
+    "scale": ("softmax scale multiplying Q·Kᵀ", "3.4"),
+    "pre_tokens": ("band: keys before the diagonal a row may see (modes 0, 4)", "6.3"),
+    "next_tokens": ("band: keys after the diagonal a row may see (modes 0, 4)", "6.3"),
+    "input_layout": ("axis order of Q/K/V and of the output (two-part names: in_out)", "4.1, 4.2"),
+    "num_key_value_heads": ("K/V heads N_kv (0 = N_q); query head n reads n // (N_q / N_kv)", "10"),
+    "sparse_mode": ("which keys a row sees: 0-4 and tree mask 9", "6.3, 6.6"),
+    "inner_precise": ("precision mode; bit 1 writes 0 for fully masked rows", "7"),
+    "block_size": ("tokens per cache block (paged K/V)", "11"),
+    "antiquant_mode": ("combined form: 0 per channel/tensor, 1 per token", "16.3"),
+    "key_antiquant_mode": ("key scale granularity: 0 channel, 1 token, 2 head, 3 token+head, 4/5 paged", "16.3"),
+    "value_antiquant_mode": ("value scale granularity, as the key's", "16.3"),
+    "softmax_lse_flag": ("also return the LSE (natural log) of each row", "8"),
+    "dequant_scale_query": ("v2 MLA full quant: per-token, per-head query scale", "16.4"),
+    "quant_scale_p": ("Ascend950 only: quantises P; refused", "1.6"),
+    "learnable_sink": ("one logit per query head added to the softmax denominator", "13"),
+    "query_quant_mode": ("query scale granularity (3 = per token and head)", "16.4"),
+    "query_dtype": ("dtype hint: reinterpret the query's storage (reserved)", "1.2"),
+    "key_dtype": ("dtype hint for the key (reserved)", "1.2"),
+    "value_dtype": ("dtype hint for the value (reserved)", "1.2"),
+    "query_rope_dtype": ("dtype hint for query_rope (reserved)", "1.2"),
+    "key_rope_dtype": ("dtype hint for key_rope (reserved)", "1.2"),
+    "key_shared_prefix_dtype": ("left over: v2 has no shared prefix", "1.2"),
+    "value_shared_prefix_dtype": ("left over: v2 has no shared prefix", "1.2"),
+    "dequant_scale_query_dtype": ("dtype hint for dequant_scale_query (reserved)", "1.2"),
+    "dequant_scale_key_dtype": ("dtype hint for dequant_scale_key (reserved)", "1.2"),
+    "dequant_scale_value_dtype": ("dtype hint for dequant_scale_value (reserved)", "1.2"),
+    "dequant_scale_key_rope_dtype": ("dtype hint for dequant_scale_key_rope (reserved)", "1.2"),
+    "out_dtype": ("output dtype (fp8/hifloat8 with output quant)", "1.2, 25.1"),
+}
 
-    This is the table of spec 1.6, derived from the schema strings rather than typed twice.
+
+@dataclass(frozen=True)
+class ParameterRow:
+    """One parameter across the forms: its v1 and v2 names (None where a form lacks it), what TorchAir's type is
+    where it differs from torch_npu's (None: the same), the default, what it does and the docs section."""
+
+    v1: str | None
+    v2: str | None
+    torchair: str | None
+    default: str
+    meaning: str
+    section: str
+
+
+@dataclass(frozen=True)
+class ParameterTable:
+    """Every parameter of the op, one row each; shown as a table (``_repr_html_`` in a notebook, text otherwise)."""
+
+    rows: tuple[ParameterRow, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[ParameterRow]:
+        return iter(self.rows)
+
+    def _cells(self) -> tuple[str, list[str], list[list[str]]]:
+        caption = (f"{len(self.rows)} parameters of {OP_NAMES['v1']} (v1) and {OP_NAMES['v2']} (v2); TorchAir's "
+                   "tng.ops take the same names ('-': that form lacks it)")
+        head = ["v1", "v2", "TorchAir (tng.ops)", "default", "meaning", "spec"]
+        body = [[r.v1 or "-", r.v2 or "-", r.torchair or "same", r.default, r.meaning, r.section] for r in self.rows]
+        return caption, head, body
+
+    def __repr__(self) -> str:
+        return text_table(*self._cells())
+
+    def _repr_html_(self) -> str:
+        return html_table(*self._cells())
+
+
+def parameter_table() -> ParameterTable:
+    """One row per parameter (spec 1.6): v1 and v2 names, TorchAir's type of the lengths, default, meaning, section.
+
+    Names, defaults and types come from the schema strings; meanings and sections from ``PARAMETER_DOCS``.
     """
-    v1, v2 = keyword_defaults("v1"), keyword_defaults("v2")
-    rows: list[dict[str, str | None]] = []
+    arguments = {form: {a.name: a for a in schema_arguments(form)} for form in SCHEMAS}
+    rows: list[ParameterRow] = []
     seen: set[str] = set()
-    for name in [*v1, *v2]:
+    for name in [*arguments["torch_npu.v1"], *arguments["torch_npu.v2"]]:
         canon = canonical_name(name)
         if canon in seen:
             continue
         seen.add(canon)
-        n1, n2 = form_name(canon, "v1"), form_name(canon, "v2")
-        rows.append({
-            "v1": n1,
-            "v2": n2,
-            "v1 default": repr(v1[n1]) if n1 else None,
-            "v2 default": repr(v2[n2]) if n2 else None,
-            "torchair type": "Tensor? (int64)" if canon in LENGTH_PARAMETERS else None,
-        })
-    return rows
+        n1, n2 = (spelled(canon, v) if spelled(canon, v) in arguments[f"torch_npu.{v}"] else None
+                  for v in ("v1", "v2"))
+        form, spelling = ("v1", n1) if n1 else ("v2", n2)
+        npu, air = arguments[f"torch_npu.{form}"][spelling], arguments[f"torchair.{form}"][spelling]
+        defaults = {repr(arguments[f"torch_npu.{v}"][n].default) for v, n in (("v1", n1), ("v2", n2)) if n}
+        default = "required" if not npu.keyword_only else " / ".join(sorted(defaults))
+        meaning, section = PARAMETER_DOCS[canon]
+        torchair = "int64 Tensor, not an int list" if str(air.type) != str(npu.type) else None
+        rows.append(ParameterRow(n1, n2, torchair, default, meaning, section))
+    return ParameterTable(tuple(rows))

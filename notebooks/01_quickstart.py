@@ -20,8 +20,8 @@ import math
 import torch
 
 import fia_kit
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -85,16 +85,15 @@ print("softmax_lse:  ", tuple(lse.shape), lse.dtype, "<- empty: softmax_lse_flag
 # The LSE is an **empty float32 tensor of shape (0,)** because it was not requested: that is what torch_npu
 # returns from branch 7.2.0 on (older versions and the docs say shape (1,); spec section 22, row 2).
 #
-# `fia_kit.compare` runs a call on backends and checks them against the reference on the rows the spec
-# defines (fp16: `atol = rtol = 1e-3`). `fia_kit.npu_fused_infer_attention_score` is the reference op under
-# torch_npu's own signature, so the page's call can also be written directly:
+# `fia_kit.npu_fused_infer_attention_score` is the reference op under torch_npu's own signature, so the page's
+# call can also be written directly. `agreement` shows how far two outputs are apart against the fp16 tolerance
+# peers use (`atol = rtol = 1e-3`; `fia_kit.compare` applies the same one to every backend): on the reference
+# backend the two are the same computation, on an Ascend box the first row is the NPU against the reference.
 
 # %%
-atol, rtol = TOLERANCES[torch.float16]  # (1e-3, 1e-3): the fp16 tolerance peers use
-print("max error vs reference within tolerance:", fia_kit.compare(call, [BACKEND]).passed)
+atol, rtol = TOLERANCES[torch.float16]  # (1e-3, 1e-3)
 out_direct, _ = fia_kit.npu_fused_infer_attention_score(q, k, v, **options)
-print("direct reference call agrees with the backend's output:",
-      torch.allclose(out_direct.float(), out.float(), atol=atol, rtol=rtol))
+agreement({f"backend {BACKEND!r} vs the direct reference call": (out, out_direct)}, atol, rtol)
 
 # %% [markdown]
 # ## What the output means, row by row
@@ -120,8 +119,9 @@ print("keys per query row P+L_kv: ", problem.prefix_len + plan.kv_len)
 print("band (None = unbounded):   ", plan.band)
 
 # %%
-print("rows 50..163 are all zero:   ", bool((out[:, :, 50:] == 0).all()))
-print("rows 0..49 have no zero row: ", bool((out[:, :, :50].abs().amax(-1) > 0).all()))
+row_size = out.float().abs().amax(-1)  # (B, N, S_q): the largest |value| of each output row
+print(f"rows 50..163: largest |value| {float(row_size[:, :, 50:].max()):.2g} (written as 0)")
+print(f"rows 0..49:   smallest row maximum {float(row_size[:, :, :50].min()):.2g} (computed)")
 
 
 # %% [markdown]
@@ -129,7 +129,8 @@ print("rows 0..49 have no zero row: ", bool((out[:, :, :50].abs().amax(-1) > 0).
 #
 # An independent computation: `torch.nn.functional.scaled_dot_product_attention` over the concatenation
 # `prefix[:50] + kv[:512]`, in float32. If the op used any other key set (the whole prefix, all 1024 own
-# keys, or the own keys before the prefix), the rows would not match: the last three lines show that.
+# keys, or the prefix alone), the rows would not match: the last three rows of the table are far outside the
+# tolerance.
 
 # %%
 def sdpa_rows(keys, values):
@@ -139,14 +140,16 @@ def sdpa_rows(keys, values):
 keys = torch.cat([k_prefix[:, :, :50], k[:, :, :512]], dim=2)
 values = torch.cat([v_prefix[:, :, :50], v[:, :, :512]], dim=2)
 expected = sdpa_rows(keys, values)
-matches = lambda ref: torch.allclose(out[:, :, :50].float(), ref, atol=atol, rtol=rtol)  # noqa: E731
+valid_rows = out[:, :, :50]
 print("key set size:", keys.shape[2])
-print("rows 0..49 == SDPA on prefix[:50] + kv[:512]:", matches(expected))
-print("... == SDPA on the whole prefix + kv[:512]:  ", matches(sdpa_rows(torch.cat([k_prefix, k[:, :, :512]], 2),
-                                                                   torch.cat([v_prefix, v[:, :, :512]], 2))))
-print("... == SDPA on prefix[:50] + all 1024 keys:  ", matches(sdpa_rows(torch.cat([k_prefix[:, :, :50], k], 2),
-                                                                   torch.cat([v_prefix[:, :, :50], v], 2))))
-print("... == SDPA on prefix[:50] alone:            ", matches(sdpa_rows(k_prefix[:, :, :50], v_prefix[:, :, :50])))
+agreement({
+    "rows 0..49 vs SDPA on prefix[:50] + kv[:512]": (valid_rows, expected),
+    "rows 0..49 vs SDPA on the whole prefix + kv[:512]": (valid_rows, sdpa_rows(
+        torch.cat([k_prefix, k[:, :, :512]], 2), torch.cat([v_prefix, v[:, :, :512]], 2))),
+    "rows 0..49 vs SDPA on prefix[:50] + all 1024 keys": (valid_rows, sdpa_rows(
+        torch.cat([k_prefix[:, :, :50], k], 2), torch.cat([v_prefix[:, :, :50], v], 2))),
+    "rows 0..49 vs SDPA on prefix[:50] alone": (valid_rows, sdpa_rows(k_prefix[:, :, :50], v_prefix[:, :, :50])),
+}, atol, rtol)
 
 # %% [markdown]
 # ## The LSE output
@@ -163,10 +166,10 @@ lse = lse_result.softmax_lse.cpu()
 print("softmax_lse:", tuple(lse.shape), lse.dtype)
 scores = scale * q[:, :, :50].float() @ keys.float().transpose(-1, -2)  # (1, 8, 50, 562)
 expected_lse = torch.logsumexp(scores, dim=-1, keepdim=True)              # natural log
-print("rows 0..49 == logsumexp(scale * q k^T) (natural log):",
-      torch.allclose(lse[:, :, :50], expected_lse, atol=1e-3, rtol=1e-3))
-print("outputs unchanged by asking for the LSE:",
-      torch.allclose(lse_result.attention_out.cpu().float(), out.float(), atol=atol, rtol=rtol))
+print("LSE of row 0, heads 0..3:", [round(float(x), 2) for x in lse[0, :4, 0, 0]])
+agreement({"LSE rows 0..49 vs logsumexp(scale · q·kᵀ), natural log": (lse[:, :, :50], expected_lse),
+           "log2-based LSE (FlashInfer's) vs natural log": (lse[:, :, :50] / math.log(2), expected_lse),
+           "attention_out with the LSE asked for vs without": (lse_result.attention_out.cpu(), out)}, atol, rtol)
 
 # %% [markdown]
 # ## Graph mode
@@ -192,8 +195,7 @@ print("graph mode runs on backend:", GRAPH_BACKEND)
 
 graph = fia_kit.run(call, GRAPH_BACKEND)
 print("graph-mode attention_out:", tuple(graph.attention_out.shape), graph.attention_out.dtype)
-print("graph mode == eager:", torch.allclose(graph.attention_out.cpu().float(), out.float(), atol=atol, rtol=rtol))
-print("graph mode within tolerance of the reference:", fia_kit.compare(call, [GRAPH_BACKEND]).passed)
+agreement({"graph mode vs eager": (graph.attention_out.cpu(), out)}, atol, rtol)
 
 # %% [markdown]
 # ## The page is titled v2, but its names are an old document's (spec section 1.3)
@@ -211,9 +213,17 @@ print("graph mode within tolerance of the reference:", fia_kit.compare(call, [GR
 # | (`actual_shared_prefix_len` in the prose) | no shared prefix in v2 at all | `actual_shared_prefix_len` |
 #
 # Other renames: `num_heads` → `num_query_heads`, `scale` → `softmax_scale`, `softmax_lse_flag` →
-# `return_softmax_lse` (full table: spec section 1.6). Note also that the page's *example* calls the **v1**
+# `return_softmax_lse`. Note also that the page's *example* calls the **v1**
 # `tng.ops.npu_fused_infer_attention_score`: the shared prefix exists only in v1.
 #
+# All the op's parameters on one page: the v1 and v2 names ("-" where a form lacks the parameter), what TorchAir's
+# `tng.ops` change (only the length lists' type), the default, what each does and the docs section that says so.
+# Names and defaults are read from the schema strings (`fia_kit.signatures.parameter_table()`; spec section 1.6):
+
+# %%
+fia_kit.signatures.parameter_table()
+
+# %% [markdown]
 # The kit's v2 accepts the page's names as aliases (spec section 1.3 recommends it). This is the kit's
 # extension: torch_npu's v2 rejects them, so the alias cell runs on the reference.
 
@@ -224,8 +234,7 @@ out_v2 = fia_kit.run(parse_call("v2", q, k, v, {**v2_options, "actual_seq_qlen":
 out_alias, _ = fia_kit.npu_fused_infer_attention_score_v2(
     q, k, v, **v2_options, actual_seq_lengths=[50], actual_seq_lengths_kv=[512])
 print("v2 output:", tuple(out_v2.shape))
-print("the page's names give the same output:",
-      torch.allclose(out_alias.float(), out_v2.float(), atol=atol, rtol=rtol))
+agreement({"the page's names vs the real v2 names": (out_alias, out_v2)}, atol, rtol)
 
 # %% [markdown]
 # Giving both spellings of the same length is an error, raised before any compute:

@@ -12,9 +12,8 @@
 import torch
 
 import fia_kit
-from fia_kit import builders, figures, layouts
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, builders, diagrams, figures, layouts, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -45,7 +44,8 @@ q_bnsd = torch.randn(B, N, S, D, generator=g, dtype=torch.float16)
 for part in ("BNSD", "BSND", "BSH"):
     print(f"{part:5s}", tuple(layouts.convert_layout(q_bnsd, "BNSD", part, num_heads=N).shape))
 bsh = layouts.convert_layout(q_bnsd, "BNSD", "BSH", num_heads=N)
-print(f"BSH columns [{D}, {2 * D}) are head 1:", torch.equal(bsh[:, :, D:2 * D], q_bnsd[:, 1]))
+agreement({f"BSH columns [{D}, {2 * D}) vs BNSD head 1": (bsh[:, :, D:2 * D], q_bnsd[:, 1]),
+           f"BSH columns [0, {D}) vs BNSD head 1": (bsh[:, :, :D], q_bnsd[:, 1])}, 0, 0)  # 0, 0: equal or not
 
 # %% [markdown]
 # The figure shows the memory order of each layout: one cell per D-vector, coloured by head. BNSD keeps each
@@ -60,7 +60,7 @@ for name in ("BNSD", "BSND", "BSH"):
 # ## The op gives the same attention in every layout
 #
 # Run one problem (here with grouped K/V heads: 4 query heads, 2 K/V heads) in BNSD, BSND and BSH, convert the
-# outputs back to BNSD and compare.
+# outputs back to BNSD and compare them with the BNSD result, in units of the fp16 tolerance.
 
 # %%
 N_KV, S_KV = 2, 10
@@ -77,9 +77,10 @@ def attention(part):
 
 outputs = {part: attention(part) for part in ("BNSD", "BSND", "BSH")}
 for part, out in outputs.items():
-    back = layouts.convert_layout(out, part, "BNSD", num_heads=N)
-    same = torch.allclose(back.float(), outputs["BNSD"].float(), atol=atol, rtol=rtol)
-    print(f"{part:5s} output {tuple(out.shape)}, equals the BNSD result: {same}")
+    print(f"{part:5s} output {tuple(out.shape)}")
+agreement({f"{part} output, back in BNSD, vs the BNSD output": (layouts.convert_layout(out, part, "BNSD", N),
+                                                               outputs["BNSD"]) for part, out in outputs.items()},
+          atol, rtol)
 
 # %% [markdown]
 # ## Packed layouts: TND and NTD
@@ -106,15 +107,24 @@ print("cumulative lengths: query", cum_q, " key/value", cum_kv)
 padded = fia_kit.run(parse_call("v1", q_bnsd, k_bnsd, v_bnsd, dict(
     num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD", scale=D ** -0.5,
     actual_seq_lengths=q_lens, actual_seq_lengths_kv=kv_lens)), BACKEND).attention_out.cpu()
+packed_calls, packed_outputs = {}, {}
 for part, (q, k, v) in packed.items():
-    out = fia_kit.run(parse_call("v1", q, k, v, dict(
+    packed_calls[part] = parse_call("v1", q, k, v, dict(
         num_heads=N, num_key_value_heads=N_KV, input_layout=part, scale=D ** -0.5,
-        actual_seq_lengths=cum_q, actual_seq_lengths_kv=cum_kv)), BACKEND).attention_out.cpu()
-    print(f"{part}: output {tuple(out.shape)}, equals the padded BNSD result packed the same way:",
-          torch.allclose(out.float(), pack(padded, q_lens, part).float(), atol=atol, rtol=rtol))
+        actual_seq_lengths=cum_q, actual_seq_lengths_kv=cum_kv))
+    packed_outputs[part] = fia_kit.run(packed_calls[part], BACKEND).attention_out.cpu()
+    print(f"{part}: output {tuple(packed_outputs[part].shape)}")
+agreement({f"{part} output vs the padded BNSD output packed as {part}": (out, pack(padded, q_lens, part))
+           for part, out in packed_outputs.items()}, atol, rtol)
+
+# %% [markdown]
+# Where each batch lies on the packed token axes: the cumulative lengths cut T into the batches' rows (notebook
+# 04 adds unequal lengths and a tail of T that no batch uses). `fia_kit.diagrams.packing_figure` draws it from the
+# plan, and `layout_figure` shows the memory order of the (t, n) vectors inside T:
 
 # %% tags=["nbval-ignore-output"]
 # Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+diagrams.packing_figure(fia_kit.plan(packed_calls["TND"])).show()
 figures.layout_figure("TND", batch=2, seq=3, heads=2).show()
 
 # %% [markdown]
@@ -156,9 +166,9 @@ for name in ("TND", "TND_NTD"):
 out = fia_kit.run(parse_call("v1", q_bnsd, k_bnsd, v_bnsd, dict(num_heads=N, num_key_value_heads=N_KV,
                                                          input_layout="BNSD_BSND", scale=D ** -0.5)),
           BACKEND).attention_out.cpu()
-print("BNSD_BSND output", tuple(out.shape), "== BNSD output converted to BSND:",
-      torch.allclose(out.float(), layouts.convert_layout(outputs["BNSD"], "BNSD", "BSND", N).float(),
-                     atol=atol, rtol=rtol))
+print("BNSD_BSND output", tuple(out.shape))
+agreement({"BNSD_BSND output vs the BNSD output converted to BSND":
+           (out, layouts.convert_layout(outputs["BNSD"], "BNSD", "BSND", N))}, atol, rtol)
 
 # %% tags=["nbval-ignore-output"]
 # Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.

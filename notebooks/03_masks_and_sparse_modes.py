@@ -12,10 +12,8 @@
 import torch
 
 import fia_kit
-from fia_kit import figures, masks
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
-from fia_kit.case import Case
+from fia_kit import TOLERANCES, Case, figures, masks, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -33,7 +31,8 @@ def visibility_map(problem, b=0):
 # Conventions: **True / 1 in `atten_mask` means masked out** (the kernel writes −1e12 over that score).
 # Coordinates are local to a batch: query row `i` counts from its first valid row, key `j` from its first key
 # (the shared prefix, if any, comes first). In the maps below `#` is visible, `m` hidden by the mask, `.` outside
-# the mode's band.
+# the mode's band. Under each map, the op's output is compared with SDPA given that visibility as an explicit mask
+# (`max |actual - expected|`, and the same in units of the fp16 tolerance: at most 1 agrees).
 #
 # A problem with more keys than queries makes the alignment visible: `L_q = 6`, `L_kv = 10`.
 
@@ -49,12 +48,12 @@ template = masks.compressed_causal_mask()  # what modes 2-4 require, see below
 i = torch.arange(S_Q).view(-1, 1)
 j = torch.arange(S_KV).view(1, -1)
 
-def check(options, visible):
+def check(label, options, visible):
     """Run the call on BACKEND; compare with SDPA restricted to ``visible`` (S_q, S_kv) (True = attend)."""
-    out = fia_kit.run(parse_call("v1", q, k, v, {**base, **options}), BACKEND).attention_out.cpu().float()
+    out = fia_kit.run(parse_call("v1", q, k, v, {**base, **options}), BACKEND).attention_out.cpu()
     expected = torch.nn.functional.scaled_dot_product_attention(
         q.float(), k.float(), v.float(), attn_mask=visible, scale=D ** -0.5)
-    return torch.allclose(out, expected, atol=atol, rtol=rtol)
+    return agreement({label: (out, expected)}, atol, rtol)
 
 def explain(**options):
     return fia_kit.reference.explain("v1", q, k, v, **base, **options)
@@ -68,8 +67,8 @@ def explain(**options):
 
 # %%
 visibility_map(explain(pre_tokens=0, next_tokens=0))
-print("sparse_mode 0, no mask, pre=next=0 == full attention:", check(dict(pre_tokens=0, next_tokens=0),
-                                                                  torch.ones(S_Q, S_KV, dtype=torch.bool)))
+check("sparse_mode 0, no mask, pre=next=0 vs full attention", dict(pre_tokens=0, next_tokens=0),
+      torch.ones(S_Q, S_KV, dtype=torch.bool))
 
 # %% [markdown]
 # ## Mode 0 with a mask: the mask **and** the band `-pre_tokens ≤ j - i ≤ next_tokens`
@@ -90,7 +89,7 @@ user_mask[..., 2] = True                                     # True = masked out
 mode0 = dict(atten_mask=user_mask, pre_tokens=2, next_tokens=3)
 visibility_map(explain(**mode0))
 band = (j - i >= -2) & (j - i <= 3)
-print("mode 0 == SDPA with (not mask) & band:", check(mode0, ~user_mask & band))
+check("mode 0 vs SDPA with (not mask) & band", mode0, ~user_mask & band)
 
 # %% [markdown]
 # ## Mode 1: the mask alone
@@ -99,7 +98,7 @@ print("mode 0 == SDPA with (not mask) & band:", check(mode0, ~user_mask & band))
 
 # %%
 visibility_map(explain(atten_mask=user_mask, sparse_mode=1, pre_tokens=0, next_tokens=0))
-print("mode 1 == SDPA with (not mask):", check(dict(atten_mask=user_mask, sparse_mode=1), ~user_mask))
+check("mode 1 vs SDPA with (not mask)", dict(atten_mask=user_mask, sparse_mode=1), ~user_mask)
 
 # %% [markdown]
 # ## The compressed 2048×2048 template (modes 2, 3, 4)
@@ -112,7 +111,8 @@ print("mode 1 == SDPA with (not mask):", check(dict(atten_mask=user_mask, sparse
 
 # %%
 print("template:", tuple(template.shape), template.dtype)
-print("equals triu(ones, 1):", torch.equal(template, torch.ones(2048, 2048, dtype=torch.bool).triu(1)))
+print("ones (hidden):", int(template.sum()), "= 2048 · 2047 / 2, all strictly above the diagonal:",
+      int(template.triu(1).sum()))
 print("top-left corner:")
 print(template[:4, :4].int())
 wrong = torch.ones(2048, 2048, dtype=torch.bool).tril()
@@ -128,7 +128,7 @@ except fia_kit.FIAArgumentError as error:
 
 # %%
 visibility_map(explain(atten_mask=template, sparse_mode=2))
-print("mode 2 == SDPA with j <= i:", check(dict(atten_mask=template, sparse_mode=2), j <= i))
+check("mode 2 vs SDPA with j <= i", dict(atten_mask=template, sparse_mode=2), j <= i)
 
 # %% [markdown]
 # ## Mode 3: right-down causal, `j ≤ i + δ` with `δ = P + L_kv − L_q`
@@ -142,7 +142,7 @@ print("mode 2 == SDPA with j <= i:", check(dict(atten_mask=template, sparse_mode
 problem = explain(atten_mask=template, sparse_mode=3)
 print("delta = P + L_kv - L_q =", problem.prefix_len + problem.batches[0].kv_len - problem.batches[0].q_len)
 visibility_map(problem)
-print("mode 3 == SDPA with j <= i + 4:", check(dict(atten_mask=template, sparse_mode=3), j <= i + 4))
+check("mode 3 vs SDPA with j <= i + 4", dict(atten_mask=template, sparse_mode=3), j <= i + 4)
 
 # %% [markdown]
 # ## Mode 4: a band around the right-down diagonal
@@ -153,7 +153,7 @@ print("mode 3 == SDPA with j <= i + 4:", check(dict(atten_mask=template, sparse_
 # %%
 mode4 = dict(atten_mask=template, sparse_mode=4, pre_tokens=2, next_tokens=0)
 visibility_map(explain(**mode4))
-print("mode 4 == SDPA with i+4-2 <= j <= i+4:", check(mode4, (j >= i + 4 - 2) & (j <= i + 4)))
+check("mode 4 vs SDPA with i+4-2 <= j <= i+4", mode4, (j >= i + 4 - 2) & (j <= i + 4))
 
 # %% [markdown]
 # The same band with mode 0 (and an all-zero mask, so only the band counts) sits at the top-left instead:
@@ -161,8 +161,8 @@ print("mode 4 == SDPA with i+4-2 <= j <= i+4:", check(mode4, (j >= i + 4 - 2) & 
 # %%
 no_mask = torch.zeros(1, 1, S_Q, S_KV, dtype=torch.bool)
 visibility_map(explain(atten_mask=no_mask, sparse_mode=0, pre_tokens=2, next_tokens=0))
-print("mode 0 band == SDPA with i-2 <= j <= i:",
-      check(dict(atten_mask=no_mask, pre_tokens=2, next_tokens=0), (j >= i - 2) & (j <= i)))
+check("mode 0 band vs SDPA with i-2 <= j <= i", dict(atten_mask=no_mask, pre_tokens=2, next_tokens=0),
+      (j >= i - 2) & (j <= i))
 
 # %% [markdown]
 # The figures module draws the same maps with the band edges, the right-down diagonal and what the op writes
@@ -207,20 +207,22 @@ call = parse_call("v1", q_long, k, v, {**base, "atten_mask": template, "sparse_m
 out = fia_kit.run(call, BACKEND).attention_out.cpu()
 status = fia_kit.reference.run_call(call).row_status[0]
 print("delta =", 10 - 12, "-> rows 0 and 1 see no key")
-print("row status:", [fia_kit.reference.RowStatus(int(s)).name for s in status[:4]], "...")
-print("rows 0-1 are zero:", bool((out[:, :, :2] == 0).all()), " rows 2-11 nonzero:",
-      bool((out[:, :, 2:].abs().amax(-1) > 0).all()))
+row_size = out.float().abs().amax(-1).amax(1)[0]  # largest |value| of each query row over heads and D
+print("row  status        largest |out|")
+for row in range(5):
+    print(f"{row:3d}  {fia_kit.reference.RowStatus(int(status[row])).name:12s}  {float(row_size[row]):.2g}")
+print("...")
 
 # %%
 hide_row_0 = torch.zeros(1, 1, S_Q, S_KV, dtype=torch.bool)
 hide_row_0[..., 0, :] = True                             # row 0: every key masked
-for inner_precise in (0, 2):
-    out = fia_kit.run(parse_call("v1", q, k, v, {**base, "atten_mask": hide_row_0, "sparse_mode": 1,
-                                         "inner_precise": inner_precise}), BACKEND).attention_out.cpu()
-    mean_of_v = v.float().mean(dim=2)                     # (B, N, D): uniform weights over all 10 keys
-    print(f"inner_precise={inner_precise}: row 0 is the mean of V: "
-          f"{torch.allclose(out[:, :, 0].float(), mean_of_v, atol=atol, rtol=rtol)}, "
-          f"row 0 is zero: {bool((out[:, :, 0] == 0).all())}")
+mean_of_v = v.float().mean(dim=2)                        # (B, N, D): uniform weights over all 10 keys
+row_0 = {inner_precise: fia_kit.run(parse_call("v1", q, k, v, {
+    **base, "atten_mask": hide_row_0, "sparse_mode": 1, "inner_precise": inner_precise}), BACKEND
+).attention_out.cpu()[:, :, 0] for inner_precise in (0, 2)}
+agreement({f"inner_precise={p}: row 0 vs {name}": (row_0[p], expected)
+           for p in (0, 2) for name, expected in (("the mean of V", mean_of_v), ("0", torch.zeros_like(mean_of_v)))},
+          atol, rtol)
 
 # %% [markdown]
 # The LSE of a row that sees no key depends on the kernel path (spec section 7 item 3, 25.1): rows the prefill

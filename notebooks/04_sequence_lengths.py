@@ -10,11 +10,11 @@
 
 # %%
 import torch
+from IPython.display import display
 
 import fia_kit
-from fia_kit import builders
-from fia_kit.backends import TOLERANCES, compiled
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, builders, diagrams, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -48,12 +48,14 @@ def sdpa(b, q_len, kv_len):
 # %%
 q_lens, kv_lens = [8, 5, 3], [12, 7, 0]
 out = attention(actual_seq_lengths=q_lens, actual_seq_lengths_kv=kv_lens)
+print("batch  L_q  L_kv  largest |out|: rows < L_q  rows >= L_q")
 for b in range(B):
-    valid = out[b, :, :q_lens[b]].float()
-    matches = torch.allclose(valid, sdpa(b, q_lens[b], kv_lens[b]), atol=atol, rtol=rtol) if kv_lens[b] else None
-    print(f"batch {b}: L_q={q_lens[b]}, L_kv={kv_lens[b]:2d}, valid rows == SDPA: {matches}, "
-          f"rows >= L_q zero: {bool((out[b, :, q_lens[b]:] == 0).all())}, "
-          f"all zero: {bool((out[b] == 0).all())}")
+    valid, padding = out[b, :, :q_lens[b]].float().abs(), out[b, :, q_lens[b]:].float().abs()
+    print(f"{b:5d}  {q_lens[b]:3d}  {kv_lens[b]:4d}  {float(valid.max()):25.2g}  "
+          + (f"{float(padding.max()):11.2g}" if padding.numel() else f"{'(none)':>11s}"))
+agreement({f"batch {b}: rows < L_q vs SDPA over its first L_kv keys": (out[b, :, :q_lens[b]],
+                                                                       sdpa(b, q_lens[b], kv_lens[b]))
+           for b in range(B) if kv_lens[b]}, atol, rtol)
 
 # %% [markdown]
 # The reference also reports what it did with each row (`RowStatus`: PADDING for rows beyond `L_q`,
@@ -72,10 +74,10 @@ for b in range(B):
 # (spec section 5.1). Values must lie in `[0, S]`.
 
 # %%
-print("[6] == [6, 6, 6]:", torch.equal(attention(actual_seq_lengths=[6]), attention(actual_seq_lengths=[6, 6, 6])))
 longer, _ = fia_kit.npu_fused_infer_attention_score(q, k, v, **base, actual_seq_lengths=[6, 6, 6, 99])
-print("[6, 6, 6, 99] uses the first 3 values:",
-      torch.allclose(longer.float(), attention(actual_seq_lengths=[6]).float(), atol=atol, rtol=rtol))
+display(agreement({"actual_seq_lengths [6] vs [6, 6, 6]": (attention(actual_seq_lengths=[6]),
+                                                           attention(actual_seq_lengths=[6, 6, 6])),
+                   "[6, 6, 6, 99] (reference) vs [6]": (longer, attention(actual_seq_lengths=[6]))}, atol, rtol))
 for bad in ([6, 6], [6, 6, 9]):
     try:
         fia_kit.reference.explain("v1", q, k, v, **base, actual_seq_lengths=bad)
@@ -94,7 +96,7 @@ for bad in ([6, 6], [6, 6, 9]):
 as_list = attention(actual_seq_lengths=q_lens, actual_seq_lengths_kv=kv_lens)
 as_tensor = attention(actual_seq_lengths=torch.tensor(q_lens, dtype=torch.int64),
                       actual_seq_lengths_kv=torch.tensor(kv_lens, dtype=torch.int64))
-print("int list == int64 tensor:", torch.equal(as_list, as_tensor))
+display(agreement({"lengths as int lists vs as int64 tensors": (as_list, as_tensor)}, 0, 0))
 try:
     fia_kit.reference.explain("v1", q, k, v, **base, actual_seq_lengths=torch.tensor([8.0, 5.0, 3.0]))
 except fia_kit.FIAArgumentError as error:
@@ -102,12 +104,12 @@ except fia_kit.FIAArgumentError as error:
 
 # %% [markdown]
 # With TorchAir the lengths are graph **inputs**, so one compiled graph serves every length; a Python list is
-# a constant of the graph, and each new list recompiles. `fia_kit.backends.compiled.recompile_counts` shows it
+# a constant of the graph, and each new list recompiles. `fia_kit.profiling.recompiles` shows it
 # with `torch.compile` (no NPU needed):
 
 # %%
 decode_call = parse_call("v1", q[:, :, :1], k, v, {**base, "actual_seq_lengths_kv": [12, 7, 3]})
-counts = compiled.recompile_counts(decode_call, [[12, 7, 3], [11, 7, 3], [10, 6, 2]])
+counts = fia_kit.profiling.recompiles(decode_call, [[12, 7, 3], [11, 7, 3], [10, 6, 2]])
 print("compiles for 3 different length lists:  list", counts["list"], " tensor", counts["tensor"])
 
 # %% [markdown]
@@ -125,13 +127,24 @@ q_tnd, k_tnd, v_tnd = (builders.pack_sequences([x[b, :, :n] for b, n in enumerat
                        for x, lens in ((q, q_lens), (k, kv_lens), (v, kv_lens)))
 print("per-batch q", q_lens, "-> cumulative", cum_q, "; per-batch kv", kv_lens, "-> cumulative", cum_kv)
 print("TND query", tuple(q_tnd.shape), "key", tuple(k_tnd.shape))
-packed = fia_kit.run(parse_call("v1", q_tnd, k_tnd, v_tnd, dict(
-    num_heads=N, input_layout="TND", scale=D ** -0.5,
-    actual_seq_lengths=cum_q, actual_seq_lengths_kv=cum_kv)), BACKEND).attention_out.cpu()
-for b in range(B):
-    rows = packed[cum_q[b] - q_lens[b]:cum_q[b]].transpose(0, 1).float()  # (N, L_q, D)
-    print(f"batch {b}: rows [{cum_q[b] - q_lens[b]}, {cum_q[b]}) == SDPA:",
-          torch.allclose(rows, sdpa(b, q_lens[b], kv_lens[b]), atol=atol, rtol=rtol))
+packed_call = parse_call("v1", q_tnd, k_tnd, v_tnd, dict(
+    num_heads=N, input_layout="TND", scale=D ** -0.5, actual_seq_lengths=cum_q, actual_seq_lengths_kv=cum_kv))
+packed = fia_kit.run(packed_call, BACKEND).attention_out.cpu()
+agreement({f"batch {b}: rows [{cum_q[b] - q_lens[b]}, {cum_q[b]}) of T vs SDPA": (
+    packed[cum_q[b] - q_lens[b]:cum_q[b]].transpose(0, 1), sdpa(b, q_lens[b], kv_lens[b])) for b in range(B)},
+    atol, rtol)
+
+# %% [markdown]
+# The same packing drawn from the plan: each batch's rows on the query's T and on the keys' T, cut at the
+# cumulative lengths (the x ticks). Here T is exactly the total on both sides; the second figure packs the same
+# batches into a query T of 12, two rows longer than the last cumulative length: those rows belong to no batch.
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+diagrams.packing_figure(fia_kit.plan(packed_call)).show()
+q_tail = torch.cat([q_tnd, torch.zeros(2, N, D, dtype=q_tnd.dtype)])  # T = 12 > cum_q[-1] = 10
+diagrams.packing_figure(fia_kit.plan("v1", q_tail, k_tnd, v_tnd, num_heads=N, input_layout="TND",
+                                     actual_seq_lengths=cum_q, actual_seq_lengths_kv=cum_kv)).show()
 
 # %% [markdown]
 # ### The "decreasing cumulative" mistake
@@ -169,8 +182,9 @@ print("cache", tuple(cache_k.shape), "block_table", block_table.tolist())
 paged_options = dict(num_heads=N, input_layout="TND", scale=D ** -0.5, block_table=block_table,
                      block_size=BLOCK, actual_seq_lengths=cum_q, actual_seq_lengths_kv=kv_lens)
 paged = fia_kit.run(parse_call("v1", q_tnd, cache_k, cache_v, paged_options), BACKEND).attention_out.cpu()
-print("paged TND, kv lengths", kv_lens, "(per batch) == contiguous TND, kv lengths", cum_kv, "(cumulative):",
-      torch.allclose(paged.float(), packed.float(), atol=atol, rtol=rtol))
+golden = torch.cat([sdpa(b, q_lens[b], kv_lens[b]).transpose(0, 1) for b in range(B)])  # (T, N, D) float32
+agreement({f"paged TND, kv lengths {kv_lens} (per batch) vs SDPA": (paged, golden),
+           f"contiguous TND, kv lengths {cum_kv} (cumulative) vs SDPA": (packed, golden)}, atol, rtol)
 
 # %% [markdown]
 # ## Summary

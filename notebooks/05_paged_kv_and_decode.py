@@ -12,9 +12,8 @@
 import torch
 
 import fia_kit
-from fia_kit import builders, figures, masks, paged
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, builders, diagrams, masks, paged, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -28,8 +27,9 @@ print("this notebook runs on backend:", BACKEND)
 # **required** with paging, and `block_table` is int32 `(B, max_blocks_per_seq)`.
 #
 # `fia_kit.builders.to_paged` writes per-sequence K (or V) into a cache, placing the blocks at shuffled
-# physical ids as an allocator would, and returns the block table. The sizes suit the NPU: block_size 128
-# (prefill paging wants 128..512 in multiples of 128, decode a multiple of 16), D = 128.
+# physical ids as an allocator would, and returns the block table; here the pool keeps two spare blocks that no
+# sequence uses. The sizes suit the NPU: block_size 128 (prefill paging wants 128..512 in multiples of 128, decode
+# a multiple of 16), D = 128.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -42,7 +42,7 @@ v = torch.randn(B, N_KV, S_KV, D, generator=g, dtype=torch.float16)
 def paged_cache(x, rank):
     """Sequences of x (B, N_kv, S, D) cut to kv_lens, in a rank-``rank`` cache (same block table each time)."""
     return builders.to_paged([x[b, :, :n] for b, n in enumerate(kv_lens)], BLOCK, cache_rank=rank,
-                             generator=torch.Generator().manual_seed(1))
+                             extra_blocks=2, generator=torch.Generator().manual_seed(1))
 
 cache_k, block_table = paged_cache(k, 4)   # rank 4: (num_blocks, N_kv, block_size, D)
 cache_v, _ = paged_cache(v, 4)
@@ -52,17 +52,26 @@ print(block_table)
 
 b, t = 0, 200                              # token 200 of sequence 0
 block, offset = int(block_table[b, t // BLOCK]), t % BLOCK
-print(f"token {t} of sequence {b}: block_table[{b}, {t // BLOCK}] = {block}, offset {offset};",
-      "cache holds it:", torch.equal(cache_k[block, :, offset], k[b, :, t]))
-print("paged.gather_sequence reads sequence 1 back:",
-      torch.equal(paged.gather_sequence(cache_k, block_table[1], kv_lens[1], N_KV), k[1, :, :kv_lens[1]]))
+print(f"token {t} of sequence {b}: block_table[{b}, {t // BLOCK}] = {block}, offset {t} % {BLOCK} = {offset}")
+print(f"cache_k[{block}, head 0, {offset}, :4] =", [round(float(x), 3) for x in cache_k[block, 0, offset, :4]])
+print(f"k[{b}, head 0, {t}, :4]        =", [round(float(x), 3) for x in k[b, 0, t, :4]])
+agreement({f"cache_k[{block}, :, {offset}] vs k[{b}, :, {t}]": (cache_k[block, :, offset], k[b, :, t]),
+           "paged.gather_sequence(cache_k, block_table[1], L_kv[1]) vs k[1, :, :L_kv[1]]": (
+               paged.gather_sequence(cache_k, block_table[1], kv_lens[1], N_KV), k[1, :, :kv_lens[1]])}, 0, 0)
+
+# %% [markdown]
+# The whole table at once: each sequence's row of `block_table` (top; each cell names a cache block, coloured over
+# the part of its 128 tokens the sequence's `L_kv` fills, the rest of a last block unused; entries past
+# `ceil(L_kv / 128)` are never read) and the cache's blocks (bottom, labelled batch·logical block). Sequence 1
+# (77 tokens) uses a single block; its other three table entries are not read, and two cache blocks belong to no
+# sequence.
 
 # %% tags=["nbval-ignore-output"]
 # Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
-problem = fia_kit.reference.explain("v1", torch.zeros(B, N, 1, D, dtype=torch.float16), cache_k, cache_v,
-                                    num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD",
-                                    block_table=block_table, block_size=BLOCK, actual_seq_lengths_kv=kv_lens)
-figures.paged_figure(problem, 0).show()
+problem = fia_kit.plan("v1", torch.zeros(B, N, 1, D, dtype=torch.float16), cache_k, cache_v,
+                       num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD",
+                       block_table=block_table, block_size=BLOCK, actual_seq_lengths_kv=kv_lens)
+diagrams.block_table_figure(problem).show()
 
 # %% [markdown]
 # ## Three cache layouts, told apart by rank
@@ -79,7 +88,9 @@ figures.paged_figure(problem, 0).show()
 # All three hold the same tokens; the op gives the same answer with each, and the same as contiguous K/V
 # with the same lengths. (BSH/BSND queries accept only BnBsH on A2/A3, and NZ with a float cache is a V5/950
 # addition, so this cell runs the three ranks on the reference; the contiguous-vs-paged check below runs on
-# `BACKEND`.)
+# `BACKEND`.) Each output is measured against one independent float32 golden, SDPA over each sequence's first
+# `L_kv` keys: fp16 outputs of two code paths may differ in a last bit, a golden shows how far each is from the
+# answer.
 
 # %%
 q_prefill = torch.randn(B, N, 4, D, generator=g, dtype=torch.float16)
@@ -89,11 +100,14 @@ options = dict(num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD", scale
 contiguous_options = dict(num_heads=N, num_key_value_heads=N_KV, input_layout="BNSD", scale=D ** -0.5,
                           actual_seq_lengths_kv=kv_lens)
 atol, rtol = TOLERANCES[torch.float16]
-contiguous = fia_kit.npu_fused_infer_attention_score(q_prefill, k, v, **contiguous_options)[0]
-for rank, (ck, cv) in caches.items():
-    out = fia_kit.npu_fused_infer_attention_score(q_prefill, ck, cv, **options)[0]
-    print(f"rank {rank} {paged.CACHE_LAYOUTS[rank]:6s} {str(tuple(ck.shape)):22s} == contiguous:",
-          torch.allclose(out.float(), contiguous.float(), atol=atol, rtol=rtol))
+golden = torch.cat([torch.nn.functional.scaled_dot_product_attention(   # (B, N, 4, D) float32
+    q_prefill[b:b + 1].float(), k[b:b + 1, :, :kv_lens[b]].float(), v[b:b + 1, :, :kv_lens[b]].float(),
+    scale=D ** -0.5, enable_gqa=True) for b in range(B)])
+agreement({"contiguous K/V vs SDPA": (fia_kit.npu_fused_infer_attention_score(q_prefill, k, v,
+                                                                              **contiguous_options)[0], golden),
+           **{f"rank {rank} {paged.CACHE_LAYOUTS[rank]} {tuple(ck.shape)} cache vs SDPA": (
+               fia_kit.npu_fused_infer_attention_score(q_prefill, ck, cv, **options)[0], golden)
+              for rank, (ck, cv) in caches.items()}}, atol, rtol)
 
 # %% [markdown]
 # ## Paged == contiguous on the backend
@@ -101,8 +115,8 @@ for rank, (ck, cv) in caches.items():
 # %%
 paged_out = fia_kit.run(parse_call("v1", q_prefill, cache_k, cache_v, options), BACKEND).attention_out.cpu()
 contiguous_out = fia_kit.run(parse_call("v1", q_prefill, k, v, contiguous_options), BACKEND).attention_out.cpu()
-print("prefill, paged rank-4 cache == contiguous K/V:",
-      torch.allclose(paged_out.float(), contiguous_out.float(), atol=atol, rtol=rtol))
+agreement({"prefill, paged rank-4 cache vs SDPA": (paged_out, golden),
+           "prefill, contiguous K/V vs SDPA": (contiguous_out, golden)}, atol, rtol)
 
 # %% [markdown]
 # Paging rules the kit checks before compute: `block_size` non-zero, `block_table` with B rows and enough
@@ -131,18 +145,18 @@ plain = decode()
 expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(
     q_decode[b:b + 1].float(), k[b:b + 1, :, :kv_lens[b]].float(), v[b:b + 1, :, :kv_lens[b]].float(),
     scale=D ** -0.5, enable_gqa=True) for b in range(B)])
-print("decode == SDPA over each sequence's L_kv keys:", torch.allclose(plain.float(), expected, atol=atol, rtol=rtol))
 template = masks.compressed_causal_mask()
-same = lambda out: torch.allclose(out.float(), plain.float(), atol=atol, rtol=rtol)  # noqa: E731
 capacity = block_table.shape[1] * BLOCK                        # key axis of a paged decode mask
 no_mask = torch.zeros(B, capacity, dtype=torch.bool)            # (B, S_kv'): nothing hidden
-print("sparse_mode 0 with a mask and pre_tokens=next_tokens=0 (prefill: the diagonal only) changes nothing:",
-      same(decode(atten_mask=no_mask, pre_tokens=0, next_tokens=0)))
-print("sparse_mode 4 with pre_tokens=0, next_tokens=0 changes nothing:",
-      same(decode(atten_mask=template, sparse_mode=4, pre_tokens=0, next_tokens=0)))
-print("sparse_mode 2 (left-up causal: would see only key 0) changes nothing:",
-      same(decode(atten_mask=template, sparse_mode=2)))
-print("actual_seq_lengths=[0, 0, 0] changes nothing:", same(decode(actual_seq_lengths=[0, 0, 0])))
+agreement({
+    "decode vs SDPA over each sequence's L_kv keys": (plain, expected),
+    "sparse_mode 0, a mask, pre=next=0 (prefill: the diagonal only) vs plain decode": (
+        decode(atten_mask=no_mask, pre_tokens=0, next_tokens=0), plain),
+    "sparse_mode 4, pre=next=0 vs plain decode": (
+        decode(atten_mask=template, sparse_mode=4, pre_tokens=0, next_tokens=0), plain),
+    "sparse_mode 2 (prefill: key 0 only) vs plain decode": (decode(atten_mask=template, sparse_mode=2), plain),
+    "actual_seq_lengths=[0, 0, 0] vs plain decode": (decode(actual_seq_lengths=[0, 0, 0]), plain),
+}, atol, rtol)
 
 # %% [markdown]
 # Only the explicit mask applies. With S_q == 1 it is `(B, S_kv')`, `(B, 1, S_kv')` or `(B, 1, 1, S_kv')`
@@ -160,8 +174,8 @@ masked = decode(atten_mask=decode_mask)
 expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(
     q_decode[b:b + 1].float(), k[b:b + 1, :, 10:kv_lens[b]].float(), v[b:b + 1, :, 10:kv_lens[b]].float(),
     scale=D ** -0.5, enable_gqa=True) for b in range(B)])
-print("mask", tuple(decode_mask.shape), "hiding keys 0..9 == SDPA over keys 10..L_kv-1:",
-      torch.allclose(masked.float(), expected, atol=atol, rtol=rtol))
+agreement({f"mask {tuple(decode_mask.shape)} hiding keys 0..9 vs SDPA over keys 10..L_kv-1": (masked, expected),
+           "the same vs SDPA over all L_kv keys (mask ignored)": (masked, plain)}, atol, rtol)
 
 # %% [markdown]
 # ## Summary
@@ -172,3 +186,5 @@ print("mask", tuple(decode_mask.shape), "hiding keys 0..9 == SDPA over keys 10..
 # * A paged call equals the contiguous call with the same lengths.
 # * S_q == 1: sparse_mode, pre/next and `actual_seq_lengths` are ignored; only the mask and `L_kv` apply.
 #   (With MLA rope inputs, S_q == 1 keeps sparse modes 0/3/4: spec section 6.5.)
+#
+# Next: [06 · GQA and MLA](06_gqa_and_mla.ipynb).

@@ -1,21 +1,26 @@
 """The teaching notebooks in a real browser: JupyterLab driven by headless Chromium through playwright.
 
 One JupyterLab server (this Python, a free 127.0.0.1 port, a random token, temporary Jupyter config/data/runtime,
-settings and workspace dirs, news and update checks off, every cell rendered: no windowing) serves a temporary copy
+settings and workspace dirs, the repo's lab-settings as ``make lab`` passes them, every cell rendered: no
+windowing) serves a temporary copy
 of ``notebooks/`` (so nothing touches the committed notebooks). Debian's ``/usr/bin/chromium`` is driven by the
 playwright package (``make browser-deps`` installs it; ``playwright install`` is never used). One page serves every
 test; notebooks are opened through the application's command registry (``--LabApp.expose_app_in_browser``).
 
 For every notebook:
 
-* opened from disk (stored outputs, untrusted): no output shows an error or "Javascript Error"; stored plotly
-  figures are drawn;
+* opened from disk (stored outputs, untrusted): the notebook is not marked modified; no output shows an error,
+  "Javascript Error" or a widget's text repr (``VBox(children=...``); stored plotly figures show (their stored
+  PNG, or the drawn figure); no "Jupyter news" toast asks anything (``lab-settings/overrides.json``, as
+  ``make lab`` uses it);
 * then Run All Cells: every code cell runs, no output is an error, every widget output renders its controls, every
   plotly output is drawn (an SVG with traces), every plotly plot on screen (FigureWidgets included) has traces
   drawn, and the page logs no JavaScript error (a page error or a console error).
 
 The explorer is driven like a user would (a small notebook of its own): a prefix length set and removed leaves no
-prefix line behind; the difference tab, after choosing another backend, gets a real figure's height.
+prefix line behind; the difference tab, after choosing another backend, gets a real figure's height; int8 K/V shows
+the quantisation error there, ALiBi pse appears in the probabilities' score, and sparse_mode 4 at the default
+pre/next shows a hint to set them.
 
 Screenshots go to ``test-artifacts/browser/`` (gitignored). Without Chromium or playwright the test skips, unless
 the ``CI`` environment variable is set: there it must run.
@@ -49,10 +54,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--headless", "--dis
 RUN_TIMEOUT_MS = 300_000
 DRAW_TIMEOUT_MS = 60_000
 EXPLORER_CHECK = "explorer_check.ipynb"
-# Lab settings: no news / update toasts, no autosave, every cell in the DOM (no windowing), so every output renders.
+# The test's own user settings: no autosave, every cell in the DOM (no windowing), so every output renders.
 SETTINGS = {
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                         "checkForUpdates": False},
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
@@ -88,6 +91,15 @@ def _explorer_notebook() -> dict:
                                                          "name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}
 
 
+def _make_lab_settings_dir() -> str:
+    """The app settings dir `make lab` passes JupyterLab (lab-settings/: news and update checks off)."""
+    shown = subprocess.run(["make", "-n", "lab", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout
+    found = re.search(r"--LabApp\.app_settings_dir=(\S+)", shown)
+    assert found, f"`make lab` passes no --LabApp.app_settings_dir:\n{shown}"
+    return found.group(1)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base url, token) of a JupyterLab serving a copy of notebooks/ plus the explorer check notebook."""
@@ -102,7 +114,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     served.mkdir()
     for nb in NOTEBOOKS.glob("*.ipynb"):
         shutil.copy(nb, served / nb.name)
-    shutil.copytree(ROOT / "examples", home / "examples")  # notebook 08 reads ../examples, as under `make lab`
+    shutil.copytree(ROOT / "examples", home / "examples")  # notebook 09 reads ../examples, as under `make lab`
     (served / EXPLORER_CHECK).write_text(json.dumps(_explorer_notebook()), encoding="utf-8")
     for name, values in SETTINGS.items():
         path = home / "settings" / name
@@ -115,8 +127,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                f"--ServerApp.root_dir={served}", f"--LabApp.user_settings_dir={home / 'settings'}",
-               f"--LabApp.workspaces_dir={home / 'workspaces'}", "--LabApp.news_url=",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               f"--LabApp.workspaces_dir={home / 'workspaces'}", f"--LabApp.app_settings_dir={_make_lab_settings_dir()}",
                "--LabApp.expose_app_in_browser=True"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
@@ -172,7 +183,7 @@ def lab_page(lab: tuple[str, str]) -> Iterator[Page]:
         try:
             page = chromium.new_page(viewport={"width": 1400, "height": 1000})
             wrapped = Page(page)
-            page.goto(f"{base}/lab/workspaces/browser-test/tree?reset&token={token}")
+            page.goto(f"{base}/lab/workspaces/browser-test?reset&token={token}")
             page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=90_000)
             page.wait_for_selector("#jp-main-dock-panel", timeout=90_000)
             wrapped.take_errors()  # Lab's own start-up messages are not a notebook's
@@ -228,12 +239,14 @@ OUTPUTS = """() => {
             const view = cell.outputArea.widgets[k];
             const node = view ? view.node : null;
             const svg = node ? node.querySelector('.js-plotly-plot .main-svg') : null;
+            const img = node ? node.querySelector('img.plot-img') : null;
             const plot = node ? node.querySelector('.js-plotly-plot') : null;
             found.push({
                 cell: index, type: model.type, mimes: Object.keys(model.data || {}),
                 text: node ? node.textContent.slice(0, 400) : '',
                 widget: node ? node.querySelectorAll('.jupyter-widgets, .widget-box, .widget-html').length : 0,
                 plotly: !!svg,
+                image: !!img && img.naturalWidth > 0 && img.style.display !== 'none',
                 traces: plot ? plot.querySelectorAll('.trace, .hm, .scatterlayer .trace, .barlayer .trace,'
                                                       + ' .heatmaplayer image, .imagelayer image').length : 0,
                 width: plot ? plot.getBoundingClientRect().width : 0,
@@ -274,10 +287,14 @@ def _problems(outputs: list[dict], executed: bool) -> list[str]:
             bad.append(f"{where} is an error: {out['text'][:300]}")
         if "Javascript Error" in out["text"] or "Error displaying widget" in out["text"]:
             bad.append(f"{where} shows: {out['text'][:300]}")
+        if WIDGET_MIME in out["mimes"] and "children=" in out["text"]:
+            bad.append(f"{where} shows the widget's text repr instead of a picture: {out['text'][:120]}")
         if WIDGET_MIME in out["mimes"] and executed and not out["widget"]:
             bad.append(f"{where}: the widget did not render")
-        if PLOTLY_MIME in out["mimes"] and not (out["plotly"] and out["traces"] and out["width"] > 100):
-            bad.append(f"{where}: the plotly figure is not drawn (svg={out['plotly']}, traces={out['traces']})")
+        drawn = out["plotly"] and out["traces"] and out["width"] > 100
+        if PLOTLY_MIME in out["mimes"] and not (drawn or (not executed and out["image"])):
+            bad.append(f"{where}: the plotly figure is not drawn (svg={out['plotly']}, traces={out['traces']}, "
+                       f"stored image={out['image']})")
     return bad
 
 
@@ -293,7 +310,7 @@ def _wait_drawn(page, count_mime: str) -> None:
                     if (!(mime in (cell.outputArea.model.get(k).data || {}))) continue;
                     want++;
                     const node = cell.outputArea.widgets[k] && cell.outputArea.widgets[k].node;
-                    const drawn = mime.includes('plotly') ? node && node.querySelector('.js-plotly-plot .main-svg')
+                    const drawn = mime.includes('plotly') ? node && node.querySelector('.js-plotly-plot .main-svg, img.plot-img')
                         : node && node.querySelector('.jupyter-widgets, .widget-box, .jp-RenderedHTMLCommon');
                     if (drawn) have++;
                 }
@@ -307,9 +324,17 @@ def test_notebook_in_browser(name: str, lab_page: Page) -> None:
     page = lab_page.page
     try:
         page.evaluate(OPEN, name)
-        page.wait_for_timeout(500)
+        try:
+            _wait_drawn(page, PLOTLY_MIME)
+        except Exception:  # noqa: BLE001  (reported below, with what is missing)
+            pass
+        page.wait_for_timeout(1500)  # a renderer that writes into its output (plotly's PNG) does it by now
         stored = page.evaluate(OUTPUTS)
         problems = [f"stored: {p}" for p in _problems(stored, executed=False)]
+        if page.evaluate("() => window.__panel.context.model.dirty"):
+            problems.append("opening it from disk marked it modified (an output changed as it rendered)")
+        if page.locator("text=Jupyter news").count():
+            problems.append("a 'Jupyter news' toast is shown: lab-settings/overrides.json did not apply")
         page.screenshot(path=str(ARTIFACTS / f"{Path(name).stem}-stored.png"), full_page=True)
 
         unexecuted = page.evaluate(RUN_ALL)
@@ -361,8 +386,23 @@ def _set_text(page, label: str, value: str) -> None:
     box.press("Enter")
 
 
+def _select(page, label: str, option: str) -> None:
+    dropdown = page.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(f"^{re.escape(label)}$")))
+    dropdown.locator("select").select_option(label=option)
+
+
+def _shown_title(page, start: str) -> None:
+    """Wait until a plot on screen has a title starting with ``start``."""
+    page.wait_for_function(
+        """(start) => [...window.__panel.node.querySelectorAll('.js-plotly-plot')].some(p => p.offsetParent !== null
+             && p._fullLayout.title.text && p._fullLayout.title.text.startsWith(start))""",
+        arg=start, timeout=RUN_TIMEOUT_MS)
+
+
 def test_explorer_redraws_cleanly(lab_page: Page) -> None:
-    """Defects seen by users: a removed prefix left its line; the difference tab kept a placeholder's height."""
+    """Defects seen by users: a removed prefix left its line; the difference tab kept a placeholder's height. The
+    controls for int8 K/V, pse and sparse_mode 4 show what they do: the quantisation error, pse in the score, a hint
+    to set pre/next."""
     page = lab_page.page
     try:
         page.evaluate(OPEN, EXPLORER_CHECK)
@@ -396,6 +436,18 @@ def test_explorer_redraws_cleanly(lab_page: Page) -> None:
         difference = [f for f in figures if f["title"].startswith("|compiled")]
         page.screenshot(path=str(ARTIFACTS / "explorer-difference.png"), full_page=True)
         assert difference and difference[0]["height"] > 300, figures
+
+        _select(page, "backend", "reference")
+        _select(page, "K/V quant", "int8 per channel")
+        _shown_title(page, "|int8 K/V per channel - float K/V|")
+        _select(page, "K/V quant", "off: float K/V")
+        _select(page, "pse_shift", "ALiBi slopes")
+        page.locator(".lm-TabBar-tab", has_text=re.compile("^probabilities$")).first.click()
+        _shown_title(page, "Attention probabilities softmax(scale·QKᵀ + pse_shift")
+        _select(page, "sparse_mode", "4: band")
+        page.wait_for_function("() => window.__panel.node.innerText.includes('set pre_tokens and next_tokens')",
+                               timeout=DRAW_TIMEOUT_MS)
+        page.screenshot(path=str(ARTIFACTS / "explorer-reach.png"), full_page=True)
         assert not lab_page.take_errors()
     finally:
         _close(lab_page)

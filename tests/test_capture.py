@@ -73,7 +73,7 @@ def path(tmp_path):
 
 
 def _case_args(**changes):
-    built = Case(**changes).build("v1")
+    built = Case(**{"dtype": torch.float32, **changes}).build("v1")  # byte caps below count 4-byte elements
     return built.query, built.key, built.value, dict(built.kwargs)
 
 

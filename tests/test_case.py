@@ -190,3 +190,118 @@ def test_pse_is_an_additive_bias_as_sdpa_float_mask():
             built.query[b:b + 1, :, :lq], built.key[b:b + 1, :, :lk], built.value[b:b + 1, :, :lk],
             attn_mask=pse[b:b + 1, :, :lq, :lk], scale=case.softmax_scale)[0]
         torch.testing.assert_close(out[b, :, :lq], expected, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------ new fields
+
+# Spec 16.3, separated form: the mode and the scale's shape (B=2, N_kv=1, S_kv=12, D=16 below) per granularity.
+QUANT_TABLE = {"tensor": (0, (1,)), "channel": (0, (1, 1, 1, 16)), "token": (1, (1, 2, 12)), "head": (2, (1,)),
+               "token_head": (3, (2, 1, 12))}
+
+
+@pytest.mark.parametrize("granularity", list(QUANT_TABLE))
+def test_kv_quant_builds_int8_kv_whose_dequantisation_is_the_float_kv(granularity):
+    case = Case(q_lens=(1, 1), kv_lens=(9, 12), layout="BNSD", kv_quant=granularity, dtype=torch.float16)
+    built, floats = case.build("v1"), case.replace(kv_quant="none").build("v1")
+    mode, shape = QUANT_TABLE[granularity]
+    kw = built.kwargs
+    assert built.key.dtype == built.value.dtype == torch.int8
+    assert kw["key_antiquant_mode"] == kw["value_antiquant_mode"] == mode
+    assert tuple(kw["key_antiquant_scale"].shape) == shape
+    assert kw["key_antiquant_scale"].dtype == (torch.float32 if mode in (1, 3) else torch.float16)
+    v2 = case.build("v2").kwargs
+    assert v2["key_quant_mode"] == mode and torch.equal(v2["dequant_scale_key"], kw["key_antiquant_scale"])
+    for ints, scale, original in ((built.key, kw["key_antiquant_scale"], floats.key),
+                                  (built.value, kw["value_antiquant_scale"], floats.value)):
+        view = {"tensor": (1, 1, 1, 1), "channel": (1, 1, 1, 16), "token": (2, 1, 12, 1), "head": (1, 1, 1, 1),
+                "token_head": (2, 1, 12, 1)}[granularity]  # spec 16.3's index column, on (B, N_kv, S, D)
+        s = scale.double().view(view)
+        back = ints.double() * s
+        for b, n in enumerate(case.kv_lens):  # valid tokens: within half a step; the 1000 garbage is not in a scale
+            step = s.expand_as(back)[b, :, :n]
+            assert ((back[b, :, :n] - original[b, :, :n].double()).abs() <= step / 2 + 1e-3 * step).all()
+            assert float(step.max()) < 1.0
+            assert (ints[b, :, n:] == 127).all()
+
+
+def test_kv_quant_goes_through_the_reference_as_dequantised_kv():
+    case = Case(q_lens=(1, 1), kv_lens=(9, 12), heads=2, kv_heads=1, layout="BNSD", kv_quant="token",
+                dtype=torch.float32, paged=True)
+    built = case.build("v1")
+    out, _ = built.call(fia_kit.npu_fused_infer_attention_score)
+    table, scale = built.kwargs["block_table"], built.kwargs["key_antiquant_scale"].double()[0]
+    vscale = built.kwargs["value_antiquant_scale"].double()[0]
+    for b, n in enumerate(case.kv_lens):
+        blocks = [built.key[int(i)] for i in table[b, :-(-n // 16)]]
+        vblocks = [built.value[int(i)] for i in table[b, :-(-n // 16)]]
+        k = torch.cat(blocks, 1)[:, :n].double() * scale[b, :n].view(1, -1, 1)
+        v = torch.cat(vblocks, 1)[:, :n].double() * vscale[b, :n].view(1, -1, 1)
+        q = built.query[b].double()
+        p = (case.softmax_scale * q @ k.repeat_interleave(2, 0).transpose(1, 2)).softmax(-1)
+        torch.testing.assert_close(out[b].double(), p @ v.repeat_interleave(2, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_from_call_reads_kv_quant_back():
+    for granularity in ("channel", "token"):
+        case = Case(q_lens=(1, 1), kv_lens=(9, 12), layout="BNSD", kv_quant=granularity, dtype=torch.float16)
+        assert Case.from_call(fia_kit.plan(case)).kv_quant == granularity
+    assert Case.from_call(fia_kit.plan(Case(dtype=torch.float16))).kv_quant == "none"
+
+
+def test_kv_quant_with_a_shared_prefix_says_the_case_cannot_build_it():
+    with pytest.raises(FIAArgumentError) as info:
+        Case(kv_quant="channel", prefix_len=2, dtype=torch.float16).build("v1")
+    assert info.value.parameter == "kv_quant + prefix_len"
+
+
+def test_alibi_pse_is_minus_slope_times_the_distance_to_the_diagonal():
+    case = Case(q_lens=(3, 2), kv_lens=(5, 6), heads=4, kv_heads=2, layout="BNSD", pse=True, pse_kind="alibi",
+                dtype=torch.float32)
+    pse = case.build("v1").kwargs["pse_shift"]
+    assert pse.shape == (2, 4, 3, 6)
+    for b, (lq, lk) in enumerate(zip(case.q_lens, case.kv_lens, strict=True)):
+        for n in range(4):
+            slope = 2 ** (-8 * (n + 1) / 4)  # ALiBi's geometric slopes, head 0 the steepest
+            for i in range(3):
+                for j in range(6):
+                    assert float(pse[b, n, i, j]) == pytest.approx(-slope * abs(j - (i + lk - lq)))
+    with pytest.raises(FIAArgumentError):
+        Case(pse_kind="sine")
+
+
+def test_tree_mask_case_is_v2_and_sees_context_plus_ancestors():
+    case = Case(q_lens=(4, 3), kv_lens=(9, 5), heads=2, kv_heads=1, head_dim=512, rope_dim=64, sparse_mode=9,
+                dtype=torch.float16)
+    assert case.natural_form == "v2" and case.mask == "auto"
+    mask = case.build().kwargs["atten_mask"]
+    assert mask.shape == (2, 4, 4)
+    ancestors = {0: {0}, 1: {0, 1}, 2: {0, 2}, 3: {0, 1, 3}}  # heap order: parent(t) = (t - 1) // 2
+    for b, lq in enumerate(case.q_lens):
+        for i in range(4):
+            for j in range(4):
+                assert bool(mask[b, i, j]) == (i >= lq or j >= lq or j not in ancestors[i])
+    packed = Case(q_lens=(4, 3), kv_lens=(9, 5), layout="TND", paged=True, heads=2, kv_heads=1, head_dim=512,
+                  rope_dim=64, sparse_mode=9, dtype=torch.float16).build().kwargs["atten_mask"]
+    assert packed.shape == (16 + 9,) and torch.equal(packed[:16].view(4, 4), mask[0])
+
+
+def test_reusing_tensors_draws_once_for_equal_shapes_and_builds_the_same_tensors(monkeypatch):
+    from fia_kit.case import reusing_tensors
+
+    draws = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: draws.append(a) or real(*a, **k))
+    base = Case(q_lens=(5, 3), kv_lens=(7, 6), pse=True, paged=True, dtype=torch.float32)
+    fresh = [base.build("v1"), base.replace(sparse_mode=3, dtype=torch.float16).build("v1")]
+    store: dict = {}
+    draws.clear()
+    with reusing_tensors(store):
+        again = [base.build("v1"), base.replace(sparse_mode=3, dtype=torch.float16).build("v1")]
+    assert len(draws) == 3 + 1 + 1  # q, k, v and pse once; the second build draws only its pse
+    for a, b in zip(fresh, again, strict=True):
+        assert torch.equal(a.query, b.query) and torch.equal(a.key, b.key) and torch.equal(a.value, b.value)
+        assert torch.equal(a.kwargs["pse_shift"], b.kwargs["pse_shift"])
+        assert torch.equal(a.kwargs["block_table"], b.kwargs["block_table"])
+    again[0].query.zero_()  # a build's tensors are its own: the store is not touched
+    with reusing_tensors(store):
+        assert torch.equal(base.build("v1").query, fresh[0].query)

@@ -162,20 +162,6 @@ def test_difference_figure_reports_max_error_against_tolerance():
     assert z.shape == (6, 4) and z[5, 3] == 0.25 and z.sum() == 0.25
 
 
-def test_paged_figure_follows_block_table():
-    g = torch.Generator().manual_seed(0)
-    cache = torch.randn(6, 16, 2 * 8, generator=g)
-    table = torch.tensor([[3, 1, 0], [2, 5, 4]], dtype=torch.int32)
-    q = torch.randn(2, 1, 2 * 8, generator=g)
-    problem = explain("v1", q, cache, cache, num_heads=2, input_layout="BSH", block_table=table, block_size=16,
-                      actual_seq_lengths_kv=[20, 40])
-    fig = F.paged_figure(problem, 0)
-    links = [(t.x[0], t.x[1]) for t in fig.data if t.mode == "lines"]
-    assert links == [(0, 3), (1, 1)]  # 20 tokens use 2 blocks of 16
-    physical = {t.name: list(t.x) for t in fig.data if t.mode == "markers+text" and t.y[0] == 0}
-    assert physical == {"physical blocks used by this batch": [1, 3], "other physical blocks": [0, 2, 4, 5]}
-
-
 def test_layout_figure_walks_memory_in_layout_order():
     fig = F.layout_figure("BSND_NBSD", batch=2, seq=2, heads=2)
     inputs, outputs = fig.data

@@ -155,15 +155,25 @@ def test_tree_mask_hides_draft_tokens_only(gen):
 
 
 @pytest.mark.slow
-def test_compiled_flex_equals_eager_flex(gen):
-    """mode="compiled" (torch.compile of flex_attention; ~10 s to compile on CPU) agrees with eager."""
-    q, k, v = (torch.randn(1, 2, 8, 16, generator=gen) for _ in range(3))
+@pytest.mark.parametrize("seq, dim", [(8, 16), (24, 8)])
+def test_compiled_flex_matches_a_float64_golden(gen, seq, dim):
+    """mode="compiled" (torch.compile of flex_attention; ~10 s a shape on CPU) against SDPA in float64.
+
+    These key counts and head dims are where torch 2.13's compiled CPU kernel returned zero or NaN rows on an
+    AVX2 machine when handed a ragged last key block; compiled flex pads the key axis (flex.COMPILED_BUCKET).
+    """
+    kv_len = seq - 2
     kw = dict(num_heads=2, input_layout="BNSD", scale=0.25, sparse_mode=3, atten_mask=compressed_causal_mask(),
-              actual_seq_lengths_kv=[6])
-    eager, _ = fia(q, k, v, **kw)
-    with flex.flex_mode("compiled"):
-        compiled, lse = fia(q, k, v, **kw)
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+              actual_seq_lengths_kv=[kv_len])
+    i, j = torch.arange(seq).unsqueeze(1), torch.arange(seq).unsqueeze(0)
+    allowed = (j <= i + kv_len - seq) & (j < kv_len)  # right-down causal: delta = L_kv - L_q = -2
+    for _ in range(8):  # the unpadded kernel read garbage: some draws came out right, most did not
+        q, k, v = (torch.randn(1, 2, seq, dim, generator=gen) for _ in range(3))
+        with flex.flex_mode("compiled"):
+            compiled, lse = fia(q, k, v, **kw)
+        expected = sdpa(q.double(), k.double(), v.double(), attn_mask=allowed, scale=0.25)
+        expected[:, :, ~allowed.any(1)] = 0.0  # rows without a key in the band are written as 0 (spec 7)
+        torch.testing.assert_close(compiled.double(), expected, atol=1e-5, rtol=1e-5)
     assert lse.numel() == 0
 
 
@@ -182,3 +192,25 @@ def test_flex_on_cuda_matches_the_reference():
     torch.testing.assert_close(out.cpu().double(), ref_out.double(), atol=1e-2, rtol=1e-2)
     finite = torch.isfinite(ref_lse)
     torch.testing.assert_close(lse.cpu()[finite], ref_lse[finite], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_flex_reuses_its_kernel_within_a_bucket():
+    """Lengths that change inside one COMPILED_BUCKET (rows and keys padded to 128) compile once, and stay exact."""
+    from torch._dynamo.utils import counters
+
+    import fia_kit
+
+    compiled_frames = []
+    for length in (100, 120):
+        case = fia_kit.Case(q_lens=(length,), kv_lens=(length,), heads=2, kv_heads=1, head_dim=32, sparse_mode=3,
+                            dtype=torch.float32, return_lse=False, seed=length)
+        plan = fia_kit.plan(case)
+        before = counters["stats"]["unique_graphs"]
+        out, _ = flex.run_plan(plan, mode="compiled")
+        compiled_frames.append(counters["stats"]["unique_graphs"] - before)
+        q, k, v = plan.query.double(), plan.key.double(), plan.value.double()
+        expected = sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True,
+                        scale=plan.scale)  # S_q == S_kv: right-down causal is the usual causal
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    assert compiled_frames[1] == 0, compiled_frames

@@ -14,7 +14,7 @@ from fia_kit.masks import compressed_causal_mask
 
 
 def _args(**changes):
-    built = Case(**changes).build("v1")
+    built = Case(**{"dtype": torch.float32, **changes}).build("v1")  # the rules below are written for float32
     return built.query, built.key, built.value, dict(built.kwargs)
 
 

@@ -8,6 +8,7 @@ backend line or spec pointer.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -26,6 +27,9 @@ SOURCES = notebook_tools.sources(NOTEBOOK_DIR)
 MAX_FILE_BYTES = 1_500_000
 MAX_WIDGET_STATE_BYTES = 4_000
 BACKEND_LINE = re.compile(r"backend\W+(reference|compiled|npu-graph|npu)\b", re.IGNORECASE)
+# A check printed as a verdict ("...== SDPA: True"): a learner reads a value, a table or a figure instead, and the
+# assertion lives in tests/ (notebooks/README.md).
+BOOLEAN_CHECK = re.compile(r"\b(True|False)\W*$", re.MULTILINE)
 SPEC_POINTER = re.compile(r"\bspec(?:ification)?\b\W{0,3}(?:section\s+|§\s*)?\d+(?:\.\d+)?", re.IGNORECASE)
 
 
@@ -124,6 +128,30 @@ def test_notebook_is_stored_as_jupyterlab_saves_it(path: Path) -> None:
         f"{path.name}: language_info is not the kernel's (JupyterLab would rewrite it): {info}"
     assert text.endswith("}\n"), f"{path.name}: JupyterLab ends the file with a newline"
     assert all(c.get("id") for c in notebook["cells"]), f"{path.name}: cells without ids"
+    undrawn = [i for i, c in enumerate(notebook["cells"]) for o in c.get("outputs", [])
+               if notebook_tools.PLOTLY_MIME in o.get("data", {}) and "image/png" not in o["data"]]
+    assert not undrawn, (f"{path.name}: plotly outputs of cells {undrawn} have no stored PNG; plotly's Lab renderer "
+                         "would write one on opening (marking the notebook modified): rebuild it")
+
+
+def test_static_images_are_real_pngs_of_the_figure_size() -> None:
+    """``add_static_images`` draws each plotly output into a PNG of the layout's size (read from its IHDR)."""
+    if not Path(notebook_tools.CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (`make browser-deps`)")
+    import base64
+    import struct
+
+    import nbformat
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]), layout=dict(width=480, height=300))
+    output = nbformat.v4.new_output("display_data", data={notebook_tools.PLOTLY_MIME: figure.to_plotly_json()})
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[output])])
+    assert notebook_tools.add_static_images(notebook) == 1
+    png = base64.b64decode(notebook.cells[0].outputs[0]["data"]["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (480, 300)
+    assert notebook_tools.add_static_images(notebook) == 0  # already drawn: nothing to add
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -140,9 +168,59 @@ def test_notebook_points_to_a_spec_section(path: Path) -> None:
     assert SPEC_POINTER.search(text), f"{path.name} never refers to a spec section (e.g. 'spec section 6.3')"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shows_values_not_boolean_checks(path: Path) -> None:
+    """No output line ends in True/False: show the number, a table or a figure; assert in tests/."""
+    found = [(i, line) for i, c in enumerate(_code_cells(_load(path))) for o in c["outputs"]
+             for line in _text(o).splitlines() if BOOLEAN_CHECK.search(line)]
+    assert not found, f"{path.name} prints checks as booleans (code cell, line): {found}"
+
+
+def _private_reaches(code: str) -> list[str]:
+    """What ``code`` takes from fia_kit outside its public surface: names not in ``fia_kit.__all__``, modules that
+    are not public submodules (``fia_kit.masks`` is one, ``fia_kit.kernel`` is not), private names."""
+    import ast
+
+    import fia_kit
+
+    public = set(fia_kit.__all__)
+    modules = {name for name in public if inspect.ismodule(getattr(fia_kit, name))}
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "fia_kit":
+            parts = node.module.split(".")
+            if len(parts) == 1:
+                found += [f"from fia_kit import {a.name}" for a in node.names if a.name not in public]
+            elif len(parts) > 2 or parts[1] not in modules:
+                found.append(f"from {node.module} import ...")
+            else:
+                found += [f"from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("fia_kit.")
+                      and a.name.split(".")[1] not in modules]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "fia_kit" \
+                and node.attr not in public:
+            found.append(f"fia_kit.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_notebook_uses_only_the_public_surface(source: Path) -> None:
+    """Notebooks teach what users may call: ``fia_kit.__all__`` and the public submodules, nothing private."""
+    assert _private_reaches(source.read_text(encoding="utf-8")) == [], source.name
+
+
 def test_checks_can_fail() -> None:
-    """The patterns reject what they must: a cell without backend line, text without a spec pointer."""
+    """The patterns reject what they must: a cell without backend line, text without a spec pointer, a verdict."""
     assert not BACKEND_LINE.search("import torch\n")
     assert BACKEND_LINE.search("this notebook runs on backend: reference\n")
     assert not SPEC_POINTER.search("see the specification for details")
     assert SPEC_POINTER.search("spec section 6.3") and SPEC_POINTER.search("(spec 5.2)")
+    assert sorted(_private_reaches("from fia_kit.kernel import run_plan\nimport fia_kit\nfia_kit.kernel\n"
+                                   "from fia_kit import _LAZY\nfrom fia_kit.masks import _band\n")) == [
+        "fia_kit.kernel", "from fia_kit import _LAZY", "from fia_kit.kernel import ...",
+        "from fia_kit.masks import _band"]
+    assert _private_reaches("import fia_kit\nfrom fia_kit import plan\nfrom fia_kit.masks import "
+                            "compressed_causal_mask\nfia_kit.masks.INT_MAX\n") == []
+    assert BOOLEAN_CHECK.search("== SDPA with repeat_interleave(G): True\n") and BOOLEAN_CHECK.search("False")
+    assert not BOOLEAN_CHECK.search("BNSD paged: True q_lens: (5,)\nmax |a - b| 0.0005 x tolerance 0.2 yes\n")

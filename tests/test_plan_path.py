@@ -20,7 +20,7 @@ from fia_kit.environment import detect
 from fia_kit.errors import FIAArgumentError
 from fia_kit.reference import op_outputs
 
-V2_ONLY = Case(q_lens=(5, 3), kv_lens=(9, 6), heads=4, kv_heads=2, head_dim=64, sinks=True)
+V2_ONLY = Case(q_lens=(5, 3), kv_lens=(9, 6), heads=4, kv_heads=2, head_dim=64, sinks=True, dtype=torch.float32)
 
 
 @pytest.fixture

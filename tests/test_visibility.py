@@ -13,14 +13,15 @@ import fia_kit
 from fia_kit.case import Case
 from fia_kit.kernel import RowStatus, run_plan
 
+F32 = torch.float32  # the flex comparison below uses float32 tolerances
 CASES = {
-    "right-down causal": Case(q_lens=(3, 4), kv_lens=(5, 4), sparse_mode=3),
-    "band": Case(q_lens=(6,), kv_lens=(9,), sparse_mode=4, pre_tokens=2, next_tokens=1),
-    "padding mask": Case(q_lens=(4, 2), kv_lens=(3, 6), sparse_mode=1),
-    "explicit causal + prefix": Case(q_lens=(4, 3), kv_lens=(5, 6), mask="causal", prefix_len=2),
-    "decode with mask": Case(q_lens=(1, 1), kv_lens=(7, 4), sparse_mode=1),
-    "paged causal": Case(q_lens=(3, 2), kv_lens=(40, 9), sparse_mode=3, paged=True, block_size=16),
-    "TND sinks": Case(q_lens=(5, 3), kv_lens=(9, 6), heads=4, kv_heads=2, sinks=True, sparse_mode=3),
+    "right-down causal": Case(q_lens=(3, 4), kv_lens=(5, 4), sparse_mode=3, dtype=F32),
+    "band": Case(q_lens=(6,), kv_lens=(9,), sparse_mode=4, pre_tokens=2, next_tokens=1, dtype=F32),
+    "padding mask": Case(q_lens=(4, 2), kv_lens=(3, 6), sparse_mode=1, dtype=F32),
+    "explicit causal + prefix": Case(q_lens=(4, 3), kv_lens=(5, 6), mask="causal", prefix_len=2, dtype=F32),
+    "decode with mask": Case(q_lens=(1, 1), kv_lens=(7, 4), sparse_mode=1, dtype=F32),
+    "paged causal": Case(q_lens=(3, 2), kv_lens=(40, 9), sparse_mode=3, paged=True, block_size=16, dtype=F32),
+    "TND sinks": Case(q_lens=(5, 3), kv_lens=(9, 6), heads=4, kv_heads=2, sinks=True, sparse_mode=3, dtype=F32),
 }
 
 

@@ -41,10 +41,11 @@ class ComparisonRow:
     Attributes:
         out_abs, out_rel: max |x - ref| and max |x - ref| / max(|ref|, tiny) of attention_out.
         lse_abs: max |lse - ref_lse| (None when the call did not ask for the LSE).
+        out_tolerance, lse_tolerance: the worst error in units of the tolerance, max |x - ref| / (atol + rtol *
+            |ref|) (``TOLERANCES`` by dtype; ``LSE_TOLERANCE`` for the LSE, None without one): 1 is the limit.
         golden_ratio: max error vs a float64 golden over the reference's own max error vs it (the FlexAttention
             scheme; None when no golden could be computed).
-        within_tolerance: every element within atol + rtol * |ref| (``TOLERANCES`` by dtype) and the LSE within
-            ``LSE_TOLERANCE``.
+        within_tolerance: both of those at most 1: every element within atol + rtol * |ref|.
         within_golden: error vs golden <= factor * the reference's error vs golden (+ 1e-6 floor).
         method12: the op's own precision standard (spec 25.4, ``fia_kit.precision``): MARE / MERE / RMSE vs the
             golden within 10x / 2x / 2x the reference's (the benchmark); None without a golden.
@@ -59,6 +60,8 @@ class ComparisonRow:
     within_golden: bool | None
     seconds: float
     method12: Method12 | None = None
+    out_tolerance: float = 0.0
+    lse_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ class Comparison:
         return all(r.within_tolerance for r in self.rows)
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
-        head = ["backend", "out max abs", "out max rel", "lse max abs", "vs golden (x ref)", "tolerance", "golden",
-                "method 12 (max/mean/rmse, x ref)", "seconds"]
+        head = ["backend", "out err (x tolerance)", "lse err (x tolerance)", "out max abs", "out max rel",
+                "lse max abs", "vs golden (x ref's err)", "tolerance", "golden", "method 12 (max/mean/rmse, x ref)",
+                "seconds"]
         fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
         yes = lambda b: "-" if b is None else ("pass" if b else "FAIL")  # noqa: E731
 
@@ -85,7 +89,8 @@ class Comparison:
             if v is None:
                 return "-"
             return f"{yes(v.passed)} " + "/".join(f"{x:.2g}" for x in v.ratios.values())
-        body = [[r.backend, fmt(r.out_abs), fmt(r.out_rel), fmt(r.lse_abs), fmt(r.golden_ratio),
+        body = [[r.backend, fmt(r.out_tolerance), fmt(r.lse_tolerance), fmt(r.out_abs), fmt(r.out_rel),
+                 fmt(r.lse_abs), fmt(r.golden_ratio),
                  yes(r.within_tolerance), yes(r.within_golden), m12(r.method12), f"{r.seconds:.4f}"]
                 for r in self.rows]
         return head, body
@@ -142,11 +147,12 @@ def compare(target: Any, backends: list[str] | None = None, *, factor: float = 1
         result = run_plan_on(the_plan, backend, options, repeat)
         out = _rows(result.attention_out.cpu(), the_plan, computed, output=True)
         lse = result.softmax_lse.cpu()
-        lse_abs = _max_abs(_rows(lse, the_plan, computed, output=False), ref_lse) if lse.numel() else None
+        lse_rows = _rows(lse, the_plan, computed, output=False) if lse.numel() else None
+        lse_abs = _max_abs(lse_rows, ref_lse) if lse_rows is not None else None
         diff = (out.double() - ref_out.double()).abs()
-        ok = bool((diff <= atol + rtol * ref_out.double().abs()).all())
-        if lse_abs is not None:
-            ok = ok and lse_abs <= LSE_TOLERANCE[0] + LSE_TOLERANCE[1] * _amax(ref_lse.abs())
+        out_tol = _tolerance_units(out, ref_out, atol, rtol)
+        lse_tol = _tolerance_units(lse_rows, ref_lse, *LSE_TOLERANCE) if lse_rows is not None else None
+        ok = out_tol <= 1 and (lse_tol is None or lse_tol <= 1)
         ratio = within = verdict = None
         if golden is not None:
             err = _max_abs(out, golden)
@@ -154,7 +160,7 @@ def compare(target: Any, backends: list[str] | None = None, *, factor: float = 1
             within = err <= factor * base_err + 1e-6
             verdict = method12(out, ref_out, golden)
         rows.append(ComparisonRow(backend, _amax(diff), _amax(diff / ref_out.double().abs().clamp_min(1e-6)),
-                                  lse_abs, ratio, ok, within, result.timings["median"], verdict))
+                                  lse_abs, ratio, ok, within, result.timings["median"], verdict, out_tol, lse_tol))
     return Comparison(dtype, int(computed.sum()), computed.numel(), rows)
 
 
@@ -186,6 +192,16 @@ def _rows(x: torch.Tensor, the_plan: Plan, computed: torch.Tensor, output: bool)
     else:
         rows = x[..., 0].permute(0, 2, 1)  # (B, N, S, 1) -> (B, S, N)
     return rows[computed.bool()]
+
+
+def _tolerance_units(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> float:
+    """max |x - ref| / (atol + rtol * |ref|) elementwise: at most 1 when every element is within tolerance.
+
+    Equal values (both infinite included) are 0; one infinite and the other not is inf.
+    """
+    x, ref = x.double(), ref.double()
+    diff = torch.where(x == ref, torch.zeros_like(x), (x - ref).abs())
+    return _amax(diff / (atol + rtol * ref.abs().nan_to_num(posinf=0.0)))
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

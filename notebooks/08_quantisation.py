@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 7 · Quantisation: int8/int4 K/V, int8 output, full int8
+# # 8 · Quantisation: int8/int4 K/V, int8 output, full int8
 #
 # Three families (spec section 16), all computed by `fia_kit.quant` in the reference:
 #
@@ -16,11 +16,11 @@
 
 # %%
 import torch
+from IPython.display import display
 
 import fia_kit
-from fia_kit import quant
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, diagrams, parse_call, quant
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -40,17 +40,25 @@ def op(form, q, k, v, **options):
     return result.attention_out.cpu(), result.softmax_lse.cpu()
 
 
-def close(a, b):
-    return torch.allclose(a.float(), b.float(), atol=atol, rtol=rtol)
-
-
 # %% [markdown]
 # ## int8 K/V antiquant (decode)
 #
 # The separated form (`key_antiquant_scale`, `value_antiquant_scale`, their offsets and modes) picks what one
 # scale covers (spec 16.3 table): mode 0 per channel or per tensor, 1 per token, 2 per head, 3 per token and
-# head, 4/5 per token in the paged layout. S_q > 1 allows modes 0 and 1 only. `quant.quantize_kv` returns the
-# int8 tensor and the scale in the op's shape for a granularity:
+# head, 4/5 per token in the paged layout. S_q > 1 allows modes 0 and 1 only.
+#
+# Which elements share one scale (and one offset)? The figure numbers the scale tensor of each granularity
+# 0, 1, 2, ... in the op's shape and colours every element of a small K (B = 2, N_kv = 2, S = 4, D = 8; rows are
+# batch, head, token; columns channels) by the scale the op applies to it: one value for the tensor, one per
+# (head, channel), one per (batch, token), one per head, one per (batch, head, token). The kit plans a call with each
+# scale and reads the numbers back through its own dequantisation (`fia_kit.diagrams.scale_indices`).
+
+# %% tags=["nbval-ignore-output"]
+# Figure output is ignored by nbval (tag nbval-ignore-output): plotly's JSON is machine-variable.
+diagrams.antiquant_scale_figure().show()
+
+# %% [markdown]
+# `quant.quantize_kv` returns the int8 tensor and the scale in the op's shape for a granularity:
 
 # %%
 B, N, N_kv, S_kv, D = 2, 8, 2, 40, 64
@@ -65,9 +73,10 @@ out, _ = op("v1", q, k_i8, v_i8, key_antiquant_scale=k_scale, value_antiquant_sc
 
 k_deq = (k_scale[..., None] * k_i8.float()).repeat_interleave(N // N_kv, 1)   # scale * (x + 0), by hand
 v_deq = (v_scale[..., None] * v_i8.float()).repeat_interleave(N // N_kv, 1)
-print("== SDPA on the hand-dequantised K/V:", close(out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5)))
 exact = SDPA(q.float(), k_fp.float().repeat_interleave(4, 1), v_fp.float().repeat_interleave(4, 1), scale=D ** -0.5)
-print("max |out - float attention| < 0.02 (int8 rounding only):", float((out.float() - exact).abs().max()) < 0.02)
+display(agreement({"vs SDPA on the hand-dequantised K/V": (out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5))},
+                  atol, rtol))
+agreement({"vs float attention on the unquantised K/V (int8 rounding only)": (out, exact)}, 0.02, 0)
 
 # %% [markdown]
 # ### Offsets: `scale · (x + offset)`
@@ -86,9 +95,9 @@ k_deq = (k_scale.float() * (k_i8.float() + k_offset.float())).repeat_interleave(
 v_deq = (v_scale.float() * (v_i8.float() + v_offset.float())).repeat_interleave(4, 1)
 # (A per-channel key offset shifts each score row by a constant, which softmax ignores: V shows the order.)
 v_wrong = (v_scale.float() * v_i8.float() + v_offset.float()).repeat_interleave(4, 1)
-print("offsets", tuple(k_offset.shape), "are integers:", bool((k_offset == k_offset.round()).all()))
-print("== SDPA with scale*(x + offset):  ", close(out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5)))
-print("== SDPA with V = scale*x + offset:", close(out, SDPA(q.float(), k_deq, v_wrong, scale=D ** -0.5)))
+print("offsets", tuple(k_offset.shape), "of kv head 0, channels 0..5:", k_offset[0, 0, 0, :6].tolist())
+agreement({"vs SDPA with K, V = scale·(x + offset)": (out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5)),
+           "vs SDPA with V = scale·x + offset": (out, SDPA(q.float(), k_deq, v_wrong, scale=D ** -0.5))}, atol, rtol)
 
 # %% [markdown]
 # ## int4 K/V: eight values per int32
@@ -107,13 +116,14 @@ print("unpack round trip:", quant.unpack_int4(word).tolist())
 k_i4, k_scale, _ = quant.quantize_kv(k_fp, "channel", bits=4)
 v_i4, v_scale, _ = quant.quantize_kv(v_fp, "channel", bits=4)
 k_packed, v_packed = quant.pack_int4(k_i4), quant.pack_int4(v_i4)
-print("packed key:", tuple(k_packed.shape), k_packed.dtype, "| values in [-8, 7]:",
-      int(k_i4.min()) >= -8 and int(k_i4.max()) <= 7)
+print("packed key:", tuple(k_packed.shape), k_packed.dtype, "| int4 values from", int(k_i4.min()), "to",
+      int(k_i4.max()))
 out, _ = op("v1", q, k_packed, v_packed, key_antiquant_scale=k_scale.half(), value_antiquant_scale=v_scale.half(),
             num_heads=N, num_key_value_heads=N_kv, input_layout="BNSD", scale=D ** -0.5)
 k_deq = (k_scale.half().float() * k_i4.float()).repeat_interleave(4, 1)
 v_deq = (v_scale.half().float() * v_i4.float()).repeat_interleave(4, 1)
-print("== SDPA on the hand-unpacked, dequantised K/V:", close(out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5)))
+agreement({"vs SDPA on the hand-unpacked, dequantised K/V": (out, SDPA(q.float(), k_deq, v_deq, scale=D ** -0.5))},
+          atol, rtol)
 
 # %% [markdown]
 # ## int8 output: `quant_scale2` / `quant_offset2` (v2: `quant_scale_out` / `quant_offset_out`)
@@ -135,7 +145,7 @@ for out_scale in (100.0, 2000.0):
     by_hand = (float_out.float() * out_scale + 3.0).round().clamp(-128, 127)
     off_by = (out_i8.float() - by_hand).abs()
     print(f"scale {out_scale:6.0f}: dtype {out_i8.dtype}, saturated {float((out_i8.abs() >= 127).float().mean()):.0%}"
-          f" | within 1 of round(O*scale+offset) from the fp16 output: {bool((off_by <= 1).all())}")
+          f" | largest |out_i8 - round(O·scale + offset)| from the fp16 output: {float(off_by.max()):.0f}")
 
 # %% [markdown]
 # ## v1 full quantisation: int8 Q, K and V
@@ -152,11 +162,12 @@ for out_scale in (100.0, 2000.0):
 # %%
 encoded = quant.encode_trans_quant_param(torch.tensor([0.01]))
 bits = int(encoded.view(torch.int64))
-print("dtype:", encoded.dtype, "| bit 46 set:", bool(bits >> 46 & 1), "| low 32 bits:", format(bits & 0xFFFFFFFF, "08X"))
+print("dtype:", encoded.dtype, "| bit 46:", bits >> 46 & 1, "| low 32 bits:", format(bits & 0xFFFFFFFF, "08X"))
 print("float32 bits of 0.01:", format(int(torch.tensor([0.01]).view(torch.int32)) & 0xFFFFFFFF, "08X"),
       "-> 13 low bits cleared")
 decoded = float(quant.decode_trans_quant_param(encoded))
-print("decoded relative error < 2**-10 (FP19 keeps 10 mantissa bits):", abs(decoded - 0.01) / 0.01 < 2 ** -10)
+print(f"decoded {decoded:.8f}: relative error {abs(decoded - 0.01) / 0.01:.1e}, under 2**-10 = {2 ** -10:.1e} "
+      "(FP19 keeps 10 mantissa bits)")
 
 # %%
 q, k, v = randn(1, 4, 8, 64), randn(1, 4, 16, 64), randn(1, 4, 16, 64)
@@ -164,8 +175,8 @@ q_i8, k_i8, v_i8, scales = quant.full_quant_inputs(q, k, v, encode=True)
 print({name: (tuple(t.shape), str(t.dtype)) for name, t in scales.items()})
 out, _ = op("v1", q_i8, k_i8, v_i8, **scales, num_heads=4, input_layout="BNSD", scale=0.125)
 exact = SDPA(q.float(), k.float(), v.float(), scale=0.125)
-error = float((out.float() - exact).abs().max())
-print("output dtype:", out.dtype, "| max |out - float attention| < 0.05 (int8 Q, K, V and P):", error < 0.05)
+print("output dtype:", out.dtype)
+agreement({"int8 Q, K, V and P vs float attention": (out, exact)}, 0.05, 0)
 
 # %% [markdown]
 # ## v2 MLA full quantisation: `dequant_scale_query`
@@ -191,8 +202,7 @@ k_deq = torch.cat([k_scale * k_i8.float(), k_pe.float()], -1).expand(B, N, S_kv,
 v_deq = (k_scale * k_i8.float()).expand(B, N, S_kv, 512)
 expected = SDPA(q_deq, k_deq, v_deq, scale=scale)
 print("output:", tuple(out.shape), out.dtype)
-print("== SDPA on the dequantised concatenation (bf16 tolerance):",
-      torch.allclose(out.float(), expected, **dict(zip(("atol", "rtol"), TOLERANCES[torch.bfloat16], strict=True))))
+agreement({"vs SDPA on the dequantised concatenation": (out, expected)}, *TOLERANCES[torch.bfloat16])
 
 # %% [markdown]
 # ## Summary
@@ -201,3 +211,5 @@ print("== SDPA on the dequantised concatenation (bf16 tolerance):",
 #   **[inferred]** (open question 5).
 # * int8 output: half-to-even rounding and saturation **[inferred]** (open question 4).
 # * v1 full quant: uint64 `npu_trans_quant_param` scales (FP19 + bit 46); v2: MLA with `dequant_scale_query`.
+#
+# Next: [09 · graph mode and profiling](09_graph_mode_and_profiling.ipynb).

@@ -1,22 +1,21 @@
 # %% [markdown]
-# # 6 · GQA, MLA rope parts, learnable sinks, shared prefix, pse_shift
+# # 7 · Learnable sinks, shared prefix, pse_shift
 #
-# Five features that change *which* keys a query head sees or *what* gets added to its scores. Each section
-# states the rule, runs the op (the reference here, torch_npu's op on an Ascend box) and checks it against an
-# independent computation with PyTorch's `scaled_dot_product_attention` (SDPA) or plain tensor maths.
+# Three features that change *what* a query row attends to: an extra logit in its softmax denominator, a prefix of
+# keys every batch shares, an additive bias on its scores. Each section states the rule, runs the op (the reference
+# here, torch_npu's op on an Ascend box) and compares it with an independent computation with PyTorch's
+# `scaled_dot_product_attention` (SDPA) or plain tensor maths.
 #
-# Spec ([docs/](../docs/README.md)): section 9 *pse_shift*, section 10 *GQA / MQA*, section 12 *MLA:
-# query_rope / key_rope*, section 13 *learnable_sink*, section 14 *Shared prefix*, section 8 *softmax_lse*,
-# section 23 *Open questions*.
+# Spec ([docs/](../docs/README.md)): section 9 *pse_shift*, section 13 *learnable_sink*, section 14 *Shared prefix*,
+# section 8 *softmax_lse*, section 23 *Open questions*.
 
 # %%
-import math
-
 import torch
+from IPython.display import display
 
 import fia_kit
-from fia_kit.backends import TOLERANCES
-from fia_kit.call import parse_call
+from fia_kit import TOLERANCES, parse_call
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -36,79 +35,6 @@ def op(form, q, k, v, **options):
     result = fia_kit.run(parse_call(form, q, k, v, options), BACKEND)
     return result.attention_out.cpu(), result.softmax_lse.cpu()
 
-
-def close(a, b):
-    return torch.allclose(a.float(), b.float(), atol=atol, rtol=rtol)
-
-
-# %% [markdown]
-# ## GQA: query head `n` reads KV head `n // G`
-#
-# With `N_q` query heads and `N_kv` key/value heads (`G = N_q / N_kv` an integer, at most 64), query head `n`
-# uses KV head `floor(n / G)`: **contiguous groups**, exactly `repeat_interleave(G, dim=head)` of K and V
-# (spec section 10; evidence: the kernels' `n2Idx * gSize + g` indexing). `num_key_value_heads = 0` means
-# `N_kv = N_q`. Output and LSE keep `N_q` heads.
-
-# %%
-N_q, N_kv, D = 8, 2, 64
-G = N_q // N_kv
-q, k, v = randn(1, N_q, 5, D), randn(1, N_kv, 7, D), randn(1, N_kv, 7, D)
-out, _ = op("v1", q, k, v, num_heads=N_q, num_key_value_heads=N_kv, input_layout="BNSD", scale=D ** -0.5)
-print("query head -> kv head:", {n: n // G for n in range(N_q)})
-print("output keeps N_q heads:", tuple(out.shape))
-
-interleaved = SDPA(q.float(), k.float().repeat_interleave(G, 1), v.float().repeat_interleave(G, 1), scale=D ** -0.5)
-tiled = SDPA(q.float(), k.float().repeat(1, G, 1, 1), v.float().repeat(1, G, 1, 1), scale=D ** -0.5)
-print("== SDPA with repeat_interleave(G) (heads 0..3 -> kv 0, 4..7 -> kv 1):", close(out, interleaved))
-print("== SDPA with tiled repeat (heads 0,2,4,6 -> kv 0):                 ", close(out, tiled))
-
-# %% [markdown]
-# ## MLA: rope parts are concatenated along D, not rotated
-#
-# `query_rope` / `key_rope` (both or neither, head dim **64**) join the scores as
-# `s = scale · (⟨q_nope, k_nope⟩ + ⟨q_rope, k_rope⟩)`: the same as concatenating them onto q and k along D
-# before `q·kᵀ` (spec section 12). The English doc's "RoPE(query, query_rope)" suggests a rotation; none is
-# applied (the cube kernel copies the rope parts next to the nope parts in L1 and multiplies once). Values have
-# no rope part, so the output D is the value's D. The scale is the caller's: the doc uses `1/sqrt(D + 64)`.
-#
-# Two shapes exist: **D = 128** (prefill MLA) and **D = 512** (decode MLA, `N_kv = 1`, typically
-# `key = value = k_nope` in absorbed MLA as vLLM-Ascend calls it).
-
-# %%
-# Prefill MLA: D = 128 (+ 64 rope), GQA 4 -> 1, BNSD.
-q, k, v = randn(1, 4, 6, 128), randn(1, 1, 9, 128), randn(1, 1, 9, 128)
-q_rope, k_rope = randn(1, 4, 6, 64), randn(1, 1, 9, 64)
-scale = 1 / math.sqrt(128 + 64)
-out, _ = op("v2", q, k, v, query_rope=q_rope, key_rope=k_rope, num_query_heads=4, num_key_value_heads=1,
-            input_layout="BNSD", softmax_scale=scale)
-concatenated = SDPA(torch.cat([q, q_rope], -1).float(), torch.cat([k, k_rope], -1).float().expand(1, 4, 9, 192),
-                    v.float().expand(1, 4, 9, 128), scale=scale)
-without_rope = SDPA(q.float(), k.float().expand(1, 4, 9, 128), v.float().expand(1, 4, 9, 128), scale=scale)
-print("output D = value's D:", out.shape[-1])
-print("== SDPA on [q, q_rope] . [k, k_rope] (concatenated along D):", close(out, concatenated))
-print("== SDPA ignoring the rope parts:                            ", close(out, without_rope))
-
-# %%
-# Decode MLA: D = 512, N_kv = 1, S_q = 1, key = value = k_nope (absorbed MLA).
-q_nope, k_nope = randn(2, 16, 1, 512), randn(2, 1, 32, 512)
-q_pe, k_pe = randn(2, 16, 1, 64), randn(2, 1, 32, 64)
-scale = 1 / math.sqrt(512 + 64)
-out, lse = op("v2", q_nope, k_nope, k_nope, query_rope=q_pe, key_rope=k_pe, num_query_heads=16,
-              num_key_value_heads=1, input_layout="BNSD", softmax_scale=scale)
-expected = SDPA(torch.cat([q_nope, q_pe], -1).float(), torch.cat([k_nope, k_pe], -1).float().expand(2, 16, 32, 576),
-                k_nope.float().expand(2, 16, 32, 512), scale=scale)
-print("decode MLA output:", tuple(out.shape), "== SDPA on the concatenation:", close(out, expected))
-
-# %% [markdown]
-# Any other query D with rope parts is refused before compute, naming the parameter and the rule
-# (`fia_kit.FIAArgumentError`):
-
-# %%
-try:
-    op("v2", randn(1, 4, 3, 64), randn(1, 4, 5, 64), randn(1, 4, 5, 64), query_rope=randn(1, 4, 3, 64),
-       key_rope=randn(1, 4, 5, 64), num_query_heads=4, input_layout="BNSD")
-except fia_kit.FIAArgumentError as error:
-    print("refused:", error.parameter, "->", error.rule)
 
 # %% [markdown]
 # ## learnable_sink (v2 only): an extra logit in every row's denominator
@@ -133,10 +59,10 @@ sink = torch.randn(4, generator=g).to(torch.bfloat16)
 sink_options = dict(num_query_heads=4, num_key_value_heads=2, input_layout="TND", actual_seq_qlen=[3, 7],
                     actual_seq_kvlen=[4, 9], learnable_sink=sink, softmax_scale=0.125, return_softmax_lse=True)
 row_sums, lse = op("v2", q, k, ones, **sink_options)
-print("sink (rounded):", [round(float(x), 2) for x in sink])
-print("every row's weights sum to less than 1:", bool((row_sums[..., 0] < 1).all()))
-print("smallest / largest row sum:", round(float(row_sums[..., 0].min()), 2), "/",
-      round(float(row_sums[..., 0].max()), 2))
+print("sink logit per head:", [round(float(x), 2) for x in sink])
+print("row sums Σ_j p[i, j] (packed row t, then one column per query head):")
+for t in range(7):
+    print(f"  t={t} (batch {0 if t < 3 else 1}):", "  ".join(f"{float(x):.2f}" for x in row_sums[t, :, 0]))
 
 # %% [markdown]
 # An independent golden, as op-plugin's test writes it: per batch, scores in float32, the sink appended as a
@@ -160,10 +86,11 @@ for lq, lk in zip(q_lens, kv_lens, strict=True):
     lse_without_sink.append(s.logsumexp(-1).transpose(0, 1))
     lse_with_sink.append(with_sink.logsumexp(-1).transpose(0, 1))
     q_start, kv_start = q_start + lq, kv_start + lk
-print("== golden (softmax over [scores, sink], sink column dropped):", close(out, torch.cat(golden)))
+display(agreement({"attention_out vs the golden (softmax over [scores, sink], sink column dropped)":
+                   (out, torch.cat(golden))}, atol, rtol))
 lse = lse[..., 0]
-print("LSE == logsumexp without the sink [inferred]:", torch.allclose(lse, torch.cat(lse_without_sink), atol=1e-4))
-print("LSE == logsumexp with the sink:              ", torch.allclose(lse, torch.cat(lse_with_sink), atol=1e-4))
+agreement({"LSE vs logsumexp of the scores without the sink [inferred]": (lse, torch.cat(lse_without_sink)),
+           "LSE vs logsumexp with the sink": (lse, torch.cat(lse_with_sink))}, 1e-4, 0)
 
 # %% [markdown]
 # ## Shared prefix (v1 only): every batch first attends to the same prefix rows
@@ -179,11 +106,19 @@ k_prefix, v_prefix = randn(1, 4, 10, 64), randn(1, 4, 10, 64)
 P, kv_lens = 7, [6, 4]
 out, _ = op("v1", q, k, v, key_shared_prefix=k_prefix, value_shared_prefix=v_prefix, actual_shared_prefix_len=[P],
             actual_seq_lengths_kv=kv_lens, num_heads=4, input_layout="BNSD", scale=0.125)
-for b, L in enumerate(kv_lens):
-    keys = torch.cat([k_prefix[0, :, :P], k[b, :, :L]], 1).float()
-    values = torch.cat([v_prefix[0, :, :P], v[b, :, :L]], 1).float()
-    print(f"batch {b}: {P} prefix + {L} own keys; == SDPA over prefix[:P] + kv[:L_kv]:",
-          close(out[b], SDPA(q[b].float(), keys, values, scale=0.125)))
+def sdpa_over(b, keys, values):
+    return SDPA(q[b].float(), torch.cat(keys, 1).float(), torch.cat(values, 1).float(), scale=0.125)
+
+
+agreement({
+    **{f"batch {b}: vs SDPA over prefix[:{P}] + kv[:{L}]": (
+        out[b], sdpa_over(b, [k_prefix[0, :, :P], k[b, :, :L]], [v_prefix[0, :, :P], v[b, :, :L]]))
+       for b, L in enumerate(kv_lens)},
+    f"batch 0: vs SDPA over the whole prefix (10 rows) + kv[:{kv_lens[0]}]": (
+        out[0], sdpa_over(0, [k_prefix[0], k[0, :, :kv_lens[0]]], [v_prefix[0], v[0, :, :kv_lens[0]]])),
+    f"batch 1: vs SDPA over kv[:{kv_lens[1]}] alone": (
+        out[1], sdpa_over(1, [k[1, :, :kv_lens[1]]], [v[1, :, :kv_lens[1]]])),
+}, atol, rtol)
 
 # %%
 try:
@@ -205,8 +140,8 @@ pse = randn(1, 4, 5, 8)   # batch 1 broadcasts over B; the head axis is required
 out, _ = op("v1", q, k, v, pse_shift=pse, num_heads=4, input_layout="BNSD", scale=0.125)
 added_after = SDPA(q.float(), k.float(), v.float(), attn_mask=pse.float(), scale=0.125)  # scale*qk + pse
 scaled_too = SDPA(q.float(), k.float(), v.float(), attn_mask=0.125 * pse.float(), scale=0.125)
-print("== scale*q.k + pse:         ", close(out, added_after))
-print("== scale*q.k + scale*pse:   ", close(out, scaled_too))
+display(agreement({"vs SDPA of scale·q·kᵀ + pse": (out, added_after),
+                   "vs SDPA of scale·(q·kᵀ + pse)": (out, scaled_too)}, atol, rtol))
 try:
     op("v1", q, k, v, pse_shift=randn(1, 1, 5, 8), num_heads=4, input_layout="BNSD")
 except fia_kit.FIAArgumentError as error:
@@ -217,8 +152,8 @@ except fia_kit.FIAArgumentError as error:
 #
 # | feature | rule | spec |
 # |---|---|---|
-# | GQA | query head `n` -> KV head `n // G` (repeat_interleave) | 10 |
-# | MLA rope | concatenated along D (no rotation); D = 128 prefill, D = 512 decode with N_kv = 1 | 12 |
 # | learnable_sink | extra denominator term `exp(sink[n])`, rows sum < 1; LSE without it **[inferred]**, open question 1 | 13, 8, 23 |
 # | shared prefix | v1 only; keys = `prefix[:P] + kv[:L_kv]` | 14 |
 # | pse_shift | added after scaling; per-head axis, no broadcast over heads | 9 |
+#
+# Next: [08 · quantisation](08_quantisation.ipynb).

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 9 · Validating the real op: a sweep
+# # 10 · Validating the real op: a sweep
 #
 # On an Ascend box the question is "does torch_npu's op (eager and in a TorchAir graph) compute what the spec
 # says?". This notebook answers it with a sweep: a list of `fia_kit.case.Case`s (each a seeded, reproducible
@@ -20,16 +20,16 @@
 # *Reference-implementation recipe*, section 5.4 *What happens outside the valid lengths*.
 
 # %%
+import html
 import tempfile
 from pathlib import Path
 
 import torch
+from IPython.display import HTML
 
 import fia_kit
-from fia_kit.backends import TOLERANCES
-from fia_kit.case import Case
+from fia_kit import TOLERANCES, Case, RowStatus
 from fia_kit.environment import detect
-from fia_kit.kernel import RowStatus
 from fia_kit.reference import run_call
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -71,15 +71,15 @@ print(cases["decode paged BnNBsD"].describe())
 # %% [markdown]
 # ## Run the sweep
 #
-# `form` is "v2" for the sink case (sinks are v2-only) and "v1" otherwise. The cell prints one line per case
-# with the verdicts only; the next cells tabulate the errors.
+# `form` is "v2" for the sink case (sinks are v2-only) and "v1" otherwise. The cell prints which cases fail the
+# fixed tolerance on some backend (none, when all is well); the next cells tabulate the errors.
 
 # %%
 results = {}
 for name, case in cases.items():
     form = "v2" if case.sinks else "v1"
     results[name] = fia_kit.compare(case.to_fia_call(form), SWEPT)
-print("all cases within tolerance on every backend:", all(r.passed for r in results.values()))
+print(f"{len(results)} cases x {len(SWEPT)} backend(s) compared")
 print("cases with a failing backend:", [name for name, r in results.items() if not r.passed])
 
 
@@ -105,9 +105,9 @@ def golden_error(case):
 
 
 golden = {name: golden_error(case) for name, case in cases.items()}
-print("fp16/bf16 reference within tolerance of the float64 golden in every case:",
-      all(e <= 1 for e, _ in golden.values()))
-print("computed rows:", sum(n for _, n in golden.values()))
+print(f"{'case':30s} {'dtype':9s} {'computed rows':>13s} {'ref vs f64 (x tolerance)':>25s}")
+for name, (error, rows) in golden.items():
+    print(f"{name:30s} {str(cases[name].dtype).removeprefix('torch.'):9s} {rows:13d} {error:25.1f}")
 
 # %% [markdown]
 # ## Summary table, worst first
@@ -121,11 +121,9 @@ print("computed rows:", sum(n for _, n in golden.values()))
 # Output ignored by nbval (tag nbval-ignore-output): measured errors differ by machine and backend.
 rows = []
 for name, comparison in results.items():
-    atol, rtol = TOLERANCES[cases[name].dtype]
     for row in comparison.rows:
-        err = row.out_abs / (atol + rtol)  # max abs error in units of the tolerance at |ref| ~ 1
         rows.append({"case": name, "backend": row.backend, "dtype": str(cases[name].dtype).removeprefix("torch."),
-                     "err/tol": err, "ref vs f64": golden[name][0],
+                     "err/tol": row.out_tolerance, "ref vs f64": golden[name][0],
                      "tolerance": "pass" if row.within_tolerance else "FAIL",
                      "golden": "-" if row.within_golden is None else ("pass" if row.within_golden else "FAIL")})
 rows.sort(key=lambda r: (r["tolerance"] == "pass", -r["err/tol"], -r["ref vs f64"]))
@@ -135,16 +133,18 @@ for r in rows:
           f" {r['tolerance']:>9s} {r['golden']:>6s}")
 
 # %%
-print("table rows == cases x backends:", len(rows) == len(cases) * len(SWEPT))
-print("every backend passes the fixed tolerance:", all(r["tolerance"] == "pass" for r in rows))
-print("every backend passes the golden scheme:", all(r["golden"] in ("pass", "-") for r in rows))
+print(f"table: {len(rows)} rows ({len(cases)} cases x {len(SWEPT)} backend(s))")
+print("failing the fixed tolerance:", [(r["case"], r["backend"]) for r in rows if r["tolerance"] != "pass"])
+print("failing the golden scheme:  ", [(r["case"], r["backend"]) for r in rows if r["golden"] == "FAIL"])
 
 # %% [markdown]
 # ## The worst case in detail
 #
 # The full comparison of the case on top of the table, what the case means, and how to hand it to someone
 # with an Ascend box: `Case.to_script(path)` writes a standalone script that rebuilds the inputs from the seed
-# and runs the op.
+# and runs the op, eager and in a TorchAir graph (on a machine without torch_npu it runs the reference and the
+# compiled look-alike instead). Which case is worst depends on the measured errors, so these two cells' output
+# is not compared by nbval.
 
 # %% tags=["nbval-ignore-output"]
 # Output ignored by nbval (tag nbval-ignore-output): measured errors differ by machine and backend.
@@ -153,12 +153,14 @@ print("worst case:", worst_name)
 print(cases[worst_name])
 results[worst_name]
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# Output ignored by nbval (tag nbval-ignore-output): the worst case, hence the script, differs by machine.
 with tempfile.TemporaryDirectory() as folder:
     script = Path(folder) / "repro.py"
     cases[worst_name].to_script(str(script), form="v2" if cases[worst_name].sinks else "v1")
     text = script.read_text()
-    print("reproducer written:", script.exists(), "| it calls the op:", "npu_fused_infer_attention_score" in text)
+HTML(f"<details><summary><code>repro.py</code> for case {html.escape(worst_name)!r}: {len(text.splitlines())} "
+     f"lines, click to read</summary><pre>{html.escape(text)}</pre></details>")
 
 # %% [markdown]
 # ## On an Ascend box
@@ -167,3 +169,5 @@ with tempfile.TemporaryDirectory() as folder:
 # eager op and through a TorchAir graph, and the table shows which cases disagree with the spec's reference.
 # Known places to look first (spec section 23): LSE with sinks (open question 1), rows beyond the last TND
 # offset (2), int8 rounding (4), int4 nibble order (5), and `(1, 1, 1, S)` masks in paged decode (7).
+#
+# Next: [11 · your own calls](11_your_own_calls.ipynb).

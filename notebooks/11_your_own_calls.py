@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 10 · Your own calls
+# # 11 · Your own calls
 #
 # The other notebooks build calls of the op from scratch. Here the calls come from a model: a small decoder,
 # written against the op the way serving code is, runs inside `fia_kit.capture`. The capture records every call
@@ -18,10 +18,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from IPython.display import display
 
 import fia_kit
-from fia_kit import masks
-from fia_kit.case import Case
+from fia_kit import Case, masks
+from fia_kit.diagrams import agreement
 from fia_kit.environment import detect
 
 BACKEND = detect().default_backend()  # "npu" on an Ascend box with torch_npu, else "reference"
@@ -140,7 +141,7 @@ calls = fia_kit.load_capture(folder / "decoder.fiacap")
 for call in calls:
     q = call.arguments["query"]["shape"]
     print(f"call {call.index}: x{call.count}  query {tuple(q)}  kv lengths {call.value('actual_seq_lengths_kv')}"
-          f"  exact: {call.exact}")
+          f"  tensors {'stored' if call.exact else 'regenerated from their stats (not exact)'}")
 
 # %% tags=["nbval-ignore-output"]
 # The full table (its route column says torch_npu on an Ascend box, the reference elsewhere): output ignored.
@@ -183,9 +184,11 @@ for finding in fia_kit.lint("v1", query, key, value, **broken):
 replay = fia_kit.run(calls[0], "reference")
 query, key, value, keywords = calls[0].args()
 again = fia_kit.npu_fused_infer_attention_score(query, key, value, **keywords)[0]
-print("replay == the call made again on the reference:", torch.equal(replay.attention_out, again))
-verdicts = {call.index: fia_kit.compare(call).passed for call in calls}
-print("every distinct call within tolerance of the reference:", all(verdicts.values()))
+display(agreement({"replayed call 0 vs the call made again on the reference": (replay.attention_out, again)}, 0, 0))
+for call in calls:
+    for row in fia_kit.compare(call).rows:
+        print(f"call {call.index}: {row.backend} {'within' if row.within_tolerance else 'OUTSIDE'} the "
+              "tolerance of the reference")
 
 # %% tags=["nbval-ignore-output"]
 # Measured errors and timings vary by machine: output ignored.
@@ -198,7 +201,7 @@ fia_kit.compare(calls[1])
 # %%
 case = Case.from_call(calls[1])
 print(case.layout, "paged:", case.paged, "q_lens:", case.q_lens, "kv_lens:", case.kv_lens, "mask:", case.mask)
-print("own tensors:", torch.equal(case.build().query, calls[1].value("query")))
+agreement({"the case's query vs the captured call's own": (case.build().query, calls[1].value("query"))}, 0, 0)
 
 # %% [markdown]
 # ## One call in the explorer
