@@ -18,10 +18,9 @@ for the user mask).
 Where speed chose among float32 (float64) evaluations of the same formulas, and what it changes:
 - scale * Q K^T is the matmul's alpha (``baddbmm``) for dense keys, and paged blocks are multiplied as K q^T:
   the products round like any float32 matmul of another blocking, a few ulp of the score apart.
-- exp(s - m) is computed as exp(max(s - m, x0)) and then 0 at or below exp(x0), x0 = -87.33 in float32 (-708.39
-  in float64), where exp is still a normal number: torch's exp is 4 to 40 times slower where its result is
-  subnormal or 0 (masked keys, peaked rows). A probability whose value is at most 1.18e-38 (2.2e-308) becomes 0;
-  every other one is unchanged; masked keys still get exactly 0 and NaN stays NaN (``_exponentials``).
+- exp(s - m) is computed as exp2((s - m) * log2(e)): twice as fast as torch's exp on this path and without its
+  10-fold slowdown on subnormal or zero results (masked keys, peaked rows); a numerator moves by at most about
+  |s - m| * 1e-7 relative (``_exponentials``).
 - bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block as they are
   read (paged); scores and P are never rounded to them (spec 3.6).
 """
@@ -47,8 +46,9 @@ from .planning import BatchPlan, Plan
 
 TILE_ROWS = 128  # query rows of a tile, at most
 TILE_BYTES = 64 * 2**20  # cap on the score rows of one kv head's query heads in a tile (fewer rows past it)
-SCORE_BYTES = 2**20  # per torch thread: kv heads of a tile are computed together up to this many bytes of scores
+SCORE_BYTES = 2**21  # per torch thread: kv heads of a tile are computed together up to this many bytes of scores
 CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
+LOG2_E = 1.0 / math.log(2.0)  # exp(d) = exp2(d * LOG2_E) (``_exponentials``)
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
                                                                                    default=None)
@@ -419,23 +419,23 @@ class TileMasks:
 
 
 def _tile_scores(problem: Plan, b: int, q: torch.Tensor, chunks: Iterable[KeyChunk], c0: int, c1: int,
-                 heads: slice, r0: int, row_index: torch.Tensor | None) -> torch.Tensor:
+                 heads: slice, r0: int, row_index: torch.Tensor | None, buffer: torch.Tensor) -> torch.Tensor:
     """(N', G, rows, c1 - c0) scale * q K^T (+ pse) of a tile's rows over keys [c0, c1), before masking.
 
     q: (N', G, rows, D) the tile's queries of N' kv heads; chunks: their keys, covering [c0, c1) in order; heads:
     the query heads (a slice of N_q) q holds; rows are batch-local [r0, r0 + rows), or ``row_index``.
-    The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5.
+    The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5. The scores
+    are written into ``buffer`` (flat, at least N' * G * rows * (c1 - c0) elements, reused from tile to tile: a
+    fresh megabyte-sized tensor per tile costs its page faults every time).
     """
     n_kv, group, rows, _ = q.shape
     q2 = q.reshape(n_kv, group * rows, -1)
-    scale, scores = _score_scale(problem), None
+    scale = _score_scale(problem)
+    scores = buffer[:n_kv * group * rows * (c1 - c0)].view(n_kv, group * rows, c1 - c0)
     for chunk in chunks:
         if not chunk.blocked and (chunk.lo, chunk.hi) == (c0, c1):  # one product over the whole tile
-            scores = q2.new_empty(n_kv, group * rows, c1 - c0).baddbmm_(q2, chunk.rows.transpose(1, 2), beta=0,
-                                                                       alpha=scale)
+            scores.baddbmm_(q2, chunk.rows.transpose(1, 2), beta=0, alpha=scale)
             break
-        if scores is None:
-            scores = q2.new_empty(n_kv, group * rows, c1 - c0)
         target = scores[..., chunk.lo - c0:chunk.hi - c0]
         if chunk.blocked:
             _block_scores(q2, chunk, scale, target)
@@ -483,28 +483,20 @@ def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torc
 # ---------------------------------------------------------------------------------------------------- softmax
 
 @functools.cache
-def _exp_floor(dtype: torch.dtype) -> tuple[float, float]:
-    """(x0, exp(x0)): the smallest argument, rounded up to 0.01, whose exp is a normal number of ``dtype``
-    (-87.33 and 1.18e-38 for float32; -708.39 and 2.2e-308 for float64)."""
-    x0 = math.ceil(math.log(torch.finfo(dtype).tiny) * 100) / 100
-    return x0, float(torch.tensor(x0, dtype=dtype).exp())
-
-
 def _exponentials(scores: torch.Tensor, row_max: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """The one-pass softmax's numerators, in place: scores (..., keys) -> exp(s - m), m the row max (0 where it
     is not finite: a row of -inf gives 0s). Writes m and the row sums sum_j exp(s_j - m) into row_max and total
     (..., 1). The sink is not in m (spec 13).
 
-    Flush to zero: exp(s - m) is computed as exp(max(s - m, x0)), then set to 0 where it is at most exp(x0)
-    (``_exp_floor``: 1.18e-38 in float32), because torch's vectorised exp is 4 to 40 times slower on arguments
-    whose result is subnormal or 0 (masked keys at -inf or -1e12, peaked rows). Numerically: a probability whose
-    exact value is at most exp(x0) becomes 0 (it would be a subnormal or 0), every other one is unchanged;
-    masked keys still get exactly 0, and a NaN stays NaN.
+    exp(d) is evaluated as exp2(d * log2(e)), d = s - m <= 0: torch's exp2 is about twice as fast as its exp here,
+    and unlike exp it does not slow down 10-fold where the result is subnormal or 0 (masked keys at -1e12, peaked
+    rows). Numerically: rounding d * log2(e) moves the exponent by at most |d| * 2^-24, so a numerator is within
+    about |d| * 1e-7 (relative) of exp(d): 1e-7 for the probabilities that matter, masked keys exactly 0, a NaN
+    stays NaN.
     """
-    x0, floor = _exp_floor(scores.dtype)
     torch.amax(scores, -1, keepdim=True, out=row_max)
     row_max.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    torch.nn.functional.threshold_(scores.sub_(row_max).clamp_(min=x0).exp_(), floor, 0.0)
+    scores.sub_(row_max).mul_(LOG2_E).exp2_()
     torch.sum(scores, -1, keepdim=True, out=total)
     return scores
 
@@ -627,13 +619,17 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     head_rows, reported = 0, 0  # progress: tile rows times kv heads done, and rows reported
     full = problem.quant.full if problem.quant is not None else None
     widest = max((t.rows * (t.c1 - t.c0) for t in found), default=0)
-    for kv in _head_groups(n_kv, group * widest * torch.finfo(dtype).bits // 8):
+    groups = _head_groups(n_kv, group * widest * torch.finfo(dtype).bits // 8)
+    most = max((g.stop - g.start for g in groups), default=0) * group
+    work = torch.empty(most * widest, dtype=dtype, device=device)  # every tile's scores, in turn
+    weighted = torch.empty(most * max((t.rows for t in found), default=0) * dv, dtype=dtype, device=device)
+    for kv in groups:
         heads, n = slice(span.start + kv.start, span.stop and span.start + kv.stop), kv.stop - kv.start
         q_group = slice(kv.start * group, kv.stop * group)
         for t in found:
             cols = t.c1 - t.c0
             scores = _tile_scores(problem, b, qg[kv][:, :, t.where], keys.keys(t.c0, t.c1, heads), t.c0, t.c1,
-                                  slice(heads.start * group, heads.stop * group), t.r0, t.index)
+                                  slice(heads.start * group, heads.stop * group), t.r0, t.index, work)
             t.masks.apply(scores)
             if observe is not None:
                 observe(q_group, t.where, t.c0, scores.view(-1, t.rows, cols))
@@ -644,9 +640,9 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
             totals[q_group, t.where] = total.view(-1, t.rows)
             if values:
                 pv = probs if full is None else quant.quantize_probs(probs, full)  # P_i8 (spec 16.2)
-                weighted = scores.new_empty(n, group * t.rows, dv)
-                _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, weighted)
-                out[q_group, t.where] = weighted.view(-1, t.rows, dv)
+                pv_out = weighted[:n * group * t.rows * dv].view(n, group * t.rows, dv)
+                _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, pv_out)
+                out[q_group, t.where] = pv_out.view(-1, t.rows, dv)
             if progress is not None:
                 head_rows += t.rows * n
                 if head_rows // n_kv > reported:
