@@ -18,9 +18,10 @@ for the user mask).
 Where speed chose among float32 (float64) evaluations of the same formulas, and what it changes:
 - scale * Q K^T is the matmul's alpha (``baddbmm``) for dense keys, and paged blocks are multiplied as K q^T:
   the products round like any float32 matmul of another blocking, a few ulp of the score apart.
-- exp(s - m) is computed as exp2((s - m) * log2(e)): twice as fast as torch's exp on this path and without its
-  10-fold slowdown on subnormal or zero results (masked keys, peaked rows); a numerator moves by at most about
-  |s - m| * 1e-7 relative (``_exponentials``).
+- the softmax works in base 2: the matmul's alpha is scale * log2(e) (pse is added times log2(e), masked keys get
+  -1e12 * log2(e)), and exp(s - m) is exp2 of those scores minus their max: twice as fast as torch's exp here and
+  without its 10-fold slowdown on subnormal or zero results; a numerator moves by at most about |s - m| * 1e-7
+  relative, the LSE is converted back to natural log (``_exponentials``).
 - bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block as they are
   read (paged); scores and P are never rounded to them (spec 3.6).
 """
@@ -48,7 +49,8 @@ TILE_ROWS = 128  # query rows of a tile, at most
 TILE_BYTES = 64 * 2**20  # cap on the score rows of one kv head's query heads in a tile (fewer rows past it)
 SCORE_BYTES = 2**21  # per torch thread: kv heads of a tile are computed together up to this many bytes of scores
 CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
-LOG2_E = 1.0 / math.log(2.0)  # exp(d) = exp2(d * LOG2_E) (``_exponentials``)
+LOG2_E = 1.0 / math.log(2.0)  # the loop's scores are s * LOG2_E, exponentiated with exp2 (``_exponentials``)
+LN_2 = math.log(2.0)
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
                                                                                    default=None)
@@ -398,9 +400,10 @@ class TileMasks:
         return TileMasks(hidden, strip)
 
     def apply(self, scores: torch.Tensor) -> None:
-        """Write MASK_FILL where atten_mask hides a key, then -inf outside the band, into scores (..., rows, cols)."""
+        """Write MASK_FILL (in the loop's base-2 units, times log2(e)) where atten_mask hides a key, then -inf
+        outside the band, into scores (..., rows, cols)."""
         if self.hidden is not None:
-            scores.masked_fill_(self.hidden, MASK_FILL)
+            scores.masked_fill_(self.hidden, MASK_FILL * LOG2_E)
         if self.outside is not None:
             strip = self.outside
             scores[..., strip.start:strip.start + strip.mask.shape[1]].masked_fill_(strip.mask, float("-inf"))
@@ -420,17 +423,17 @@ class TileMasks:
 
 def _tile_scores(problem: Plan, b: int, q: torch.Tensor, chunks: Iterable[KeyChunk], c0: int, c1: int,
                  heads: slice, r0: int, row_index: torch.Tensor | None, buffer: torch.Tensor) -> torch.Tensor:
-    """(N', G, rows, c1 - c0) scale * q K^T (+ pse) of a tile's rows over keys [c0, c1), before masking.
+    """(N', G, rows, c1 - c0) (scale * q K^T (+ pse)) * log2(e) of a tile's rows over keys [c0, c1), unmasked.
 
     q: (N', G, rows, D) the tile's queries of N' kv heads; chunks: their keys, covering [c0, c1) in order; heads:
     the query heads (a slice of N_q) q holds; rows are batch-local [r0, r0 + rows), or ``row_index``.
-    The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5. The scores
-    are written into ``buffer`` (flat, at least N' * G * rows * (c1 - c0) elements, reused from tile to tile: a
+    The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5, and so does
+    log2(e): the loop works in base-2 units (``_exponentials``), s * log2(e). The scores are written into ``buffer`` (flat, at least N' * G * rows * (c1 - c0) elements, reused from tile to tile: a
     fresh megabyte-sized tensor per tile costs its page faults every time).
     """
     n_kv, group, rows, _ = q.shape
     q2 = q.reshape(n_kv, group * rows, -1)
-    scale = _score_scale(problem)
+    scale = _score_scale(problem) * LOG2_E
     scores = buffer[:n_kv * group * rows * (c1 - c0)].view(n_kv, group * rows, c1 - c0)
     for chunk in chunks:
         if not chunk.blocked and (chunk.lo, chunk.hi) == (c0, c1):  # one product over the whole tile
@@ -445,8 +448,8 @@ def _tile_scores(problem: Plan, b: int, q: torch.Tensor, chunks: Iterable[KeyChu
     if problem.pse is not None:
         r1 = r0 + rows if row_index is None else int(row_index[-1]) + 1
         pse = pse_tile(problem, b, r0, r1, c0, c1)[heads]
-        scores += (pse if row_index is None else pse[:, row_index - r0]).to(device=q.device, dtype=q.dtype).view(
-            n_kv, group, rows, c1 - c0)
+        scores.add_((pse if row_index is None else pse[:, row_index - r0]).to(device=q.device, dtype=q.dtype).view(
+            n_kv, group, rows, c1 - c0), alpha=LOG2_E)
     return scores
 
 
@@ -484,19 +487,19 @@ def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torc
 
 @functools.cache
 def _exponentials(scores: torch.Tensor, row_max: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """The one-pass softmax's numerators, in place: scores (..., keys) -> exp(s - m), m the row max (0 where it
-    is not finite: a row of -inf gives 0s). Writes m and the row sums sum_j exp(s_j - m) into row_max and total
-    (..., 1). The sink is not in m (spec 13).
+    """The one-pass softmax's numerators, in place, in base 2: scores (..., keys) holding t = s * log2(e) ->
+    exp2(t - m) = exp(s - s_max), m the row max of t (0 where it is not finite: a row of -inf gives 0s). Writes m
+    and the row sums sum_j exp2(t_j - m) into row_max and total (..., 1). The sink is not in m (spec 13).
 
-    exp(d) is evaluated as exp2(d * log2(e)), d = s - m <= 0: torch's exp2 is about twice as fast as its exp here,
-    and unlike exp it does not slow down 10-fold where the result is subnormal or 0 (masked keys at -1e12, peaked
-    rows). Numerically: rounding d * log2(e) moves the exponent by at most |d| * 2^-24, so a numerator is within
-    about |d| * 1e-7 (relative) of exp(d): 1e-7 for the probabilities that matter, masked keys exactly 0, a NaN
-    stays NaN.
+    Base 2 because torch's exp2 is about twice as fast as its exp here and, unlike exp, does not slow down 10-fold
+    where the result is subnormal or 0 (masked keys at -1e12, peaked rows); log2(e) rides on the matmul's alpha, so
+    it costs no pass. Numerically: the scores carry one more rounding of a constant factor, so a numerator is within
+    about |s - s_max| * 1e-7 (relative) of exp(s - s_max): 1e-7 for the probabilities that matter, masked keys
+    exactly 0, a NaN stays NaN.
     """
     torch.amax(scores, -1, keepdim=True, out=row_max)
     row_max.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    scores.sub_(row_max).mul_(LOG2_E).exp2_()
+    scores.sub_(row_max).exp2_()
     torch.sum(scores, -1, keepdim=True, out=total)
     return scores
 
@@ -583,7 +586,8 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     blocks of about SCORE_BYTES, which stay in cache through the softmax's passes, while the group's keys and
     values stay in cache from tile to tile), tile by tile: the masked scores of the whole rows, read chunk by
     chunk (``BatchKeys``: views for dense K/V, a few blocks at a time for a paged cache);
-    ``observe(heads, rows, c0, scores (N'', rows, c1 - c0))`` (heads: a slice of the loop's N' query heads; rows:
+    ``observe(heads, rows, c0, scores (N'', rows, c1 - c0))`` (the masked scores in base 2, s * log2(e); heads: a
+    slice of the loop's N' query heads; rows:
     the slice or the tensor) may read them; then the exponentials of the whole rows (the one-pass softmax: no
     rescaling) and P V, reading the value chunks once. The LSE, the sink and the division by the row sums follow
     once for the batch. ``values=False`` skips P V (only LSE, status and the softmax's offset and total are
@@ -636,7 +640,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
             row_max = scores.new_empty(n, group, t.rows, 1)
             total = torch.empty_like(row_max)
             probs = _exponentials(scores, row_max, total)
-            offsets[q_group, t.where] = row_max.view(-1, t.rows)
+            offsets[q_group, t.where] = row_max.view(-1, t.rows) * LN_2  # the row max in natural units
             totals[q_group, t.where] = total.view(-1, t.rows)
             if values:
                 pv = probs if full is None else quant.quantize_probs(probs, full)  # P_i8 (spec 16.2)
@@ -789,7 +793,7 @@ def _pooled_kv_head(problem: Plan, b: int, kv: int, tiles: list, rs: int, cs: in
     found = _attend_rows(problem, b, dtype, [kv], tiles, observe, values=False)
     offset, total = (found.offset[:, ::rs], found.total[:, ::rs]) if sampled else (found.offset, found.total)
     denominator = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
-    probs = torch.exp(col_max - offset.unsqueeze(-1)).div_(denominator)
+    probs = torch.exp2(col_max - offset.unsqueeze(-1) * LOG2_E).div_(denominator)  # col_max: base-2 scores
     probs.masked_fill_((total == 0).unsqueeze(-1), 0.0)
     if not sampled and rs > 1:
         n_rows = -(-plan.q_len // rs)

@@ -325,20 +325,22 @@ def test_a_key_outside_the_band_never_reaches_a_row_even_as_nan(gen: torch.Gener
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_exponentials_are_exp_of_the_shifted_scores(dtype: torch.dtype) -> None:
-    """The softmax numerators equal exp(s - m) (float64 goldens) within |s - m| * 2 ulp relative wherever that is
-    a normal number, are exactly 0 for masked keys (-inf, -1e12), and a NaN stays NaN; m and the sums as written."""
+def test_exponentials_are_exp2_of_the_shifted_base2_scores(dtype: torch.dtype) -> None:
+    """Given base-2 scores t = s * log2(e), the numerators equal 2^(t - m) = exp(s - s_max) (float64 goldens) within
+    2 ulp relative wherever that is a normal number, are exactly 0 for masked keys (-inf, -1e12 * log2(e)), and a
+    NaN stays NaN; m and the sums as written."""
     eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
     s = torch.tensor([[0.0, -1.0, -20.0, -80.0, -87.2, -100.0, -800.0, -1e12, -math.inf, -700.0],
-                      [3.0, math.nan, 1.0, -1.0, -math.inf, -math.inf, 0.5, 2.0, -5.0, -9.0]], dtype=dtype)
-    row_max, total = s.new_empty(2, 1), s.new_empty(2, 1)
-    e = kernel._exponentials(s.clone(), row_max, total)
-    d = s.double() - torch.tensor([[0.0], [0.0]], dtype=torch.float64)  # a NaN row's max is NaN, written as 0
-    exact = torch.exp(d)
+                      [3.0, math.nan, 1.0, -1.0, -math.inf, -math.inf, 0.5, 2.0, -5.0, -9.0]], dtype=torch.float64)
+    t = (s * kernel.LOG2_E).to(dtype)
+    row_max, total = t.new_empty(2, 1), t.new_empty(2, 1)
+    e = kernel._exponentials(t.clone(), row_max, total)
+    exact = torch.exp2(t.double())  # a NaN row's max is NaN, written as 0; row 0's max is 0
     normal = exact > tiny
-    bound = (d.abs() + 1) * 2 * eps * exact
+    bound = 2 * eps * exact
     assert ((e[0].double() - exact[0]).abs() <= bound[0])[normal[0]].all(), (e[0], exact[0])
-    assert (e[0][exact[0] == 0] == 0).all() and e[0, 7] == 0 and e[0, 8] == 0
+    assert torch.allclose(exact[0, :4], torch.exp(s[0, :4]), rtol=1e-6)  # base 2 is exp of the natural scores
+    assert e[0, 7] == 0 and e[0, 8] == 0
     assert ((e[1].double() - exact[1]).abs() <= bound[1])[[0, 2, 3, 6, 7, 8, 9]].all()
     assert e[1, 1].isnan() and (e[1, [4, 5]] == 0).all()
     assert row_max[0, 0] == 0 and row_max[1, 0] == 0 and total[0, 0] == e[0].sum()
