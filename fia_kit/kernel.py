@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -414,10 +413,8 @@ class TileMasks:
             return None
         if self.outside is None:  # no copy: a row sees a key unless its smallest hidden flag is 1 (uint8 reduction)
             return self.hidden.view(torch.uint8).amin(-1) == 0
-        visible = ~self.hidden
-        if self.outside is not None:
-            strip = self.outside
-            visible[:, strip.start:strip.start + strip.mask.shape[1]] &= ~strip.mask
+        visible, strip = ~self.hidden, self.outside
+        visible[:, strip.start:strip.start + strip.mask.shape[1]] &= ~strip.mask
         return visible.any(-1)
 
 
@@ -428,8 +425,9 @@ def _tile_scores(problem: Plan, b: int, q: torch.Tensor, chunks: Iterable[KeyChu
     q: (N', G, rows, D) the tile's queries of N' kv heads; chunks: their keys, covering [c0, c1) in order; heads:
     the query heads (a slice of N_q) q holds; rows are batch-local [r0, r0 + rows), or ``row_index``.
     The scale multiplies the float32 (float64) products as they are copied into place, as in spec 3.5, and so does
-    log2(e): the loop works in base-2 units (``_exponentials``), s * log2(e). The scores are written into ``buffer`` (flat, at least N' * G * rows * (c1 - c0) elements, reused from tile to tile: a
-    fresh megabyte-sized tensor per tile costs its page faults every time).
+    log2(e): the loop works in base-2 units (``_exponentials``), s * log2(e). The scores are written into
+    ``buffer`` (flat, at least N' * G * rows * (c1 - c0) elements, reused from tile to tile: a fresh megabyte-sized
+    tensor per tile costs its page faults every time).
     """
     n_kv, group, rows, _ = q.shape
     q2 = q.reshape(n_kv, group * rows, -1)
@@ -485,7 +483,6 @@ def _row_status(band_counts: torch.Tensor, visible: torch.Tensor | None) -> torc
 
 # ---------------------------------------------------------------------------------------------------- softmax
 
-@functools.cache
 def _exponentials(scores: torch.Tensor, row_max: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """The one-pass softmax's numerators, in place, in base 2: scores (..., keys) holding t = s * log2(e) ->
     exp2(t - m) = exp(s - s_max), m the row max of t (0 where it is not finite: a row of -inf gives 0s). Writes m
@@ -628,7 +625,7 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     work = torch.empty(most * widest, dtype=dtype, device=device)  # every tile's scores, in turn
     weighted = torch.empty(most * max((t.rows for t in found), default=0) * dv, dtype=dtype, device=device)
     for kv in groups:
-        heads, n = slice(span.start + kv.start, span.stop and span.start + kv.stop), kv.stop - kv.start
+        heads, n = slice(span.start + kv.start, span.start + kv.stop), kv.stop - kv.start
         q_group = slice(kv.start * group, kv.stop * group)
         for t in found:
             cols = t.c1 - t.c0
