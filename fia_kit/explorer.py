@@ -42,6 +42,7 @@ from .kernel import ReferenceResult, run_plan
 from .layouts import INPUT_LAYOUTS
 from .masks import INT_MAX, SPARSE_MODES, TREE_MODE
 from .planning import Plan, plan
+from .roofline import batch_score_pairs
 from .signatures import LENGTH_PARAMETERS, OP_NAMES, version_of
 
 FIGURES = ("visibility", "probabilities", "output", "lse", "difference", "paged KV", "layout")
@@ -136,10 +137,8 @@ def prepare(case: Case, backend: str = "reference") -> Outcome:
 
 def in_band_scores(problem: Plan) -> int:
     """Scores the full call computes: N_q x the (row, key) pairs inside each batch's band (what the tile loop
-    multiplies; the user mask hides scores, it does not skip them)."""
-    pairs = sum(int(p.band.key_counts(0, p.q_len, problem.visibility.num_keys(b)).sum())
-                for b, p in enumerate(problem.batches))
-    return problem.num_heads * pairs
+    multiplies, ``roofline.batch_score_pairs``; the user mask hides scores, it does not skip them)."""
+    return problem.num_heads * sum(batch_score_pairs(problem))
 
 
 def run_call(outcome: Outcome, progress: Callable[[int, int], None] | None = None) -> Outcome:
