@@ -61,10 +61,11 @@ _LAZY: dict[str, str] = {
     "read_ascend": ".ascend_profile",
     "method12": ".precision",
     "captured_graph": ".backends.compiled",
+    "npu_attention_update": ".cp.update",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
 _SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "reference",
-               "roofline", "signatures")
+               "roofline", "signatures", "cp")
 
 __all__ = [
     # plan once, run anywhere
@@ -84,6 +85,8 @@ __all__ = [
     *_SUBMODULES,
     # products and versions; context-parallel merging of partial results
     "target", "Target", "merge_attention",
+    # context parallel: torch_npu.npu_attention_update's twin; fia_kit.cp (layouts, recipes, groups, validation)
+    "npu_attention_update",
 ]
 __version__ = "0.1.0"
 

@@ -10,7 +10,9 @@ Routes recorded (each call once, however nested): ``torch_npu.npu_fused_infer_at
 companions (module attributes patched while capturing), ``torch.ops.npu.*`` / ``torch.ops.air.*`` including
 ``.out``, ``_get_max_workspace`` and ``_infer_output`` (a TorchDispatchMode, so ops fetched before the capture began
 are seen too), ``tng.ops.*`` (``torchair.ops`` attributes), the kit's reference functions (a hook inside them, so a
-name imported before the capture is seen) and the kit's look-alike ops ``torch.ops.fia_kit.*``.
+name imported before the capture is seen) and the kit's look-alike ops ``torch.ops.fia_kit.*``. The context-parallel
+merge ``torch_npu.npu_attention_update`` (its ``torch.ops`` overloads, and the kit's twin ``fia_kit.npu_attention_update``)
+is recorded too, as form "update".
 
 Compiled graphs: a torch.compile graph whose nodes run through the dispatcher is recorded when it runs; a TorchAir
 GE graph runs on the device and is seen at trace time only, as metadata only (``torchair.get_npu_backend`` is
@@ -375,6 +377,25 @@ def _positional(kind: str) -> tuple[str, ...]:
     return ("query", "value") if kind == "infer_output" else ("query", "key", "value")
 
 
+UPDATE_OP = "npu_attention_update"  # torch_npu's context-parallel merge (fia_kit.cp.update): form "update"
+
+
+def update_arguments(lse: Any, local_out: Any, update_type: Any = 0) -> dict[str, Any]:
+    """npu_attention_update's arguments as a capture names them: lse[0], ..., local_out[0], ..., update_type."""
+    named: dict[str, Any] = {}
+    for name, items in (("lse", lse), ("local_out", local_out)):
+        if isinstance(items, (list, tuple)):
+            named.update({f"{name}[{k}]": t for k, t in enumerate(items)})
+        else:
+            named[name] = items
+    named["update_type"] = update_type
+    return named
+
+
+def _update_named(args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return update_arguments(**_named(("lse", "local_out", "update_type"), args, kwargs))
+
+
 class _DispatchWatcher(TorchDispatchMode):
     """Sees the op's torch.ops overloads (npu, air, fia_kit and any other namespace) as the dispatcher runs them.
 
@@ -391,6 +412,8 @@ class _DispatchWatcher(TorchDispatchMode):
     @functools.cache
     def _match(func: torch._ops.OpOverload) -> tuple[str, str, str, bool] | None:
         namespace, name = func.namespace, func._schema.name.partition("::")[2]
+        if name == UPDATE_OP:
+            return f"torch.ops.{namespace}.{name}.{func._overloadname}", "update", "op", False
         route = _route_of(name, func._overloadname)
         if route is None:
             return None
@@ -404,7 +427,8 @@ class _DispatchWatcher(TorchDispatchMode):
         if match is None or not observe.watching():
             return func(*args, **kwargs)
         entry, form, kind, graph = match
-        with observe.observed(entry, form, kind, graph, _named(_positional(kind), args, kwargs)):
+        named = _update_named(args, kwargs) if form == "update" else _named(_positional(kind), args, kwargs)
+        with observe.observed(entry, form, kind, graph, named):
             return func(*args, **kwargs)
 
 
@@ -421,6 +445,18 @@ def _wrap(fn: Any, entry: str, form: str, kind: str, graph: bool) -> Any:
     out = getattr(fn, "out", None)
     if kind == "op" and callable(out):
         wrapper.out = _wrap(out, f"{entry}.out", form, "out", graph)
+    return wrapper
+
+
+def _wrap_update(fn: Any, entry: str) -> Any:
+    """``npu_attention_update`` reporting its calls (form "update")."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not observe.watching():
+            return fn(*args, **kwargs)
+        with observe.observed(entry, "update", "op", False, _update_named(args, kwargs)):
+            return fn(*args, **kwargs)
+    wrapper.__fia_kit_captured__ = fn
     return wrapper
 
 
@@ -492,6 +528,10 @@ def _patched(extra: Sequence[Any]) -> Iterator[None]:
                     continue
                 setattr(obj, name, _wrap(fn, f"{prefix}.{name}", route[0], route[1], graph))
                 undo.append((obj, name, fn))
+            fn = getattr(obj, UPDATE_OP, None)
+            if fn is not None and not hasattr(fn, "__fia_kit_captured__"):
+                setattr(obj, UPDATE_OP, _wrap_update(fn, f"{prefix}.{UPDATE_OP}"))
+                undo.append((obj, UPDATE_OP, fn))
         yield
     finally:
         for obj, name, fn in reversed(undo):
@@ -548,7 +588,8 @@ class CapturedCall:
 
     Attributes:
         index: position in the file. entry: how the model reached the op, e.g. "torch_npu.npu_fused_infer_
-            attention_score" or "torch.ops.npu.npu_fused_infer_attention_score.out". form: "v1" or "v2".
+            attention_score" or "torch.ops.npu.npu_fused_infer_attention_score.out". form: "v1", "v2", or "update"
+            for ``npu_attention_update`` (arguments lse[k], local_out[k], update_type; ``update_args()``).
         kind: "op", "out", "get_max_workspace" or "infer_output". graph: reached through TorchAir (tng.ops /
             torch.ops.air). count: how many calls had this signature (only the first one's tensors are kept).
         arguments: name -> JSON description (docs/capture.md). error: what the call raised, if it did.
@@ -580,8 +621,8 @@ class CapturedCall:
     @property
     def replayable(self) -> bool:
         """Whether the call is one of the op (not ``_infer_output``) with every argument reconstructible."""
-        return self.kind != "infer_output" and all(a["kind"] != "unsupported" and a.get("role") != "fake"
-                                                   for a in self.arguments.values())
+        return self.form != "update" and self.kind != "infer_output" and all(
+            a["kind"] != "unsupported" and a.get("role") != "fake" for a in self.arguments.values())
 
     def value(self, name: str) -> Any:
         """Argument ``name`` as passed: tensors rebuilt on the CPU (kept, or regenerated when left out)."""
@@ -591,10 +632,20 @@ class CapturedCall:
         """(query, key, value, keywords) of the op, without ``.out``'s workspace/attention_out/softmax_lse."""
         if not self.replayable:
             why = "an _infer_output companion call (it only allocates outputs; it has no key)" \
-                if self.kind == "infer_output" else "recorded with arguments the file cannot rebuild"
+                if self.kind == "infer_output" else "a call of npu_attention_update (use update_args())" \
+                if self.form == "update" else "recorded with arguments the file cannot rebuild"
             raise FIAArgumentError("call", f"captured call {self.index} ({self.entry}) is {why}", self.kind)
         values = {n: self.value(n) for n in self.arguments if n not in OUTPUTS}
         return values.pop("query"), values.pop("key"), values.pop("value"), values
+
+    def update_args(self) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """(lse, local_out, update_type) of a captured ``npu_attention_update`` call (form "update")."""
+        if self.form != "update":
+            raise FIAArgumentError("call", f"captured call {self.index} ({self.entry}) is not npu_attention_update",
+                                   self.form)
+        count = sum(1 for n in self.arguments if n.startswith("lse["))
+        return ([self.value(f"lse[{k}]") for k in range(count)],
+                [self.value(f"local_out[{k}]") for k in range(count)], self.value("update_type"))
 
     def to_fia_call(self) -> FIACall:
         """The parsed call (TorchAir's tensor lengths are read as lengths; see ``fia_kit.call.parse_call``)."""
@@ -604,6 +655,10 @@ class CapturedCall:
     def shapes(self) -> str:
         """"q 17x2x64 k 4x128x64 v 4x128x64 float16": the three positional tensors' shapes and dtype(s)."""
         parts, dtypes = [], []
+        if self.form == "update":
+            count = sum(1 for n in self.arguments if n.startswith("lse["))
+            out = self.arguments["local_out[0]"]
+            return f"sp {count} x local_out {'x'.join(map(str, out['shape']))} {out['dtype']}"
         for name in ("query", "key", "value"):
             a = self.arguments.get(name)
             if a and a["kind"] == "tensor":
@@ -807,10 +862,10 @@ def _parse_index(path: Path, text: str) -> dict[str, Any]:
         for key, types in (("entry", str), ("form", str), ("kind", str), ("graph", bool), ("count", int),
                            ("signature", str), ("arguments", dict)):
             need(isinstance(c.get(key), types), f"call {i}: '{key}' is missing or not a {types.__name__}")
-        need(c["form"] in ("v1", "v2"), f"call {i}: form {c['form']!r}")
+        need(c["form"] in ("v1", "v2", "update"), f"call {i}: form {c['form']!r}")
         need(c["kind"] in ("op", "out", "get_max_workspace", "infer_output"), f"call {i}: kind {c['kind']!r}")
         need(c.get("error") is None or isinstance(c["error"], str), f"call {i}: 'error'")
-        positional = _positional(c["kind"])
+        positional = ("lse[0]", "local_out[0]") if c["form"] == "update" else _positional(c["kind"])
         need(all(n in c["arguments"] for n in positional), f"call {i}: needs arguments {positional}")
         for name, a in c["arguments"].items():
             where = f"call {i}, argument {name}"

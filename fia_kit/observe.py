@@ -42,7 +42,7 @@ def observed(entry: str, form: str, kind: str, graph: bool, arguments: Mapping[s
 
     Args:
         entry: how the op was reached, e.g. "torch_npu.npu_fused_infer_attention_score".
-        form: "v1" or "v2". kind: "op", "out", "get_max_workspace" or "infer_output".
+        form: "v1", "v2" or "update" (npu_attention_update). kind: "op", "out", "get_max_workspace" or "infer_output".
         graph: whether the route is TorchAir's (graph mode: lengths as tensors).
         arguments: argument name -> value as passed (positional ones named as the schema names them).
     """

@@ -138,3 +138,28 @@ for _key, _schema in COMPANION_SCHEMAS.items():
     for _device in ("CPU", "CUDA"):
         _library.impl(_op_name, _make_kernel(_version_name), _device)
     torch.library.register_fake(f"{NAMESPACE}::{_op_name}", _make_fake(_version_name), lib=_library)
+
+
+# torch_npu.npu_attention_update (context-parallel merge; fia_kit.cp.update): its schema as torch_npu registers it
+# (torch.ops.npu.npu_attention_update: no default for update_type; lse_out is None when update_type is 0).
+UPDATE_SCHEMA = "npu_attention_update(Tensor[] lse, Tensor[] local_out, int update_type) -> (Tensor, Tensor)"
+_library.define(UPDATE_SCHEMA)
+
+
+def _update_kernel(lse, local_out, update_type):
+    from ..cp.update import npu_attention_update
+
+    out, lse_out = npu_attention_update(list(lse), list(local_out), update_type)
+    return out, lse_out
+
+
+def _update_fake(lse, local_out, update_type):
+    from ..cp.update import check_arguments
+
+    check_arguments(list(lse), list(local_out), update_type)
+    return local_out[0].new_empty(local_out[0].shape), (lse[0].new_empty(lse[0].shape) if update_type == 1 else None)
+
+
+for _device in ("CPU", "CUDA"):
+    _library.impl("npu_attention_update", _update_kernel, _device)
+torch.library.register_fake(f"{NAMESPACE}::npu_attention_update", _update_fake, lib=_library)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import observe, targets
+from ..capture import update_arguments
 from ..errors import FIAArgumentError
 
 __all__ = ["npu_attention_update", "check_arguments", "max_partitions", "DUMMY_LSE", "ROUND"]
@@ -127,9 +128,7 @@ def npu_attention_update(lse: Sequence[torch.Tensor], local_out: Sequence[torch.
         FIAArgumentError: where the host code refuses the call (``check_arguments``), before any compute.
     """
     with observe.observed("fia_kit.npu_attention_update", "update", "op", False,
-                          {"lse": list(lse) if isinstance(lse, Sequence) else lse,
-                           "local_out": list(local_out) if isinstance(local_out, Sequence) else local_out,
-                           "update_type": update_type}):
+                          update_arguments(lse, local_out, update_type)):
         check_arguments(lse, local_out, update_type)
         n, d = local_out[0].shape
         dtype = local_out[0].dtype
