@@ -16,7 +16,7 @@ order. ``Group`` holds the collectives the call sites use (vLLM's ``GroupCoordin
   communication with compute, no timeouts of the backend (a barrier with ``timeout`` instead), no separate memory
   per rank (ranks share the process's tensors, so a rank that writes into a tensor it sent changes what others see:
   the collectives copy to prevent it), and no failure of one rank's process.
-* ``launch`` spawns ``world_size`` processes with torchrun's environment (``RANK``, ``LOCAL_RANK``,
+* ``launch`` starts ``world_size`` processes (forked from a fork server, or spawned) with torchrun's environment (``RANK``, ``LOCAL_RANK``,
   ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``), gloo bound to the
   loopback interface, every collective bounded by ``timeout``; it joins with a deadline, kills stragglers and raises
   ``RankError`` naming the rank that failed. ``python -m fia_kit.cp.groups module:function --nproc 2`` runs a
@@ -257,11 +257,14 @@ def _rank_main(rank: int, world_size: int, port: int, target: Callable[..., Any]
 
 
 def launch(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
-           timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
+           timeout: float = DEFAULT_TIMEOUT, start_method: str = "forkserver") -> list[Any]:
     """Run ``fn(group, *args)`` on ``world_size`` gloo processes on 127.0.0.1; the results in rank order.
 
-    ``fn`` and ``args`` must be picklable (``fn`` a module-level function: processes are spawned). The whole run,
-    start-up included, is bounded by ``timeout`` seconds; stragglers are terminated, then killed.
+    ``fn`` and ``args`` must be picklable (``fn`` a module-level function of an importable module). The ranks are
+    forked from a fork server that imported torch and the kit once (``start_method="forkserver"``, reused by later
+    launches of this process), or started fresh ("spawn": each rank imports torch, seconds per process). The whole
+    run, start-up included, is bounded by ``timeout`` seconds; after a failure or the deadline the other ranks are
+    terminated, then killed.
 
     Raises:
         RankError: a rank raised (its traceback), died, or the run passed ``timeout``.
@@ -269,7 +272,11 @@ def launch(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
     _check_world(world_size)
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        module = getattr(fn, "__module__", None)
+        context.set_forkserver_preload(["fia_kit.cp.scenarios"] + ([module] if module and module != "__main__"
+                                                                    else []))
     queue = context.Queue()
     port = free_port()
     processes = [context.Process(target=_rank_main, args=(r, world_size, port, fn, tuple(args), timeout, queue),
@@ -278,6 +285,7 @@ def launch(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
         p.start()
     deadline = time.monotonic() + timeout
     outcome: dict[int, tuple[str, Any]] = {}
+    finished = False
     try:
         while len(outcome) < world_size:
             left = deadline - time.monotonic()
@@ -294,9 +302,10 @@ def launch(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
             outcome[rank] = (status, payload)
             if status == "error":
                 raise RankError(f"rank {rank} of {world_size} failed:\n{payload}")
+        finished = True
     finally:
-        for p in processes:
-            p.join(max(0.1, min(5.0, deadline - time.monotonic())))
+        for p in processes:  # after success the ranks are tearing down their group; else stop them now
+            p.join(max(0.1, min(5.0, deadline - time.monotonic())) if finished else 0.1)
         for p in processes:
             if p.is_alive():
                 p.terminate()
