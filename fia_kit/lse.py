@@ -7,8 +7,11 @@ What the op writes as the LSE of a row that sees no key depends on the kernel th
 | IFA (decode) | S_q == 1, and MLA with D = 512 (its decode kernel) | a batch with L_kv (+ prefix) = 0 | -3.40282e38 (float32 lowest, ``InitAllZeroOutput``) |
 | PFA (prefill) | everything else | rows outside the band, batches with L_kv = 0 | +inf (3e99 overflowing float32) |
 
-A log-sum-exp merge gives the IFA sentinel weight 0; +inf would give NaN, which is why real context-parallel
-callers (vllm-ascend ``common_cp.py::_update_out_and_lse``) rely on the IFA value. ``merge_attention`` handles both.
+A log-sum-exp merge gives the IFA sentinel weight 0; +inf gives NaN. vllm-ascend's DCP decode merges with
+``torch_npu.npu_attention_update`` (twin: ``fia_kit.npu_attention_update``), whose kernel turns +inf into -inf first,
+so both sentinels get weight 0 there; its chunked-prefill context merge (``common_cp.py::_update_out_and_lse``, a
+torch logsumexp) does not, and a +inf from a rank holding none of a request's context gives NaN
+(docs/context_parallel.md). ``merge_attention`` is the kit's own merge: both sentinels get weight 0, never NaN.
 """
 
 from __future__ import annotations
