@@ -26,16 +26,23 @@ class FIAArgumentError(ValueError):
         got: a description of the value received.
         target: the product / CANN version the rule was checked for ("A3 / CANN 9.1"), where the rule depends
             on it (``fia_kit.targets``); None otherwise.
+        rule_id: the kernel rule book's id ("FIA-MASK-002", ``fia_kit.rules``) when the rule is one of the
+            kernel's host checks; None for the kit's own rules.
+        source: the kernel host file:line the rule comes from (``KernelRule.source``); None otherwise.
     """
 
     def __init__(self, parameter: str, rule: str, got: Any = None, *, hint: str | None = None,
-                 target: str | None = None) -> None:
+                 target: str | None = None, rule_id: str | None = None, source: str | None = None) -> None:
         self.parameter = parameter
         self.rule = rule
         self.got = got if isinstance(got, str) else describe_value(got)
         self.hint = hint
         self.target = target
+        self.rule_id = rule_id
+        self.source = source
         message = f"{parameter}: {rule} (got {self.got})"
+        if rule_id or source:
+            message += f" [{' at '.join(x for x in (rule_id, source) if x)}]"
         if hint:
             message += f". Hint: {hint}"
         super().__init__(message)

@@ -7,6 +7,7 @@ tensors and, per batch, where its query rows and keys are and which band of keys
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from .masks import (
 )
 from .quant import QuantSpec
 from .quant_checks import QuantContext, check_input_dtypes, check_output_quant_rows, check_quant, int4_factor
+from .rules import book
+from .rules.routes import RouteFacts, decide, legacy_ifa_flag
 from .signatures import spelled
 
 if TYPE_CHECKING:
@@ -115,6 +118,7 @@ class Plan:
     lse_shape: tuple[int, ...]
     key_columns: int  # the key axis atten_mask and pse_shift cover: P + S_kv (``shapes.key_axis_width``)
     quant: QuantSpec | None = None  # quantised inputs/outputs (spec 16); None when nothing is quantised
+    route: str = "fia"  # the kernel's host route (``fia_kit.rules.ROUTES``): which checks apply, which LSE sentinel
     call: FIACall | None = field(default=None, repr=False, compare=False)  # the parsed call this plan resolves
 
     def keywords(self, form: str | None = None) -> dict:
@@ -176,11 +180,15 @@ def build_plan(call: FIACall) -> Plan:
     block_table, block_size = _check_paging(call, num_kv_heads, decode) if paged_kv else (None, 0)
     capacity = block_table.shape[1] * block_size if paged_kv else None
     batch, plans_q, plans_kv = _resolve_lengths(call, layout, q4, k4, capacity, decode)
+    facts = _route_facts(call, layout, q4, plans_q, head_dim, value_dim, num_heads, num_kv_heads, block_size)
+    route = decide(facts)
+    _check_group_size(call, route, rope, num_heads, num_kv_heads)
+    checked = _as_kernel_sees_it(call, route, facts)
     if paged_kv:
         _check_block_table(block_table, batch, block_size, [kv[2] for kv in plans_kv], key.shape[0])
     plans_q, plans_kv, left_padded = _apply_left_padding(call, layout, q4, k4, plans_q, plans_kv, decode)
 
-    query_rope, key_rope = _check_rope(call, layout, q4, k4, num_heads, num_kv_heads, paged_kv) if rope \
+    query_rope, key_rope = _check_rope(call, layout, q4, k4, num_heads, num_kv_heads, paged_kv, route) if rope \
         else (None, None)
     prefix_key, prefix_value, prefix_len = _check_prefix(call, layout, num_kv_heads, head_dim, value_dim,
                                                          paged_kv, rope)
@@ -188,10 +196,12 @@ def build_plan(call: FIACall) -> Plan:
                                         paged_capacity=capacity, prefix_len=prefix_len)
     kv_axis = key_columns - prefix_len
     q_axis = max((q[2] for q in plans_q), default=0) if layout.packed else q4.shape[2]
-    sparse_mode, pre_tokens, next_tokens = _check_sparse(call, rope, head_dim, decode)
-    atten_mask = _check_mask(call, layout, batch, q_axis, key_columns, decode, rope, head_dim, value_dim, paged_kv)
+    sparse_mode, pre_tokens, next_tokens = _check_sparse(checked, rope, head_dim, value_dim, decode,
+                                                          facts, route)
+    atten_mask = _check_mask(checked, layout, batch, q_axis, key_columns, decode, rope, head_dim, value_dim,
+                             paged_kv)
     if sparse_mode == TREE_MODE:
-        atten_mask = _tree_mask(call, layout, plans_q, plans_kv, q_axis, kv_axis)
+        atten_mask = _tree_mask(checked, layout, plans_q, plans_kv, q_axis, kv_axis)
     pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope)
     sink = _check_sink(call, layout, num_heads, value_dim, pse)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
@@ -224,8 +234,59 @@ def build_plan(call: FIACall) -> Plan:
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, value_dim=value_dim, scale=scale,
         sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise,
         return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
-        out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, call=call,
+        out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, route=route, call=call,
     )
+
+
+def _route_facts(call: FIACall, layout: Layout, q4: torch.Tensor, plans_q: list[tuple[int, int, int]],
+                 head_dim: int, value_dim: int, num_heads: int, num_kv_heads: int, block_size: int) -> RouteFacts:
+    """What the kernel's router reads of ``call`` (``fia_kit.rules.routes``)."""
+    o = call.options
+    sink, rope = o.get("learnable_sink"), o["query_rope"]
+    scale, offset = o.get("antiquant_scale"), o.get("antiquant_offset")
+    query_s = max((q[2] for q in plans_q), default=0) if layout.packed else q4.shape[2]
+    return RouteFacts(
+        product=targets.current().product, query_dtype=call.query.dtype, key_dtype=call.key.dtype,
+        layout=layout.name, query_s=query_s, head_dim=head_dim, value_dim=value_dim,
+        rope_dim=ROPE_DIM if rope is not None else 0, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        paged=o["block_table"] is not None, cache_rank=call.key.dim(), block_size=block_size,
+        prefix=o.get("key_shared_prefix") is not None or o.get("value_shared_prefix") is not None,
+        sparse_mode=_int_or_0(o["sparse_mode"]), mask=o["atten_mask"] is not None,
+        inner_precise=_int_or_0(o["inner_precise"]), sink_dtype=sink.dtype if isinstance(sink, torch.Tensor) else None,
+        quant_out=o.get("quant_scale2") is not None,
+        antiquant_float=all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (scale, offset)))
+
+
+def _int_or_0(value: Any) -> int:
+    """An int attribute as the router reads it (a bad value is refused later by its own check)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _as_kernel_sees_it(call: FIACall, route: str, facts: RouteFacts) -> FIACall:
+    """The call the kernel's checks read: on A2, a decode call the FIA route treats as the old incremental op has
+    sparse_mode 0 and pre/next_tokens INT_MAX before any check (FIA-MASK-003); otherwise ``call`` itself."""
+    if not (route == "fia" and legacy_ifa_flag(facts) and targets.rule("decode_sparse_forced_zero")):
+        return call
+    options = dict(call.options, sparse_mode=0, pre_tokens=INT_MAX, next_tokens=INT_MAX)
+    return dataclasses.replace(call, options=options)
+
+
+def _check_group_size(call: FIACall, route: str, rope: bool, num_heads: int, num_kv_heads: int) -> None:
+    """N_q / N_kv <= 64 on the legacy routes (IFA without rope, PFA); the FIA route has no cap (spec 10)."""
+    ratio = targets.rule("gqa_ratio")
+    rule_id = {"legacy-ifa": None if rope else "IFA-GQA-001", "legacy-pfa": "PFA-GQA-001"}.get(route)
+    if ratio is None or rule_id is None or num_heads // num_kv_heads <= ratio:
+        return
+    heads_name = _spelled(call, "num_heads")
+    raise targets.refuse("num_key_value_heads", "gqa_ratio", f"{heads_name} / num_key_value_heads = "
+                         f"{num_heads // num_kv_heads} must be at most {ratio} on the {route} route (the FIA route "
+                         "has no cap) (spec 10)", num_kv_heads, **_ids(rule_id))
+
+
+def _ids(rule_id: str) -> dict[str, str]:
+    """The book's id and kernel source for an error of ``rule_id``."""
+    entry = book.rule_by_id(rule_id)
+    return {"rule_id": entry.id, "source": entry.source}
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -379,10 +440,6 @@ def _head_counts(call: FIACall, layout: Layout, paged_kv: bool) -> tuple[int, in
     if num_heads % num_kv:
         raise FIAArgumentError("num_key_value_heads", f"must divide {heads_name}={num_heads} (GQA, spec 10)",
                                num_kv)
-    ratio = targets.rule("gqa_ratio")
-    if ratio is not None and num_heads // num_kv > ratio:
-        raise targets.refuse("num_key_value_heads", "gqa_ratio", f"{heads_name} / num_key_value_heads = "
-                             f"{num_heads // num_kv} must be at most {ratio}", num_kv)
     key_heads = paged.cache_num_heads(key) if paged_kv else (
         key.shape[layout.query.index("N")] if layout.heads_explicit else None)
     if key_heads is not None and key_heads != num_kv:
@@ -501,7 +558,7 @@ def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.
 
 
 def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tensor, num_heads: int,
-                num_kv_heads: int, paged_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                num_kv_heads: int, paged_kv: bool, route: str) -> tuple[torch.Tensor, torch.Tensor]:
     o = call.options
     q_rope, k_rope = o["query_rope"], o["key_rope"]
     if q_rope is None or k_rope is None:
@@ -519,10 +576,13 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
         raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
                                layout.name)
     heads = targets.rule("mla_heads")
-    if d == 512 and call.query.dtype != torch.int8 and heads is not None and (num_kv_heads != 1
-                                                                               or num_heads not in heads):
-        raise targets.refuse("num_key_value_heads", "mla_heads", f"MLA with D=512 needs N_kv = 1 and N_q in "
-                             f"{heads} (N_q={num_heads}, N_kv={num_kv_heads})", num_kv_heads)
+    if d == 512 and call.query.dtype != torch.int8 and (num_kv_heads != 1 or num_heads not in heads):
+        rule_id = "IFA-MLA-001" if route == "legacy-ifa" else "FIA-MLA-002" if num_kv_heads != 1 else "FIA-MLA-001"
+        shown = f"[1, {heads[-1]}]" if len(heads) > 8 else "{" + ", ".join(map(str, heads)) + "}"
+        raise targets.refuse("num_key_value_heads" if num_kv_heads != 1 else _spelled(call, "num_heads"),
+                             "mla_heads", f"MLA with D=512 needs N_kv = 1 and N_q in {shown} (so G = N_q up to "
+                             f"{heads[-1]}; N_q={num_heads}, N_kv={num_kv_heads})",
+                             num_kv_heads if num_kv_heads != 1 else num_heads, **_ids(rule_id))
     if d == 512 and layout.packed and not paged_kv:
         raise FIAArgumentError("block_table", "MLA D=512 with TND needs a paged cache (spec 12)", None)
     if q_rope.dim() != layout.rank:
@@ -595,7 +655,9 @@ def _check_prefix(call: FIACall, layout: Layout, num_kv_heads: int, head_dim: in
     return kp4, vp4, values[0]
 
 
-def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tuple[int, int, int]:
+def _check_sparse(call: FIACall, rope: bool, head_dim: int, value_dim: int, decode: bool,
+                  facts: RouteFacts, route: str) -> tuple[int, int, int]:
+    """sparse_mode and pre/next_tokens as the kernel's checks on ``route`` read them (spec 6.3, 6.5)."""
     o = call.options
     mode, pre, nxt = o["sparse_mode"], o["pre_tokens"], o["next_tokens"]
     for name, v in (("sparse_mode", mode), ("pre_tokens", pre), ("next_tokens", nxt)):
@@ -605,24 +667,44 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, decode: bool) -> tup
         _check_tree_mode(call, rope, head_dim)
     elif mode not in SPARSE_MODES:
         raise FIAArgumentError("sparse_mode", "must be 0-4, or 9 (the tree mask: v2, MLA); modes 5-8 are not "
-                               "supported by FIA (spec 6.3, 6.6)", mode)
-    if rope and head_dim == 512 and mode not in (0, 3, 4, TREE_MODE):
+                               "supported by FIA (spec 6.3, 6.6)", mode, **_ids("FIA-MASK-001"))
+    if rope and head_dim == 512 and route == "fia" and mode not in (0, 3, 4, TREE_MODE):
         raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3, 4 or 9 (v2) (spec 6.5, 12)",
-                               mode)
+                               mode, **_ids("FIA-MASK-004"))
+    if rope and route == "legacy-ifa":
+        _check_legacy_mla_sparse(mode, facts.query_s, call.query.dtype == torch.int8)
     if decode and mode != 0 and call.key.dtype in (torch.int8, torch.int32) and call.query.dtype != torch.int8:
         raise FIAArgumentError("sparse_mode", "with S_q == 1 and int8/int4 K/V, sparse_mode must be 0: the kernel "
-                               "refuses others (mask_checker CheckAntiquantSparseMode) (spec 25.1)", mode)
+                               "refuses others (mask_checker CheckAntiquantSparseMode) (spec 25.1)", mode,
+                               **_ids("FIA-MASK-008"))
     if mode != 0 and o["atten_mask"] is None:
         raise FIAArgumentError("atten_mask", f"should not be null when sparse_mode is {mode} (modes 1-4 need a "
-                               "mask; 2-4 the compressed 2048x2048 template) (spec 6.3)", None)
+                               "mask; 2-4 the compressed 2048x2048 template) (spec 6.3)", None,
+                               **_ids("SF-MASK-002" if route == "split-fuse" else "FIA-MASK-002"))
+    if route == "split-fuse" and o["atten_mask"] is not None and mode not in (3, 4):
+        kind = "MHA" if facts.mha else "GQA"
+        raise FIAArgumentError("sparse_mode + atten_mask", f"on the split-fuse route (TND, {kind}, D <= 256) a "
+                               f"mask needs sparse_mode 3 or 4, got {mode} (spec 6.3)", mode,
+                               **_ids("SF-MASK-003"))
     uses_band = not decode and (mode == 4 or (mode == 0 and o["atten_mask"] is not None))
-    if uses_band:
-        if pre < 0 and nxt < 0:
-            raise FIAArgumentError("pre_tokens + next_tokens", "cannot both be negative (spec 6.3)", (pre, nxt))
-        if nxt < -pre:
-            raise FIAArgumentError("pre_tokens + next_tokens", "next_tokens < -pre_tokens leaves no band "
-                                   "(spec 6.3)", (pre, nxt))
+    if uses_band and nxt < -pre:
+        both = "; pre_tokens and next_tokens cannot both be negative" if pre < 0 and nxt < 0 else ""
+        raise FIAArgumentError("pre_tokens + next_tokens", f"next_tokens < -pre_tokens leaves no band{both} "
+                               "(spec 6.3)", (pre, nxt), **_ids("FIA-TOKENS-001"))
     return mode, pre, nxt
+
+
+def _check_legacy_mla_sparse(mode: int, query_s: int, full_quant: bool) -> None:
+    """The legacy incremental MLA (quantised): S_q = 1 takes sparse_mode 0; S_q > 1 takes 3 (antiquant) or 3/9
+    (full quant) (spec 6.5)."""
+    allowed = (3, TREE_MODE) if full_quant else (3,)
+    if query_s == 1 and mode != 0:
+        raise FIAArgumentError("sparse_mode", "the legacy incremental MLA (quantised K/V) with S_q = 1 takes "
+                               "sparse_mode 0 only (spec 6.5)", mode, **_ids("IFA-MASK-001"))
+    if query_s > 1 and mode not in allowed:
+        raise FIAArgumentError("sparse_mode", "the legacy incremental MLA (quantised K/V) with S_q > 1 takes "
+                               f"sparse_mode {' or '.join(map(str, allowed))} only (spec 6.5)", mode,
+                               **_ids("IFA-MASK-002"))
 
 
 def _check_tree_mode(call: FIACall, rope: bool, head_dim: int) -> None:

@@ -90,9 +90,11 @@ _RULES = (
         Variant(A2A3, "8.0", (64, 128, 192), "the kernel takes Q/K D in {64, 128, 192} (V D 128 with Q/K D 192); "
                                              "NOT checked: the kit computes any D (small D keeps examples cheap)"),
         Variant(("Ascend950",), "8.0", None, "any D <= 512 [inferred from V5]")), checked=False),
-    Rule("mla_heads", "MLA D=512 (non-quantised): query / kv head counts", "spec 12, 25.1", (
-        Variant(ALL, NEWER_KERNELS, None, "any N_q / N_kv (full quant always: N_q <= 128, N_kv = 1)"),
-        Variant(ALL, "8.0", (1, 2, 4, 8, 16, 32, 64, 128), "N_q in {1, 2, 4, ..., 128}, N_kv = 1"))),
+    Rule("mla_heads", "MLA D=512 (non-quantised): query / kv head counts", "spec 12, 22 #17", (
+        Variant(("Ascend950",), "8.0", tuple(range(1, 129)), "N_q in [1, 128], N_kv = 1 (arch35 branch of "
+                                                             "CheckHeadNum)"),
+        Variant(A2A3, "8.0", (1, 2, 4, 8, 16, 32, 64, 128), "N_q in {1, 2, 4, ..., 128}, N_kv = 1 (so G up to "
+                                                            "128: FIA-MLA-001/002)"))),
     Rule("block_size", "paged attention: block_size for prefill (S_q > 1)", "spec 11, 22 #8", (
         Variant(ALL, NEWER_KERNELS, (16, 1024), "a multiple of 16, at most 1024 (V5 doc)"),
         Variant(ALL, "8.0", (128, 512), "128..512 in steps of 128 (torch_npu doc); decode: a multiple of 16"))),
@@ -101,7 +103,8 @@ _RULES = (
                                   "unsupported)"),)),
     Rule("gqa_ratio", "GQA: N_q / N_kv", "spec 10, 18.2", (
         Variant(("Ascend950",), "8.0", None, "no limit for non-quantised D 64/128 (V5), else <= 64"),
-        Variant(A2A3, "8.0", 64, "N_q / N_kv <= 64"))),
+        Variant(A2A3, "8.0", 64, "N_q / N_kv <= 64 on the legacy routes (IFA without rope, PFA); the FIA "
+                                 "route has no cap (IFA-GQA-001, PFA-GQA-001)"))),
     Rule("tree_mask", "sparse_mode 9 (tree mask)", "spec 6.6, 25.1", (
         Variant(("Ascend950",), "8.0", False, "refused"),
         Variant(A2A3, NEWER_KERNELS, True, "v2, MLA only"),
@@ -111,6 +114,12 @@ _RULES = (
                                               "sparse_mode 0/2/3 otherwise"),
         Variant(A2A3, "8.0", "tnd_192", "TND family Q/K D 192 with V D 128, or all D <= 128 with sparse_mode "
                                         "0/2/3"))),
+    Rule("decode_sparse_forced_zero", "FIA route, S_q = 1 (BSH/BSND/BNSD, no rope): the caller's sparse_mode",
+         "spec 6.5, 22 #18", (
+             Variant(("A2",), "8.0", True, "rewritten to sparse_mode 0, pre/next_tokens INT_MAX (SocVersion "
+                                           "ASCEND910B; FIA-MASK-003)"),
+             Variant(ALL, "8.0", False, "kept: a non-zero sparse_mode needs a mask (A3 reports ASCEND910_93 "
+                                        "[inferred])"))),
     Rule("fp8_inputs", "FP8 / HiFloat8 / FP4 inputs", "spec 25.3", (
         Variant(ALL, "8.0", False, "Ascend950 only, not modelled by the kit"),)),
 )

@@ -155,8 +155,13 @@ CASES = [
     ("mask_key_axis_paged_capacity", call(fia, k=KC, v=VC, base=PAGED, atten_mask=torch.zeros(2, 5, 31,
                                                                                                dtype=torch.bool)),
      "atten_mask", "block_size = 32", None),
-    ("mask_2d_for_tnd", call(fia, q=QT, k=KT, v=VT, base=TND, atten_mask=torch.zeros(5, 7, dtype=torch.bool)),
-     "atten_mask", "2-D", None),
+    # GQA TND with sparse_mode 0 and a mask takes the split-fuse route, which refuses any mask with sparse_mode 0
+    # (fused_infer_attention_score_tiling.cpp:1351); with MHA the call takes the FIA route and its 2-D mask rule
+    ("mask_with_mode_0_on_split_fuse", call(fia, q=QT, k=KT, v=VT, base=TND,
+                                            atten_mask=torch.zeros(5, 7, dtype=torch.bool)),
+     "sparse_mode + atten_mask", "split-fuse", None),
+    ("mask_2d_for_tnd", call(fia, q=t(5, 2, 16), k=KT, v=VT, base=dict(TND, num_heads=2),
+                             atten_mask=torch.zeros(5, 7, dtype=torch.bool)), "atten_mask", "2-D", None),
     ("decode_mask_shape", call(fia, q=t(2, 4, 1, 16), atten_mask=torch.zeros(2, 2, 7, dtype=torch.bool)),
      "atten_mask", "S_q == 1", None),
     # --- pre/next (spec 6.3)

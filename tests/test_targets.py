@@ -82,14 +82,23 @@ def test_fp8_inputs_are_ascend950_only_not_reserved():
         assert "reserved" not in str(err.value)
 
 
-def test_gqa_ratio_limit_by_product(gen):
+def test_gqa_ratio_limit_by_route_and_product(gen):
+    """G <= 64 is the legacy routes' rule (incre_flash_attention_tiling_check.cpp:326, prompt_flash_attention_
+    tiling.cpp:1748); a float decode takes the FIA route, which has no cap (common_checker.cpp CheckAxis)."""
     q = torch.randn(1, 128, 1, 8, generator=gen, dtype=torch.float64)
     k, v = (torch.randn(1, 1, 3, 8, generator=gen, dtype=torch.float64) for _ in range(2))
-    with pytest.raises(FIAArgumentError, match="gqa_ratio.*A3"):
-        fia(q, k, v, num_heads=128, num_key_value_heads=1, input_layout="BNSD")
-    with fia_kit.target(product="Ascend950"):
-        out, _ = fia(q, k, v, num_heads=128, num_key_value_heads=1, input_layout="BNSD")
+    out, _ = fia(q, k, v, num_heads=128, num_key_value_heads=1, input_layout="BNSD")
     torch.testing.assert_close(out[0], attention(q[0], k[0], v[0], 1.0)[0])
+    k8 = torch.randint(-8, 8, (1, 1, 3, 16), generator=gen, dtype=torch.int8)
+    scale = torch.ones(1, 1, 1, 16, dtype=torch.float16)
+    q16 = torch.randn(1, 128, 1, 16, generator=gen, dtype=torch.float16)
+    kw = dict(num_heads=128, num_key_value_heads=1, input_layout="BNSD", key_antiquant_scale=scale,
+              value_antiquant_scale=scale)
+    with pytest.raises(FIAArgumentError, match="gqa_ratio.*A3") as err:  # int8 K/V: the legacy-ifa route
+        fia(q16, k8, k8, **kw)
+    assert err.value.rule_id == "IFA-GQA-001"
+    with fia_kit.target(product="Ascend950"):
+        fia(q16, k8, k8, **kw)
 
 
 def test_tnd_head_dims_are_documented_not_checked():
@@ -99,19 +108,29 @@ def test_tnd_head_dims_are_documented_not_checked():
     fia(q, q, q, num_heads=2, input_layout="TND", actual_seq_lengths=[4], actual_seq_lengths_kv=[4])
 
 
-def test_mla_kv_heads_by_version(gen):
+def test_mla_kv_heads(gen):
+    """Decode MLA (D 512 + rope 64) on A2/A3: N_q in {1, 2, ..., 128} and N_kv = 1 at every version
+    (common_checker.cpp:1131, :1138); the kit once read 'any heads' for 9.1 from the Ascend950 branch (22 #17)."""
     q = torch.randn(1, 1, 4, 512, generator=gen, dtype=torch.float64) * 0.1
     qr = torch.randn(1, 1, 4, 64, generator=gen, dtype=torch.float64)
-    k = torch.randn(1, 3, 2, 512, generator=gen, dtype=torch.float64) * 0.1
-    kr = torch.randn(1, 3, 2, 64, generator=gen, dtype=torch.float64)
-    kw = dict(query_rope=qr, key_rope=kr, num_query_heads=4, num_key_value_heads=2, input_layout="BSND",
+    k = torch.randn(1, 3, 1, 512, generator=gen, dtype=torch.float64) * 0.1
+    kr = torch.randn(1, 3, 1, 64, generator=gen, dtype=torch.float64)
+    kw = dict(query_rope=qr, key_rope=kr, num_query_heads=4, num_key_value_heads=1, input_layout="BSND",
               softmax_scale=0.1)
-    out, _ = fia_v2(q, k, k, **kw)  # newest kernels: any head counts for non-quantised MLA (spec 25.1)
+    out, _ = fia_v2(q, k, k, **kw)
     want, _ = attention(torch.cat([q, qr], -1)[0].transpose(0, 1), torch.cat([k, kr], -1)[0].transpose(0, 1),
                         k[0].transpose(0, 1), 0.1)
     torch.testing.assert_close(out[0].transpose(0, 1), want)
-    with fia_kit.target(cann="8.5"), pytest.raises(FIAArgumentError, match="mla_heads on A3 / CANN 8.5"):
-        fia_v2(q, k, k, **kw)
+    k2, kr2 = torch.cat([k, k], 2), torch.cat([kr, kr], 2)
+    with pytest.raises(FIAArgumentError, match="mla_heads on A3 / CANN 9.1") as err:
+        fia_v2(q, k2, k2, **{**kw, "key_rope": kr2, "num_key_value_heads": 2})
+    assert err.value.rule_id == "FIA-MLA-002"
+    with fia_kit.target(product="Ascend950"):
+        three = dict(kw, num_query_heads=3)
+        fia_v2(q[:, :, :3], k, k, **{**three, "query_rope": qr[:, :, :3]})
+    with pytest.raises(FIAArgumentError, match="mla_heads") as err:
+        fia_v2(q[:, :, :3], k, k, **{**kw, "num_query_heads": 3, "query_rope": qr[:, :, :3]})
+    assert err.value.rule_id == "FIA-MLA-001"
 
 
 def test_prefill_block_size_by_version(gen):

@@ -338,10 +338,11 @@ def ring_prefill(group: Group, query: torch.Tensor, key: torch.Tensor, value: to
                  update: Update | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Causal prefill of one sequence split over the ranks (zigzag), K/V passed around the ring, one rank.
 
-    Step s attends this rank's queries to the K/V of rank (rank - s) mod W with one FIA call whose ``atten_mask``
-    hides keys at later global positions (sparse_mode 0), then folds it into the running result with
+    Step s attends this rank's queries to the K/V of rank (rank - s) mod W with one FIA call (BSND, batch 1; TND
+    with a free-form mask is refused on the split-fuse route) whose ``atten_mask`` hides keys at later global
+    positions (sparse_mode 0), then folds it into the running result with
     ``npu_attention_update(update_type=1)``. Step 0 is the rank's own K/V, so every row has a key from the start;
-    a later step where a row sees nothing gives the prompt route's +inf, which the update turns into weight 0.
+    a later step where a row sees nothing (every key masked) gives about -1e12, which the update weighs 0.
 
     Args:
         query, key, value: (L, H, D), (L, N_kv, D), (L, N_kv, D): this rank's tokens (``zigzag_positions``).
@@ -361,10 +362,10 @@ def ring_prefill(group: Group, query: torch.Tensor, key: torch.Tensor, value: to
             kv_positions = group.ring_shift(kv_positions)
         k, v = torch.split(kv, [key.shape[-1], value.shape[-1]], dim=-1)
         mask = (kv_positions[None, :] > positions[:, None])[None]  # (1, L, L), True = masked: keys after the query
-        step_out, step_lse = op(query, k.contiguous(), v.contiguous(), num_heads=num_heads,
-                                num_key_value_heads=num_kv_heads, input_layout="TND", atten_mask=mask,
-                                sparse_mode=0, scale=scale, softmax_lse_flag=True, actual_seq_lengths=[n],
-                                actual_seq_lengths_kv=[k.shape[0]])
+        step_out, step_lse = op(query[None], k[None].contiguous(), v[None].contiguous(), num_heads=num_heads,
+                                num_key_value_heads=num_kv_heads, input_layout="BSND", atten_mask=mask,
+                                sparse_mode=0, scale=scale, softmax_lse_flag=True)
+        step_lse = step_lse[0].transpose(0, 1)  # (1, H, L, 1) -> (L, H, 1)
         step_lses.append(step_lse)
         step_out = step_out.to(torch.float32).reshape(n * num_heads, -1)
         step_lse = step_lse.reshape(-1)

@@ -6,8 +6,8 @@ are small and chosen so that some ranks hold no key of some request (the sentine
 
 | case | split | what it shows |
 |---|---|---|
-| ``dcp_decode_case`` | seq_lens (1, 6, 35), interleave 2 | GQA decode; requests shorter than W x 2 tokens leave ranks empty (+inf LSE on the TND route) |
-| ``dcp_decode_case(mla=True)`` | the same, D = 512 + rope 64 | MLA decode on the incremental route (-3.40282e38) |
+| ``dcp_decode_case`` | seq_lens (1, 6, 35), interleave 2 | GQA decode (TND); requests shorter than W x 2 tokens leave ranks empty: +inf LSE |
+| ``dcp_decode_case(mla=True)`` | the same, D = 512 + rope 64 | MLA decode (BNSD, rope): +inf on the empty ranks too |
 | ``dcp_decode_case(merge="ag_rs")`` | the same | vLLM's all-gather / reduce-scatter merge |
 | ``chunked_prefill_case`` | contexts (1, 0, 13), new tokens (2, 3, 4) | request 0's context sits on rank 0 only: NaN unless ``fixed`` |
 | ``mtp_case`` | histories (3, 20), 3 tokens each, interleave 4 | rows before a rank's first key: a leak unless ``fixed`` |

@@ -18,8 +18,8 @@ passes an undefined tensor, which Python sees as None. The kernel and its host c
   ``ProcessLseInfReplacement`` turns +inf into -inf; then m = max_i lse_i, lse_out = m + log(sum_i exp(lse_i - m)),
   out = sum_i exp(lse_i - lse_out) * local_out_i, with no other guard. Consequences, each a test case:
   a row whose every lse is +inf or -inf gives m = -inf, -inf - (-inf) = NaN, so out and lse_out are NaN;
-  a row whose every lse is the IFA sentinel -3.40282e38 gives weights exp(0) = 1, so out = sum_i local_out_i
-  (0 when those rows are the op's zero rows) and lse_out = -3.40282e38.
+  a row whose every lse is one negative sentinel (-3.4e38 or -3.40282e38, ``fia_kit.lse``) gives weights
+  exp(0) = 1, so out = sum_i local_out_i (0 when those rows are the op's zero rows) and lse_out that value.
   With sp > 16 (``MAX_EFFECTIVE_SP``) the kernel merges in rounds: a dummy partition (lse -1e38, ``DUMMY_LSE``,
   output 0) and the first 15, then the running (lse_out, out) and the next 15, and so on; an all-empty row then
   ends as out 0, lse_out -1e38 instead of NaN.

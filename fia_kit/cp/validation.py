@@ -6,8 +6,8 @@
 
 Per row (a token and head of the merged output): the largest |actual - golden| / (atol + rtol |golden|) over D,
 "units of the tolerance" (at most 1 agrees; NaN counts as infinitely far). ``sentinels`` counts the values the
-rank's own FIA call wrote into its LSE: finite, about -1e12 (every key hidden by atten_mask), +inf (the prompt / split-fuse routes' no-key value), -3.40282e38
-(the incremental route's), -inf, NaN (docs/context_parallel.md).
+rank's own FIA call wrote into its LSE: finite, about -1e12 (every key hidden by atten_mask), the no-key values of
+``fia_kit.lse`` (+inf, -3.4e38, -3.40282e38), -inf, NaN (docs/context_parallel.md).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..lse import IFA_NO_KEY_LSE
+from ..lse import FIA_DECODE_NO_KEY_LSE, IFA_NO_KEY_LSE
 
 __all__ = ["golden_attention", "row_errors", "sentinel_counts", "Report", "compare", "table"]
 
-SENTINELS = ("finite", "~-1e12", "+inf", "-3.40282e38", "-inf", "nan")
+SENTINELS = ("finite", "~-1e12", "+inf", "-3.4e38", "-3.40282e38", "-inf", "nan")
 MASKED_BELOW = -1e11  # a row whose every key atten_mask hides: -1e12 + ln(count) (spec 7 item 3)
 
 
@@ -54,14 +54,16 @@ def row_errors(actual: torch.Tensor, golden: torch.Tensor, atol: float, rtol: fl
 
 
 def sentinel_counts(lse: torch.Tensor) -> dict[str, int]:
-    """How many LSE values are finite, ~-1e12 (a row atten_mask hides entirely), +inf, -3.40282e38 (float32's
-    lowest), -inf or NaN."""
+    """How many LSE values are finite, ~-1e12 (a row atten_mask hides entirely), +inf (the prompt / split-fuse / MLA
+    no-key value), -3.4e38 (float32(-3.4e38), the FIA decode kernel's), -3.40282e38 (float32's lowest, the legacy
+    IFA kernel's), -inf or NaN (``fia_kit.lse``)."""
     x = lse.detach().to(torch.float32)
-    lowest = x == IFA_NO_KEY_LSE
-    masked = torch.isfinite(x) & ~lowest & (x < MASKED_BELOW)
-    return {"finite": int((torch.isfinite(x) & ~lowest & ~masked).sum()), "~-1e12": int(masked.sum()),
-            "+inf": int((x == float("inf")).sum()),
-            "-3.40282e38": int(lowest.sum()), "-inf": int((x == float("-inf")).sum()), "nan": int(x.isnan().sum())}
+    fia_decode, lowest = x == FIA_DECODE_NO_KEY_LSE, x == IFA_NO_KEY_LSE
+    masked = torch.isfinite(x) & ~lowest & ~fia_decode & (x < MASKED_BELOW)
+    plain = torch.isfinite(x) & ~lowest & ~fia_decode & ~masked
+    return {"finite": int(plain.sum()), "~-1e12": int(masked.sum()), "+inf": int((x == float("inf")).sum()),
+            "-3.4e38": int(fia_decode.sum()), "-3.40282e38": int(lowest.sum()),
+            "-inf": int((x == float("-inf")).sum()), "nan": int(x.isnan().sum())}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,236 @@
+"""The kernel's rule book: one entry per host check of FIA on Atlas A2/A3, read from ops-transformer at 5778144.
+
+Each ``KernelRule`` names the check's stable id, where it lives in the kernel's host code (path:line at commit
+5778144, 2026-08-21), the routes it applies on (``fia_kit.rules.routes``), its product/CANN gate, the kernel's own
+message as a regex (what a CANN plog shows), the docs section, and whether the kit enforces it:
+
+    "enforced"      validation raises FIAArgumentError(rule_id=..., source=...) when a call breaks it;
+    "unreachable"   torch_npu's Python API cannot produce a call that breaks it (tensors it allocates, attributes
+                    it fixes): listed, not checked;
+    "not-enforced"  reachable, read, and not checked by the kit; ``note`` says why.
+
+Validation looks rules up here (``rule_by_id``, ``error``) rather than repeating their text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FIAArgumentError
+from .routes import ROUTES
+
+COMMIT = "5778144076def6311557939ab5cbfe8303f13e8f"
+STATUSES = ("enforced", "unreachable", "not-enforced")
+
+_FIA = "attention/fused_infer_attention_score/op_host/"
+_CHK = _FIA + "checkers/"
+_IFA = "attention/incre_flash_attention/op_host/"
+_PFA = "attention/prompt_flash_attention/op_host/"
+_ALL = ROUTES
+_LEGACY = ("legacy-ifa", "legacy-pfa")
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """One host check of the kernel (see the module docstring for the fields' meaning)."""
+
+    id: str
+    topic: str
+    condition: str
+    source: str
+    routes: tuple[str, ...]
+    gate: str | None
+    message: str
+    section: str
+    status: str
+    note: str
+    parameter: str
+
+    def applies(self, route: str) -> bool:
+        """Whether a call on ``route`` meets this check."""
+        return route in self.routes
+
+
+def _rule(id: str, topic: str, condition: str, source: str, routes: tuple[str, ...], message: str, section: str,
+          parameter: str, *, gate: str | None = None, status: str = "enforced", note: str = "") -> KernelRule:
+    return KernelRule(id, topic, condition, source, routes, gate, message, section, status, note, parameter)
+
+
+RULES: tuple[KernelRule, ...] = (
+    # ------------------------------------------------------------------------------------------ sparse modes, masks
+    _rule("FIA-MASK-001", "sparse_mode values", "sparse_mode must be 0, 1, 2, 3, 4 or 9",
+          _CHK + "mask_checker.cpp:56", ("fia",), r"SparseMode only supports 0/1/2/3/4/9", "6.3", "sparse_mode"),
+    _rule("FIA-MASK-002", "a mask for sparse modes other than 0",
+          "sparse_mode != 0 needs atten_mask (after A2's decode rewrite, FIA-MASK-003)",
+          _CHK + "mask_checker.cpp:578", ("fia",), r"atten_mask cannot be empty", "6.3", "sparse_mode + atten_mask"),
+    _rule("FIA-MASK-003", "decode sparse_mode rewritten to 0 (A2)",
+          "on ASCEND910B (A2), a call the FIA route treats as the old incremental op (BSH/BSND/BNSD, S_q = 1, Q/K D = "
+          "V D, no rope) gets sparse_mode 0, pre/next_tokens INT_MAX and no query lengths / query padding before any "
+          "check: any sparse_mode, mask or not, runs as sparse_mode 0",
+          _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), r"^$", "6.5",
+          "sparse_mode", gate="decode_sparse_forced_zero",
+          note="a rewrite, not a refusal: the kit validates and computes such a call as sparse_mode 0 on A2; A3 "
+               "(SocVersion ASCEND910_93) keeps the caller's sparse_mode [inferred: A3 reports ASCEND910_93]"),
+    _rule("FIA-MASK-004", "MLA D=512 sparse modes", "MLA with D = 512 (query_rope/key_rope) allows sparse_mode "
+          "0, 3, 4 or 9", _CHK + "mask_checker.cpp:80", ("fia",), r"Only support sparse 0/3/4/9 when ifa mla",
+          "6.5", "sparse_mode"),
+    _rule("FIA-MASK-005", "Q/K D != V D sparse modes", "when Q/K D differs from V D (other than 192/128), "
+          "sparse_mode must be 0, 2 or 3", _CHK + "mask_checker.cpp:217", ("fia",),
+          r"only sparse mode 0/2/3 is supported", "6.3", "sparse_mode"),
+    _rule("FIA-MASK-006", "the compressed mask of modes 2-4", "sparse_mode 2, 3, 4 need atten_mask of shape "
+          "(2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048)", _CHK + "mask_checker.cpp:566", ("fia",),
+          r"The shape of atten_mask must be \[2048, 2048\], \[1, 2048, 2048\] or \[1, 1, 2048,\s*2048\]", "6.4", "atten_mask"),
+    _rule("FIA-MASK-007", "the compressed mask's content", "the kit also requires the 2048 template to be exactly "
+          "triu(ones, 1); the kernel reads only its shape", _CHK + "mask_checker.cpp:566", ("fia",),
+          r"^$", "6.4", "atten_mask", status="not-enforced",
+          note="the kernel checks the shape only; the kit keeps its content check (a kit rule, spec 6.4, 22 #6): "
+               "any other content gives an answer the kit cannot define"),
+    _rule("FIA-MASK-008", "quantised-K/V decode sparse mode", "S_q = 1 with int8/int4 K/V and a float query: "
+          "sparse_mode must be 0", _CHK + "mask_checker.cpp:68", ("fia", "legacy-ifa"),
+          r"When S of query equal to 1, sparseMode only supports 0", "6.5", "sparse_mode",
+          note="on A2/A3 such calls take the legacy-ifa route, whose GQA path reads sparse_mode without checking it "
+               "[inferred: no check found in incre_flash_attention_tiling_check.cpp]; the kit keeps the FIA "
+               "checker's refusal (spec 25.1) rather than compute an undefined mode"),
+    _rule("IFA-MASK-001", "legacy IFA MLA decode sparse mode", "the legacy incremental MLA (quantised K/V) with "
+          "S_q = 1: sparse_mode must be 0", _IFA + "incre_flash_attention_tiling_check.cpp:1472", ("legacy-ifa",),
+          r"when queryS = 1, sparseMode\(\d+\) only support 0", "6.5", "sparse_mode"),
+    _rule("IFA-MASK-002", "legacy IFA MLA multi-token sparse mode", "the legacy incremental MLA (quantised K/V) "
+          "with S_q > 1: sparse_mode 3 (antiquant) or 3/9 (full quant)",
+          _IFA + "incre_flash_attention_tiling_check.cpp:1466", ("legacy-ifa",),
+          r"when queryS > 1, sparseMode\(\d+\) only support 3", "6.5", "sparse_mode"),
+    _rule("FIA-TOKENS-001", "pre/next tokens leave a band", "after the sparse mode sets the tokens, -next_tokens "
+          "> pre_tokens is refused (no key left)", _CHK + "mask_checker.cpp:308", ("fia",),
+          r"next_tokens \* \(-1\) > pre_tokens", "6.3", "pre_tokens + next_tokens"),
+    _rule("SF-MASK-001", "split-fuse sparse modes", "on the split-fuse route sparse_mode is 0, 3 or 4",
+          _FIA + "fused_infer_attention_score_tiling.cpp:1341", ("split-fuse",),
+          r"In split fuse senario, sparseMode shall be 0 or 3 or 4", "6.3", "sparse_mode", status="unreachable",
+          note="the router sends other sparse modes to the FIA route (IsUsingFAI needs 0/3/4)"),
+    _rule("SF-MASK-002", "split-fuse: no mask means sparse_mode 0", "on the split-fuse route a call without "
+          "atten_mask must have sparse_mode 0", _FIA + "fused_infer_attention_score_tiling.cpp:1345", ("split-fuse",),
+          r"When attnMask is not provided, sparseMode must be 0", "6.3", "sparse_mode + atten_mask"),
+    _rule("SF-MASK-003", "split-fuse: a mask means sparse_mode 3 or 4", "on the split-fuse route a call with "
+          "atten_mask must have sparse_mode 3 or 4 (sparse_mode 0 with a mask is refused)",
+          _FIA + "fused_infer_attention_score_tiling.cpp:1351", ("split-fuse",),
+          r"When attnMask is provided, sparseMode must be 3 or 4", "6.3", "sparse_mode + atten_mask"),
+    # ------------------------------------------------------------------------------------------------ heads, GQA
+    _rule("FIA-MLA-001", "MLA D=512 query heads", "decode MLA (D = 512 with rope): num_heads in {1, 2, 4, 8, 16, "
+          "32, 64, 128}", _CHK + "common_checker.cpp:1131", ("fia",),
+          r"num_heads must be in the range of \{1, 2, 4, 8, 16, 32, 64, 128\}", "12", "num_heads",
+          gate="mla_heads"),
+    _rule("FIA-MLA-002", "MLA D=512 kv heads", "decode MLA (D = 512 with rope): num_key_value_heads must be 1",
+          _CHK + "common_checker.cpp:1138", ("fia",), r"num_key_value_heads must be 1 in the Decode MLA", "12",
+          "num_key_value_heads", gate="mla_heads"),
+    _rule("IFA-MLA-001", "legacy IFA MLA heads", "the legacy incremental MLA (int8/int4 K/V): num_key_value_heads "
+          "1 and G in {1, 2, 4, ..., 128}", _IFA + "incre_flash_attention_tiling_check.cpp:1675", ("legacy-ifa",),
+          r"MLA only support \{1, 2, 4, 8, 16, 32, 64, 128\}|heads num\(\d+\) only support 1 in MLA", "12",
+          "num_heads + num_key_value_heads", gate="mla_heads"),
+    _rule("IFA-GQA-001", "legacy IFA group size", "the legacy incremental route without rope: N_q / N_kv <= 64",
+          _IFA + "incre_flash_attention_tiling_check.cpp:326", ("legacy-ifa",),
+          r"heads num divided by the key/value's heads num = \d+, cannot be greater than 64", "10",
+          "num_key_value_heads", gate="gqa_ratio"),
+    _rule("PFA-GQA-001", "legacy PFA group size", "the legacy prompt route: N_q / N_kv <= 64",
+          _PFA + "prompt_flash_attention_tiling.cpp:1748", ("legacy-pfa",),
+          r"numHeads / numKeyValueHeads = \d+, cannot be larger than 64", "10", "num_key_value_heads",
+          gate="gqa_ratio"),
+    _rule("FIA-GQA-001", "FIA route group size", "the FIA route has no cap on N_q / N_kv outside decode MLA "
+          "(the kit's old 'G <= 64' is the legacy routes' rule)", _CHK + "common_checker.cpp:656", ("fia",),
+          r"axis G must be in the range", "10", "num_key_value_heads", status="not-enforced",
+          note="no such check on the FIA route; listed so that the G <= 64 of the legacy routes is not "
+               "mistaken for it"),
+    # ------------------------------------------------------------------------------------------------ axes, D
+    _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
+          r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
+    _rule("FIA-AXIS-002", "Q/K D != V D: head dims", "when Q/K D differs from V D (other than 192/128), both must "
+          "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
+          r"D of (query|value) must be <= 128 when D of query and key is not equal to D of value", "12",
+          "value", gate="qk_v_head_dims"),
+    _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
+          ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
+          note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
+               "decode 2/3 have no documented meaning to compute"),
+    # ------------------------------------------------------------------------------------------------ LSE, pse
+    _rule("FIA-LSE-001", "softmax_lse with Q/K D != V D", "GQA without rope and Q/K D != V D (other than 192/128): "
+          "softmax_lse_flag must be False", _CHK + "softmax_lse_checker.cpp:134", ("fia",),
+          r"softmax_lse_flag must be False", "8", "softmax_lse_flag"),
+    _rule("FIA-PSE-001", "pse_shift with MLA", "pse_shift must be empty with MLA rope", _CHK + "pse_checker.cpp:181",
+          ("fia",), r"pseShift must be empty in the MLA scenario", "9", "pse_shift"),
+    _rule("FIA-PSE-002", "pse_shift with transposed / packed layouts", "pse_shift must be empty for BSH_BNSD, "
+          "BSND_BNSD, TND, NTD, NTD_TND, TND_NTD", _CHK + "pse_checker.cpp:186", ("fia",),
+          r"pseShift must be empty when the inputLayout is", "9", "pse_shift"),
+    _rule("FIA-PSE-003", "pse_shift with Q/K D != V D", "pse_shift must be empty when Q/K D differs from V D",
+          _CHK + "pse_checker.cpp:159", ("fia",), r"pseShift must be empty when D of query and key is not equal",
+          "9", "pse_shift"),
+    # ------------------------------------------------------------------------------------------------ learnable sink
+    _rule("FIA-SINK-001", "learnable_sink dtype", "on A2/A3 learnable_sink must be bfloat16",
+          _CHK + "learnable_sink_checker.cpp:55", ("fia",), r"dtype of learnable_sink must be BFLOAT16", "13",
+          "learnable_sink"),
+    _rule("FIA-SINK-002", "learnable_sink with pse_shift", "pse_shift must be empty with learnable_sink",
+          _CHK + "learnable_sink_checker.cpp:90", ("fia",), r"pseShift must be empty when learnable sink", "13",
+          "learnable_sink + pse_shift"),
+    _rule("FIA-SINK-003", "learnable_sink and inner_precise", "inner_precise must be 0 with learnable_sink",
+          _CHK + "learnable_sink_checker.cpp:100", ("fia",), r"The value of inner_precise must be \d+ when learnable sink", "13",
+          "learnable_sink + inner_precise"),
+    _rule("FIA-SINK-004", "learnable_sink head dims", "with learnable_sink, Q/K D in {64, 128, 192} and V D in "
+          "{64, 128}", _CHK + "learnable_sink_checker.cpp:144", ("fia",),
+          r"D of (query|value) must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
+          "learnable_sink"),
+    # ------------------------------------------------------------------------------------------------ shared prefix
+    _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
+          _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
+          "key_shared_prefix + block_table"),
+    _rule("FIA-PREFIX-002", "shared prefix layouts", "key/value_shared_prefix must be empty for BSH_BNSD, "
+          "BSND_BNSD and the TND family", _CHK + "system_prefix_checker.cpp:315", ("fia",),
+          r"prefix must be empty when the inputLayout is", "14", "key_shared_prefix + input_layout"),
+    _rule("FIA-PREFIX-003", "shared prefix with MLA", "key/value_shared_prefix must be empty with MLA rope",
+          _CHK + "system_prefix_checker.cpp:320", ("fia",), r"prefix must be empty in (PFA|IFA) MLA scenario", "14",
+          "key_shared_prefix + query_rope"),
+    # ------------------------------------------------------------------------------------------------ left padding
+    _rule("FIA-PAD-001", "left padding with paging", "query/kv_padding_size must be empty with block_table",
+          _CHK + "left_padding_checker.cpp:180", ("fia",), r"leftPadding must be empty when page attention", "15",
+          "query_padding_size/kv_padding_size + block_table"),
+    _rule("FIA-PAD-002", "left padding layouts", "left padding is refused for BSH_BNSD, BSND_BNSD and the TND "
+          "family", _CHK + "left_padding_checker.cpp:138", ("fia",),
+          r"input_layout cannot be \w+ when leftpadding is enabled", "15",
+          "query_padding_size/kv_padding_size + input_layout"),
+    # ------------------------------------------------------------------------------------------------ paged attention
+    _rule("FIA-PA-001", "block_table dtype", "block_table must be int32", _CHK + "paged_attention_checker.cpp:105",
+          ("fia",), r"blockTable dtype only support INT32", "11", "block_table"),
+    _rule("FIA-PA-002", "paged attention needs kv lengths", "with block_table, actual_seq_lengths_kv is required",
+          _CHK + "paged_attention_checker.cpp:199", ("fia",),
+          r"actual_seq_lengths_kv cannot be empty", "11", "actual_seq_lengths_kv"),
+    _rule("FIA-PA-003", "block_size (non-quantised)", "with block_table, block_size a multiple of 16 in [16, 1024]",
+          _CHK + "paged_attention_checker.cpp:568", ("fia",),
+          r"when page attention enable, blockSize\(\d+\) must be a multiple of", "11", "block_size", gate="block_size"),
+    # ------------------------------------------------------------------------------------------------ unreachable
+    _rule("FIA-LSE-002", "softmax_lse allocated", "softmax_lse_flag True needs a softmax_lse output tensor",
+          _CHK + "softmax_lse_checker.cpp:53", ("fia",), r"softmaxLse cannot be empty", "8", "softmax_lse_flag",
+          status="unreachable", note="torch_npu allocates softmax_lse itself from the flag"),
+    _rule("FIA-OUT-001", "attention_out allocated", "attention_out must exist", _CHK + "common_checker.cpp:60",
+          _ALL, r"attention_out", "4.3", "attention_out", status="unreachable",
+          note="torch_npu allocates attention_out itself"),
+    _rule("FIA-PA-004", "non-contiguous caches", "on arch22 only the MLA D512 PA template takes non-contiguous "
+          "caches", _CHK + "paged_attention_checker.cpp:748", ("fia",), r"non-contiguous cache is supported only",
+          "11", "key/value", status="unreachable",
+          note="torch_npu's bindings make inputs contiguous before the call [inferred]"),
+)
+
+_BY_ID = {r.id: r for r in RULES}
+assert len(_BY_ID) == len(RULES), "duplicate rule id"
+
+
+def rule_by_id(rule_id: str) -> KernelRule:
+    """The rule with id ``rule_id``. Raises FIAArgumentError for an unknown id."""
+    try:
+        return _BY_ID[rule_id]
+    except KeyError:
+        raise FIAArgumentError("rule_id", f"is not in the kernel rule book ({len(RULES)} rules)", rule_id) from None
+
+
+def error(rule_id: str, rule: str, got: Any = None, *, parameter: str | None = None,
+          **kwargs: Any) -> FIAArgumentError:
+    """An FIAArgumentError for a break of book rule ``rule_id``: ``rule`` says what was broken for this call (with
+    the docs section), the error carries the book's id and kernel source; the parameter defaults to the book's."""
+    entry = rule_by_id(rule_id)
+    return FIAArgumentError(parameter or entry.parameter, rule, got, rule_id=entry.id, source=entry.source,
+                            **kwargs)
