@@ -233,7 +233,7 @@ print(cp.validation.table(cp.run_in_process(lambda group: [cp.scenarios.ring_pre
 # Every recipe takes the op and the merge as arguments: on an Atlas A2/A3 box pass
 # `op=torch_npu.npu_fused_infer_attention_score` and `update=torch_npu.npu_attention_update`, device tensors, and a
 # group from `cp.init_from_env("hccl")` (run a script with `torchrun --nproc-per-node 2`, or
-# `python -m fia_kit.cp.groups module:function --nproc 2` for gloo). The cell below compares the real
+# `python -m fia_kit.cp module:function --nproc 2` for gloo). The cell below compares the real
 # `npu_attention_update` with its twin on the sentinel cases when torch_npu is there; here it says it skipped.
 # The in-process group is exact but leaves out what a real group adds: transport, device streams and their overlap
 # with compute, separate memory per rank, failures of a process.

@@ -95,3 +95,21 @@ def test_in_process_group_is_bounded_too() -> None:
         cp.run_in_process(lambda g: g.all_reduce(scenarios.torch.ones(1)) if g.rank else time.sleep(3), 2,
                           timeout=1)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.timeout(150)
+def test_torchrun_starts_the_same_ranks() -> None:
+    """``torchrun -m fia_kit.cp module:function``: each process joins the group from torchrun's environment."""
+    import subprocess
+    import sys
+
+    port = cp.groups.free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "-m", "fia_kit.cp", "fia_kit.cp.scenarios:summary"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    expected = ("8 cases on 2 ranks; beyond tolerance: chunked prefill context (torch logsumexp) (4 rows, NaN); "
+                "MTP under DCP (vllm-ascend mask) (2 rows)")
+    assert lines == [f"rank 0: {expected}", f"rank 1: {expected}"]

@@ -152,3 +152,22 @@ def test_fake_kernel_traces_with_torch_compile() -> None:
     out, lse_out = torch.compile(merge, backend="aot_eager", fullgraph=True)(*lse, *outs)
     ref_out, ref_lse = fia_kit.npu_attention_update(lse, outs, 1)
     assert torch.equal(out, ref_out) and torch.equal(lse_out, ref_lse)
+
+
+def test_look_alike_schema_equals_the_wheels() -> None:
+    """torch_npu 2.13.0's yaml registers the schema the look-alike op copies (tests/npu_wheel.py; skips without
+    the wheel outside CI)."""
+    import re
+
+    from npu_wheel import wheel_text
+
+    from fia_kit.backends import lookalike
+
+    found = [m.group(1) for m in re.finditer(r"func:\s*(npu_attention_update\(.+)$",
+                                             wheel_text("torch_npu/csrc/aten/npu_native_functions_by_codegen.yaml"),
+                                             re.MULTILINE)]
+
+    def normal(schema: str) -> str:
+        return str(torch._C.parse_schema("x::" + " ".join(schema.split()))).removeprefix("x::")
+
+    assert [normal(s) for s in found] == [normal(lookalike.UPDATE_SCHEMA)]

@@ -154,10 +154,12 @@ def _update_kernel(lse, local_out, update_type):
 
 
 def _update_fake(lse, local_out, update_type):
+    """As the torch_npu 2.13.0 wheel's meta (``op_plugin/meta/_meta_registrations.py:6148``): both outputs, whatever
+    update_type, although the eager op returns None as lse_out for update_type 0."""
     from ..cp.update import check_arguments
 
     check_arguments(list(lse), list(local_out), update_type)
-    return local_out[0].new_empty(local_out[0].shape), (lse[0].new_empty(lse[0].shape) if update_type == 1 else None)
+    return local_out[0].new_empty(local_out[0].shape), lse[0].new_empty(lse[0].shape)
 
 
 for _device in ("CPU", "CUDA"):

@@ -19,8 +19,9 @@ order. ``Group`` holds the collectives the call sites use (vLLM's ``GroupCoordin
 * ``launch`` starts ``world_size`` processes (forked from a fork server, or spawned) with torchrun's environment (``RANK``, ``LOCAL_RANK``,
   ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``), gloo bound to the
   loopback interface, every collective bounded by ``timeout``; it joins with a deadline, kills stragglers and raises
-  ``RankError`` naming the rank that failed. ``python -m fia_kit.cp.groups module:function --nproc 2`` runs a
-  function the same way, or as one rank when torchrun started it.
+  ``RankError`` naming the rank that failed. ``python -m fia_kit.cp module:function --nproc 2`` runs a
+  function the same way, or as one rank when torchrun started it
+  (``torchrun --nproc-per-node 2 -m fia_kit.cp module:function``).
 """
 
 from __future__ import annotations
@@ -325,8 +326,8 @@ def _resolve(name: str) -> Callable[..., Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fia_kit.cp.groups module:function [--nproc N] [--timeout S]``; under torchrun, one rank."""
-    parser = argparse.ArgumentParser(prog="python -m fia_kit.cp.groups", description=main.__doc__)
+    """``python -m fia_kit.cp module:function [--nproc N] [--timeout S]``; under torchrun, one rank."""
+    parser = argparse.ArgumentParser(prog="python -m fia_kit.cp", description=main.__doc__)
     parser.add_argument("function", help="module:function taking (group) and returning a printable value")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
@@ -340,7 +341,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rank, result in enumerate(launch(fn, options.nproc, timeout=options.timeout)):
         print(f"rank {rank}: {result}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -24,11 +24,12 @@ import torch
 
 from ..backends.tolerances import TOLERANCES
 from .groups import Group
-from .layouts import local_lengths, positions_on, shard_paged, zigzag_positions
+from .layouts import positions_on, shard_paged, zigzag_positions
 from .recipes import chunked_prefill, dcp_decode, dcp_decode_mla, dcp_mtp_decode, fia_op, ring_prefill
 from .validation import Report, compare, golden_attention
 
-__all__ = ["dcp_decode_case", "chunked_prefill_case", "mtp_case", "ring_prefill_case", "all_cases", "DTYPE"]
+__all__ = ["dcp_decode_case", "chunked_prefill_case", "mtp_case", "ring_prefill_case", "all_cases", "summary",
+           "DTYPE"]
 
 DTYPE = torch.float16
 ATOL, RTOL = TOLERANCES[DTYPE]
@@ -155,6 +156,8 @@ def all_cases(group: Group) -> list[Report]:
             mtp_case(group, fixed=True), ring_prefill_case(group)]
 
 
-def split_table(seq_lens: tuple[int, ...], world_size: int, interleave_size: int) -> torch.Tensor:
-    """``local_lengths`` of a case, for display."""
-    return local_lengths(seq_lens, world_size, interleave_size)
+def summary(group: Group) -> str:
+    """``all_cases`` in one line: which cases this rank got wrong (the two pitfalls, when all is well)."""
+    reports = all_cases(group)
+    wrong = [f"{r.name} ({r.bad_rows} rows{', NaN' if r.nan_rows else ''})" for r in reports if not r.ok]
+    return f"{len(reports)} cases on {group.world_size} ranks; beyond tolerance: {'; '.join(wrong) or 'none'}"
