@@ -185,7 +185,8 @@ def update_out_and_lse(out_list: torch.Tensor, lse_list: torch.Tensor, *, fixed:
 
     As vllm-ascend writes it (``fixed=False``), a partition whose LSE is +inf (the prompt route's no-key value:
     this rank holds none of the request's context) makes ``logsumexp`` +inf and exp(+inf - +inf) NaN.
-    ``fixed=True`` first turns +inf into -inf, as ``npu_attention_update`` does.
+    ``fixed=True`` first turns +inf into -inf, as ``npu_attention_update`` does, and as vllm-ascend's own
+    ``batch_chunk_seq_mask`` did before PR #6013 (commit 8378bc28b0) removed it.
 
     Args:
         out_list: (W, T, H, D). lse_list: (W, T, H, 1).
