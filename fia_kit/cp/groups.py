@@ -184,20 +184,22 @@ def run_in_process(fn: Callable[..., Any], world_size: int, args: Sequence[Any] 
     """Run ``fn(group, *args)`` on ``world_size`` ranks as threads of this process; the results in rank order.
 
     Raises:
-        RankError: a rank raised (the first one, with its traceback), or a collective waited past ``timeout``.
+        the exception of the lowest rank that raised one (a note names the rank), e.g. ``FIAArgumentError``;
+        RankError: a collective waited past ``timeout`` (a rank never joined it).
     """
     _check_world(world_size)
     exchange = _Exchange(world_size, timeout)
     results: list[Any] = [None] * world_size
-    errors: dict[int, str] = {}
+    errors: dict[int, BaseException] = {}
+    abandoned: set[int] = set()
 
     def body(rank: int) -> None:
         try:
             results[rank] = fn(InProcessGroup(rank, exchange), *args)
         except threading.BrokenBarrierError:
-            errors.setdefault(rank, "a collective was abandoned (another rank failed or timed out)")
-        except BaseException:  # noqa: BLE001 - reported to the caller with the rank
-            errors[rank] = traceback.format_exc()
+            abandoned.add(rank)
+        except BaseException as error:  # noqa: BLE001 - raised in the caller's thread, with the rank
+            errors[rank] = error
             exchange.barrier.abort()
 
     threads = [threading.Thread(target=body, args=(r,), name=f"fia-kit-rank-{r}", daemon=True)
@@ -211,8 +213,12 @@ def run_in_process(fn: Callable[..., Any], world_size: int, args: Sequence[Any] 
         exchange.barrier.abort()
         raise RankError(f"in-process ranks still running after {timeout} s")
     if errors:
-        first = min(errors, key=lambda r: ("abandoned" in errors[r], r))
-        raise RankError(f"rank {first} of {world_size} failed:\n{errors[first]}")
+        first = min(errors)
+        errors[first].add_note(f"(raised on in-process rank {first} of {world_size})")
+        raise errors[first]
+    if abandoned:
+        raise RankError(f"ranks {sorted(abandoned)} of {world_size}: a collective waited past {timeout} s "
+                        "(a rank never joined it)")
     return results
 
 

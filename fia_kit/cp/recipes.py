@@ -102,6 +102,8 @@ def dcp_decode(group: Group, query: torch.Tensor, cache: RankCache, *, num_heads
     Returns:
         (out (T, H, D) float32, local_lse (T, W*H, 1): the LSE this rank's FIA call wrote, for the sentinel report).
     """
+    if merge not in ("attention_update", "ag_rs"):
+        raise FIAArgumentError("merge", 'must be "attention_update" or "ag_rs"', merge)
     op, update = _ops(op, update)
     query = group.all_gather(query, 1) if group.world_size > 1 else query
     heads = num_heads * group.world_size
@@ -113,8 +115,6 @@ def dcp_decode(group: Group, query: torch.Tensor, cache: RankCache, *, num_heads
                             actual_seq_lengths=list(range(1, t + 1)))
     if merge == "ag_rs":
         return merge_ag_rs(group, attn_out.to(torch.float32), attn_lse[..., 0]), attn_lse
-    if merge != "attention_update":
-        raise FIAArgumentError("merge", 'must be "attention_update" or "ag_rs"', merge)
     merged = attention_update_merge(process_attn_out_lse(group, attn_out, attn_lse), query.shape[-1],
                                     group.world_size, update)
     return merged, attn_lse
