@@ -17,7 +17,8 @@ import fia_kit
 from fia_kit.cp.update import DUMMY_LSE, check_arguments
 
 INF = float("inf")
-LOWEST = -3.4028234663852886e38  # float32's lowest: the incremental route's no-key LSE
+LOWEST = -3.4028234663852886e38  # float32's lowest: the legacy IFA kernel's no-key LSE
+FIA_DECODE = -3.3999999521443642e38  # float32(-3.4e38): the FIA decode kernel's (fia_kit.lse)
 
 
 def _rows(*values: float) -> torch.Tensor:
@@ -43,8 +44,9 @@ def test_plus_inf_becomes_minus_inf_and_gets_weight_zero() -> None:
     assert torch.equal(lse_out, _rows(0.5, 2.0))
 
 
-def test_incremental_sentinel_gets_weight_zero() -> None:
-    out, lse_out = fia_kit.npu_attention_update([_rows(LOWEST), _rows(1.5)], [_outs(0.0), _outs(2.0)], 1)
+@pytest.mark.parametrize("sentinel", [LOWEST, FIA_DECODE], ids=["legacy-ifa -FLT_MAX", "fia decode -3.4e38"])
+def test_negative_sentinels_get_weight_zero(sentinel: float) -> None:
+    out, lse_out = fia_kit.npu_attention_update([_rows(sentinel), _rows(1.5)], [_outs(0.0), _outs(2.0)], 1)
     assert torch.equal(out, _outs(2.0)) and torch.equal(lse_out, _rows(1.5))
 
 

@@ -43,3 +43,8 @@ def test_the_surface_names_what_users_call():
     assert expected <= set(fia_kit.__all__)
     assert len(fia_kit.__all__) == len(set(fia_kit.__all__))
     assert fia_kit.Case is __import__("fia_kit.case", fromlist=["Case"]).Case
+
+
+def test_context_parallel_is_public():
+    assert {"npu_attention_update", "cp"} <= set(fia_kit.__all__)
+    assert fia_kit.npu_attention_update is fia_kit.cp.npu_attention_update
