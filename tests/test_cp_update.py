@@ -173,3 +173,13 @@ def test_look_alike_schema_equals_the_wheels() -> None:
         return str(torch._C.parse_schema("x::" + " ".join(schema.split()))).removeprefix("x::")
 
     assert [normal(s) for s in found] == [normal(lookalike.UPDATE_SCHEMA)]
+
+
+def test_check_order_follows_the_product() -> None:
+    # 200 partitions of float64 LSE: A2/A3 checks dtypes first, Ascend950 the partition count first
+    lse, outs = [_rows(0.0).double()] * 200, [_outs(0.0)] * 200
+    with pytest.raises(fia_kit.FIAArgumentError) as a3:
+        check_arguments(lse, outs, 0)
+    with fia_kit.target(product="Ascend950"), pytest.raises(fia_kit.FIAArgumentError) as a950:
+        check_arguments(lse, outs, 0)
+    assert (a3.value.parameter, a950.value.parameter) == ("lse[0]", "lse")

@@ -23,6 +23,8 @@ passes an undefined tensor, which Python sees as None. The kernel and its host c
   With sp > 16 (``MAX_EFFECTIVE_SP``) the kernel merges in rounds: a dummy partition (lse -1e38, ``DUMMY_LSE``,
   output 0) and the first 15, then the running (lse_out, out) and the next 15, and so on; an all-empty row then
   ends as out 0, lse_out -1e38 instead of NaN.
+* The Ascend950 kernel (``op_kernel/arch35/attention_update_*_regbase.h``) replaces +inf by -inf the same way; with
+  sp <= 16 there it needs no rounds.
 * The output is cast to local_out[0]'s dtype by rounding to nearest (``CopyOut``); the A2/A3 kernel reads every
   local_out in local_out[0]'s dtype (the tiling key is taken from input ``sp``, i.e. local_out[0]), so mixed
   local_out dtypes, which ``CheckParams`` lets through on A2/A3, are refused here rather than computed wrongly
@@ -64,7 +66,9 @@ def _refuse(parameter: str, rule: str, got: object) -> FIAArgumentError:
 
 
 def check_arguments(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tensor], update_type: int) -> None:
-    """Raise ``FIAArgumentError`` where the host code refuses the call (module docstring), in its order."""
+    """Raise ``FIAArgumentError`` where the host code refuses the call (module docstring), in its order:
+    update_type, then dtypes before sp on A2/A3 (``CheckParams``) and sp before dtypes on Ascend950
+    (``CheckParams_95``), then shapes."""
     if isinstance(update_type, bool) or not isinstance(update_type, int) or update_type not in (0, 1):
         raise _refuse("update_type", "must be 0 (out only) or 1 (out and lse_out)", update_type)
     for name, items in (("lse", lse), ("local_out", local_out)):
@@ -72,11 +76,24 @@ def check_arguments(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tenso
                 or not all(isinstance(t, torch.Tensor) for t in items):
             raise _refuse(name, "must be a list or tuple of tensors (one per partition)", type(items).__name__)
     product = targets.current().product
+    if product == "Ascend950":
+        _check_partitions(lse, local_out, product)
+        _check_dtypes(lse, local_out, product)
+    else:
+        _check_dtypes(lse, local_out, product)
+        _check_partitions(lse, local_out, product)
+    _check_shapes(lse, local_out)
+
+
+def _check_partitions(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tensor], product: str) -> None:
     sp_max = max_partitions(product)
     if not 0 < len(lse) <= sp_max:
         raise _refuse("lse", f"must hold 1 to {sp_max} partitions on {product}", len(lse))
     if len(local_out) != len(lse):
         raise _refuse("local_out", f"must hold as many partitions as lse ({len(lse)})", len(local_out))
+
+
+def _check_dtypes(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tensor], product: str) -> None:
     for k, t in enumerate(lse):
         if t.numel() and t.dtype not in LSE_DTYPES:
             raise _refuse(f"lse[{k}]", "must be float32", t)
@@ -88,6 +105,9 @@ def check_arguments(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tenso
                                                         " (the A2/A3 kernel reads every partition in local_out[0]'s "
                                                         "dtype; the host code does not check it) [inferred]")
             raise _refuse(f"local_out[{k}]", rule, t)
+
+
+def _check_shapes(lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tensor]) -> None:
     if lse[0].dim() != 1:
         raise _refuse("lse[0]", "must be 1-D (N,), N = tokens x heads", lse[0])
     if local_out[0].dim() != 2:
