@@ -16,6 +16,8 @@ and merges with ``update`` (default: the twin ``fia_kit.npu_attention_update``; 
 | ``ring_prefill`` | the zigzag ring of prefill context parallel: each step one FIA call on the visiting K/V, merged with update_type 1 |
 
 Shapes: T tokens, H this rank's query heads, W ranks, N_kv KV heads (replicated on every DCP rank), D head dim.
+Tensors the recipes make follow the query's device, so an HCCL group with NPU tensors takes the same code [inferred:
+not run on an Ascend box here]; lengths go to the op as Python lists, as the call sites pass them.
 """
 
 from __future__ import annotations
@@ -223,29 +225,31 @@ def chunked_prefill(group: Group, query: torch.Tensor, key: torch.Tensor, value:
 
     op, update = _ops(op, update)
     w = group.world_size
+    device = query.device
     cum_q = torch.cumsum(torch.tensor(query_lens), 0).tolist()
     out_prefill, lse_prefill = op(query, key.contiguous(), value.contiguous(), num_heads=num_heads,
                                   num_key_value_heads=num_kv_heads, input_layout="TND",
-                                  atten_mask=compressed_causal_mask(), scale=scale, sparse_mode=3, antiquant_mode=0,
+                                  atten_mask=compressed_causal_mask().to(device), scale=scale, sparse_mode=3, antiquant_mode=0,
                                   antiquant_scale=None, softmax_lse_flag=True, actual_seq_lengths_kv=cum_q,
                                   actual_seq_lengths=cum_q)
-    local_lens = torch.tensor([k.shape[0] for k, _ in context])
-    all_lens = group.all_gather(local_lens[None], 0)  # (W, B): local_context_lens_allranks, transposed
+    local_lens = torch.tensor([k.shape[0] for k, _ in context], device=device)
+    all_lens = group.all_gather(local_lens[None], 0).cpu()  # (W, B): local_context_lens_allranks, transposed
     chunked = (all_lens.sum(0) > 0).tolist()  # _get_chunked_req_mask
     if not any(chunked):
         return out_prefill, torch.empty(0)
     query_all = group.all_gather(query, 1) if w > 1 else query
     heads = num_heads * w
     if int(local_lens.sum()) == 0:  # _compute_prefill_context's early return
-        ctx_out = torch.zeros(query.shape[0], heads, query.shape[-1], dtype=query.dtype)
-        ctx_lse = torch.full((query.shape[0], heads, 1), float("-inf"))
+        ctx_out = torch.zeros(query.shape[0], heads, query.shape[-1], dtype=query.dtype, device=device)
+        ctx_lse = torch.full((query.shape[0], heads, 1), float("-inf"), device=device)
     else:
         ctx_key = torch.cat([k for k, _ in context]).contiguous()
         ctx_value = torch.cat([v for _, v in context]).contiguous()
         ctx_out, ctx_lse = op(query_all, ctx_key, ctx_value, num_heads=heads, num_key_value_heads=num_kv_heads,
                               input_layout="TND", atten_mask=None, scale=scale, sparse_mode=0, antiquant_mode=0,
                               antiquant_scale=None, softmax_lse_flag=True,
-                              actual_seq_lengths_kv=torch.cumsum(local_lens, 0).tolist(), actual_seq_lengths=cum_q)
+                              actual_seq_lengths_kv=torch.cumsum(local_lens.cpu(), 0).tolist(),
+                              actual_seq_lengths=cum_q)
     local = torch.cat([ctx_out.to(torch.float32), ctx_lse.to(torch.float32)], dim=-1).permute([1, 2, 0]).contiguous()
     if w > 1:
         received = torch.empty_like(local)
@@ -256,7 +260,8 @@ def chunked_prefill(group: Group, query: torch.Tensor, key: torch.Tensor, value:
     x = x.view(t, w, num_heads, d_plus_1).permute(1, 0, 2, 3).contiguous()
     ctx_merged, ctx_merged_lse = update_out_and_lse(*torch.split(x, [d_plus_1 - 1, 1], dim=-1), fixed=fixed)
     starts = [0, *cum_q[:-1]]
-    rows = torch.cat([torch.arange(s, s + n) for s, n, c in zip(starts, query_lens, chunked, strict=True) if c])
+    rows = torch.cat([torch.arange(s, s + n) for s, n, c in zip(starts, query_lens, chunked, strict=True)
+                      if c]).to(device)
     out = out_prefill.clone()
     merged, _ = update(  # _npu_attn_out_lse_update(lse_mask=prefill, lse_nomask=context, ...): [context, prefill]
         [ctx_merged_lse[rows].reshape(-1), lse_prefill[rows].to(torch.float32).reshape(-1)],
@@ -320,7 +325,7 @@ def dcp_mtp_decode(group: Group, query: torch.Tensor, cache: RankCache, historie
     q_len = query.shape[1]
     # vllm-ascend's buffer is (reqs, max_query_len, max_model_len); FIA needs the key axis to cover the table
     mask = mtp_mask(histories, [q_len] * b, w, group.rank, interleave_size,
-                    key_columns=cache.block_table.shape[1] * cache.key.shape[1], fixed=fixed)
+                    key_columns=cache.block_table.shape[1] * cache.key.shape[1], fixed=fixed).to(query.device)
     attn_out, attn_lse = op(query, cache.key, cache.value, num_heads=heads, num_key_value_heads=num_kv_heads,
                             input_layout="BSND", atten_mask=mask, scale=scale, antiquant_mode=0,
                             antiquant_scale=None, softmax_lse_flag=True, block_table=cache.block_table,
