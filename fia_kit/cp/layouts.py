@@ -101,6 +101,7 @@ def shard_paged(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], wo
     Returns:
         W RankCache; a rank without any token of a request gets length 0 and a table row of unused entries.
     """
+    _check_split(world_size, interleave_size)
     if len(keys) != len(values) or not keys:
         raise FIAArgumentError("keys + values", "need the same number (>= 1) of requests", (len(keys), len(values)))
     out = []
