@@ -12,8 +12,8 @@ passes an undefined tensor, which Python sees as None. The kernel and its host c
   reproduced by ``check_arguments`` as ``FIAArgumentError`` before any compute: update_type 0 or 1; 1 <= sp <= 128
   (A2/A3; ``SP_MAX``) or <= 16 (Ascend950; ``SP_MAX_95``), as many local_out as lse; lse 1-D float32, local_out 2-D
   float32/float16/bfloat16, every lse one shape, every local_out one shape, D a multiple of 8 in [8, 512], lse's N
-  equal to local_out's N; on Ascend950 every local_out in local_out[0]'s dtype. Some docs give sp <= 16 on every
-  product; the host code at that commit allows 128 on A2/A3 (docs/context_parallel.md).
+  equal to local_out's N; on Ascend950 every local_out in local_out[0]'s dtype. Before ops-transformer f286413ed
+  (2026-06-08) the A2/A3 limit was 16 too; the twin follows the snapshot (docs/context_parallel.md).
 * ``op_kernel/decode_update.h`` (the A2/A3 kernel), reproduced by ``npu_attention_update``, in float32:
   ``ProcessLseInfReplacement`` turns +inf into -inf; then m = max_i lse_i, lse_out = m + log(sum_i exp(lse_i - m)),
   out = sum_i exp(lse_i - lse_out) * local_out_i, with no other guard. Consequences, each a test case:
