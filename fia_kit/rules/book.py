@@ -94,6 +94,10 @@ RULES: tuple[KernelRule, ...] = (
           "with S_q > 1: sparse_mode 3 (antiquant) or 3/9 (full quant)",
           _IFA + "incre_flash_attention_tiling_check.cpp:1466", ("legacy-ifa",),
           r"when queryS > 1, sparseMode\(\d+\) only support 3", "6.5", "sparse_mode"),
+    _rule("IFA-MASK-003", "legacy IFA MLA with TND: sparse modes", "the legacy incremental MLA with TND/TND_NTD: "
+          "sparse_mode 0 without a mask, 3 (with the 2048 mask) or 9", _IFA + "incre_flash_attention_tiling_check.cpp"
+          ":1450", ("legacy-ifa",), r"TND/TND_NTD only support (sparse\(\d+\) = 0/3/9|noMask when sparse = 0)",
+          "6.5", "sparse_mode"),
     _rule("FIA-TOKENS-001", "pre/next tokens leave a band", "after the sparse mode sets the tokens, -next_tokens "
           "> pre_tokens is refused (no key left)", _CHK + "mask_checker.cpp:308", ("fia",),
           r"next_tokens \* \(-1\) > pre_tokens", "6.3", "pre_tokens + next_tokens"),
@@ -144,7 +148,7 @@ RULES: tuple[KernelRule, ...] = (
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
     _rule("FIA-AXIS-002", "Q/K D != V D: head dims", "when Q/K D differs from V D (other than 192/128), both must "
           "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
-          r"D of (query|value) must be <= 128 when D of query and key is not equal to D of value", "12",
+          r"must be <= 128 when D of query and key is not equal to D of value", "12",
           "value", gate="qk_v_head_dims"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
@@ -168,14 +172,17 @@ RULES: tuple[KernelRule, ...] = (
           "learnable_sink"),
     _rule("FIA-SINK-002", "learnable_sink with pse_shift", "pse_shift must be empty with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:90", ("fia",), r"pseShift must be empty when learnable sink", "13",
-          "learnable_sink + pse_shift"),
+          "learnable_sink + pse_shift", status="not-enforced",
+          note="shadowed: a sink needs TND/NTD_TND, where pse_shift is already refused (FIA-PSE-002); the kit's "
+               "own sink + pse check stays"),
     _rule("FIA-SINK-003", "learnable_sink and inner_precise", "inner_precise must be 0 with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:100", ("fia",), r"The value of inner_precise must be \d+ when learnable sink", "13",
           "learnable_sink + inner_precise"),
     _rule("FIA-SINK-004", "learnable_sink head dims", "with learnable_sink, Q/K D in {64, 128, 192} and V D in "
           "{64, 128}", _CHK + "learnable_sink_checker.cpp:144", ("fia",),
-          r"D of (query|value) must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
-          "learnable_sink"),
+          r"must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
+          "learnable_sink", note="checked for float16/bfloat16 queries; the kit's float32/float64 examples keep "
+                                 "any D, as the TND head-dim rule (targets tnd_head_dims) does"),
     # ------------------------------------------------------------------------------------------------ shared prefix
     _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
           _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
