@@ -252,6 +252,9 @@ KIT_ONLY: tuple[KitRule, ...] = (
     KitRule("Q/K D != V D outside the TND family (A2/A3)", "planning._check_key_value_shapes", "the FIA checkers "
             "let BSH/BSND/BNSD with D <= 128 through; the kit follows the docs (rule qk_v_head_dims, spec 12) "
             "[not settled: whether an arch22 template takes them was not read]"),
+    KitRule("MLA with int8/int4 K/V and a float query", "planning.build_plan", "refused by the "
+            "kit (spec 12, 16.3); the legacy IFA route has an antiquant MLA branch "
+            "(incre_flash_attention_tiling_check.cpp:1466) that the kit does not model"),
     KitRule("a decode mask as (B, S_kv)", "planning._decode_mask", "the FIA route reads a 2-D mask as "
             "(S_q', S_kv') and 3-D/4-D as (B|1, [1,] S_q', S_kv') even for S_q = 1 (mask_checker.cpp:496); the "
             "docs' (B, S_kv) reading is kept (spec 6.2, 22 #16)"),
