@@ -150,6 +150,16 @@ RULES: tuple[KernelRule, ...] = (
           "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
           r"must be <= 128 when D of query and key is not equal to D of value", "12",
           "value", gate="qk_v_head_dims"),
+    _rule("FIA-LAYOUT-001", "head dim alignment (A2)", "on ASCEND910B (A2), a call that is not 'legacy IFA' "
+          "shaped with BSH/BSND/BNSD/BNSD_BSND needs V D a multiple of 16", _CHK + "common_checker.cpp:1160",
+          ("fia",), r"headDim of query\|key\|value should be align to 16", "18.2", "query", status="not-enforced",
+          note="A2 only (the A3 branch skips ValidateNoRopeLayoutDim); the kit computes any D so that examples "
+               "stay small (as for tnd_head_dims)"),
+    _rule("FIA-LAYOUT-002", "TND head dims (A2)", "on ASCEND910B (A2) without rope, TND needs D in {64, 128, 192} "
+          "(NTD, BSH_BNSD, BSND_BNSD, NTD_TND: {64, 128})", _CHK + "common_checker.cpp:1203", ("fia",),
+          r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
+          status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
+                                      "computes any D"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
           note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
