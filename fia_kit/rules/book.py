@@ -81,11 +81,6 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-MASK-006", "the compressed mask of modes 2-4", "sparse_mode 2, 3, 4 need atten_mask of shape "
           "(2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048)", _CHK + "mask_checker.cpp:566", ("fia",),
           r"The shape of atten_mask must be \[2048, 2048\], \[1, 2048, 2048\] or \[1, 1, 2048,\s*2048\]", "6.4", "atten_mask"),
-    _rule("FIA-MASK-007", "the compressed mask's content", "the kit also requires the 2048 template to be exactly "
-          "triu(ones, 1); the kernel reads only its shape", _CHK + "mask_checker.cpp:566", ("fia",),
-          r"^$", "6.4", "atten_mask", status="not-enforced",
-          note="the kernel checks the shape only; the kit keeps its content check (a kit rule, spec 6.4, 22 #6): "
-               "any other content gives an answer the kit cannot define"),
     _rule("FIA-MASK-008", "quantised-K/V decode sparse mode", "S_q = 1 with int8/int4 K/V and a float query: "
           "sparse_mode must be 0", _CHK + "mask_checker.cpp:68", ("fia", "legacy-ifa"),
           r"When S of query equal to 1, sparseMode only supports 0", "6.5", "sparse_mode",
@@ -99,6 +94,10 @@ RULES: tuple[KernelRule, ...] = (
           "with S_q > 1: sparse_mode 3 (antiquant) or 3/9 (full quant)",
           _IFA + "incre_flash_attention_tiling_check.cpp:1466", ("legacy-ifa",),
           r"when queryS > 1, sparseMode\(\d+\) only support 3", "6.5", "sparse_mode"),
+    _rule("IFA-MASK-003", "legacy IFA MLA with TND: sparse modes", "the legacy incremental MLA with TND/TND_NTD: "
+          "sparse_mode 0 without a mask, 3 (with the 2048 mask) or 9", _IFA + "incre_flash_attention_tiling_check.cpp"
+          ":1450", ("legacy-ifa",), r"TND/TND_NTD only support (sparse\(\d+\) = 0/3/9|noMask when sparse = 0)",
+          "6.5", "sparse_mode"),
     _rule("FIA-TOKENS-001", "pre/next tokens leave a band", "after the sparse mode sets the tokens, -next_tokens "
           "> pre_tokens is refused (no key left)", _CHK + "mask_checker.cpp:308", ("fia",),
           r"next_tokens \* \(-1\) > pre_tokens", "6.3", "pre_tokens + next_tokens"),
@@ -138,13 +137,29 @@ RULES: tuple[KernelRule, ...] = (
           r"axis G must be in the range", "10", "num_key_value_heads", status="not-enforced",
           note="no such check on the FIA route; listed so that the G <= 64 of the legacy routes is not "
                "mistaken for it"),
+    _rule("FIA-MLA-003", "MLA D=512 template features", "the non-quantised MLA D=512 template takes no "
+          "learnable_sink, shared prefix, pse_shift or left padding (no template matches otherwise)",
+          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), r"^$", "12",
+          "query_rope + query_padding_size/kv_padding_size",
+          note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
+               "(the other features have their own checks)"),
     # ------------------------------------------------------------------------------------------------ axes, D
     _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
     _rule("FIA-AXIS-002", "Q/K D != V D: head dims", "when Q/K D differs from V D (other than 192/128), both must "
           "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
-          r"D of (query|value) must be <= 128 when D of query and key is not equal to D of value", "12",
+          r"must be <= 128 when D of query and key is not equal to D of value", "12",
           "value", gate="qk_v_head_dims"),
+    _rule("FIA-LAYOUT-001", "head dim alignment (A2)", "on ASCEND910B (A2), a call that is not 'legacy IFA' "
+          "shaped with BSH/BSND/BNSD/BNSD_BSND needs V D a multiple of 16", _CHK + "common_checker.cpp:1160",
+          ("fia",), r"should be align to 16", "18.2", "query", status="not-enforced",
+          note="A2 only (the A3 branch skips ValidateNoRopeLayoutDim); the kit computes any D so that examples "
+               "stay small (as for tnd_head_dims)"),
+    _rule("FIA-LAYOUT-002", "TND head dims (A2)", "on ASCEND910B (A2) without rope, TND needs D in {64, 128, 192} "
+          "(NTD, BSH_BNSD, BSND_BNSD, NTD_TND: {64, 128})", _CHK + "common_checker.cpp:1203", ("fia",),
+          r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
+          status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
+                                      "computes any D"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
           note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
@@ -167,14 +182,17 @@ RULES: tuple[KernelRule, ...] = (
           "learnable_sink"),
     _rule("FIA-SINK-002", "learnable_sink with pse_shift", "pse_shift must be empty with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:90", ("fia",), r"pseShift must be empty when learnable sink", "13",
-          "learnable_sink + pse_shift"),
+          "learnable_sink + pse_shift", status="not-enforced",
+          note="shadowed: a sink needs TND/NTD_TND, where pse_shift is already refused (FIA-PSE-002); the kit's "
+               "own sink + pse check stays"),
     _rule("FIA-SINK-003", "learnable_sink and inner_precise", "inner_precise must be 0 with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:100", ("fia",), r"The value of inner_precise must be \d+ when learnable sink", "13",
           "learnable_sink + inner_precise"),
     _rule("FIA-SINK-004", "learnable_sink head dims", "with learnable_sink, Q/K D in {64, 128, 192} and V D in "
           "{64, 128}", _CHK + "learnable_sink_checker.cpp:144", ("fia",),
-          r"D of (query|value) must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
-          "learnable_sink"),
+          r"must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
+          "learnable_sink", note="checked for float16/bfloat16 queries; the kit's float32/float64 examples keep "
+                                 "any D, as the TND head-dim rule (targets tnd_head_dims) does"),
     # ------------------------------------------------------------------------------------------------ shared prefix
     _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
           _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
@@ -185,6 +203,10 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-PREFIX-003", "shared prefix with MLA", "key/value_shared_prefix must be empty with MLA rope",
           _CHK + "system_prefix_checker.cpp:320", ("fia",), r"prefix must be empty in (PFA|IFA) MLA scenario", "14",
           "key_shared_prefix + query_rope"),
+    _rule("FIA-PREFIX-004", "shared prefix with left padding", "key/value_shared_prefix must be empty with "
+          "query/kv_padding_size", _CHK + "system_prefix_checker.cpp:299", ("fia",),
+          r"prefix must be empty when left padding is enabled", "14",
+          "query_padding_size/kv_padding_size + key_shared_prefix"),
     # ------------------------------------------------------------------------------------------------ left padding
     _rule("FIA-PAD-001", "left padding with paging", "query/kv_padding_size must be empty with block_table",
           _CHK + "left_padding_checker.cpp:180", ("fia",), r"leftPadding must be empty when page attention", "15",
@@ -213,6 +235,39 @@ RULES: tuple[KernelRule, ...] = (
           "caches", _CHK + "paged_attention_checker.cpp:748", ("fia",), r"non-contiguous cache is supported only",
           "11", "key/value", status="unreachable",
           note="torch_npu's bindings make inputs contiguous before the call [inferred]"),
+)
+
+
+@dataclass(frozen=True)
+class KitRule:
+    """A rule the kit keeps that the kernel's host code does not apply (or applies only on some routes)."""
+
+    topic: str
+    where: str
+    why: str
+
+
+KIT_ONLY: tuple[KitRule, ...] = (
+    KitRule("the compressed mask's content", "planning._check_mask", "the kernel checks the 2048 template's shape "
+            "only (FIA-MASK-006); the kit also requires triu(ones, 1), since any other content has no defined "
+            "answer (spec 6.4, 22 #6)"),
+    KitRule("sparse_mode 5-8", "planning._check_sparse", "refused by the FIA checker (FIA-MASK-001); the legacy PFA "
+            "route's own sparse-mode range was not read; the kit does not model modes 5-8"),
+    KitRule("inner_precise 4, and 2/3 with S_q = 1", "planning._check_inner_precise", "the FIA checker takes "
+            "[0, 4] (FIA-PREC-001); the docs give 0-3 (0/1 for decode) and no meaning for the rest (spec 7)"),
+    KitRule("learnable_sink layouts TND / NTD_TND only", "planning._check_sink", "no layout check in the A2/A3 "
+            "sink checker; the docs restrict sinks to TND (spec 13)"),
+    KitRule("S_q = 1 with int8/int4 K/V needs sparse_mode 0", "planning._check_sparse", "the FIA checker's rule "
+            "(FIA-MASK-008); on A2/A3 such calls take the legacy-ifa route, which does not check it [inferred]"),
+    KitRule("Q/K D != V D outside the TND family (A2/A3)", "planning._check_key_value_shapes", "the FIA checkers "
+            "let BSH/BSND/BNSD with D <= 128 through; the kit follows the docs (rule qk_v_head_dims, spec 12) "
+            "[not settled: whether an arch22 template takes them was not read]"),
+    KitRule("MLA with int8/int4 K/V and a float query", "planning.build_plan", "refused by the "
+            "kit (spec 12, 16.3); the legacy IFA route has an antiquant MLA branch "
+            "(incre_flash_attention_tiling_check.cpp:1466) that the kit does not model"),
+    KitRule("a decode mask as (B, S_kv)", "planning._decode_mask", "the FIA route reads a 2-D mask as "
+            "(S_q', S_kv') and 3-D/4-D as (B|1, [1,] S_q', S_kv') even for S_q = 1 (mask_checker.cpp:496); the "
+            "docs' (B, S_kv) reading is kept (spec 6.2, 22 #16)"),
 )
 
 _BY_ID = {r.id: r for r in RULES}
