@@ -30,6 +30,9 @@ passes an undefined tensor, which Python sees as None. The kernel and its host c
   local_out dtypes, which ``CheckParams`` lets through on A2/A3, are refused here rather than computed wrongly
   [inferred: what the device does with them is unknown].
 
+As a look-alike op with torch_npu's schema, for ``torch.compile`` graphs: ``torch.ops.fia_kit.npu_attention_update``
+(registered when ``fia_kit.backends.lookalike`` is imported). ``fia_kit.capture`` records this function, the
+look-alike and ``torch_npu.npu_attention_update`` as calls of form "update" (docs/capture.md).
 ``fia_kit.merge_attention`` is the kit's own NaN-free merge; docs/context_parallel.md says how the two differ.
 """
 
