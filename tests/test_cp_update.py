@@ -183,3 +183,16 @@ def test_check_order_follows_the_product() -> None:
     with fia_kit.target(product="Ascend950"), pytest.raises(fia_kit.FIAArgumentError) as a950:
         check_arguments(lse, outs, 0)
     assert (a3.value.parameter, a950.value.parameter) == ("lse[0]", "lse")
+
+
+@pytest.mark.parametrize("sp", [1, 2, 15, 16, 17, 31, 46, 128])
+def test_finite_partitions_match_a_float64_merge_for_any_count(sp: int) -> None:
+    # one round up to 16, rounds of 15 behind the dummy above: the same merge within float32 rounding
+    gen = torch.Generator().manual_seed(sp)
+    lses = torch.randn(sp, 24, generator=gen, dtype=torch.float64) * 4
+    outs = torch.randn(sp, 24, 16, generator=gen, dtype=torch.float64)
+    out, lse_out = fia_kit.npu_attention_update(list(lses.float()), list(outs.float()), 1)
+    exact_lse = torch.logsumexp(lses.float().double(), 0)
+    exact = (torch.softmax(lses.float().double(), 0)[..., None] * outs.float().double()).sum(0)
+    assert torch.allclose(lse_out.double(), exact_lse, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(out.double(), exact, atol=1e-5, rtol=1e-4)
