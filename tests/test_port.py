@@ -450,6 +450,26 @@ def test_ported_call_goes_everywhere_a_call_goes(tmp_path):
     assert "port" in fia_kit.__all__ and fia_kit.port is port
 
 
+def test_translations_lint_clean_and_their_naive_twins_do_not():
+    q = _rand(9, 4, 16, seed=1)
+    k_cache, v_cache = _rand(8, 128, 2, 16, seed=7), _rand(8, 128, 2, 16, seed=8)
+    table = torch.tensor([[4, 0, 0, 0, 0], [1, 5, 0, 0, 0], [2, 3, 6, 0, 0]], dtype=torch.int32)  # 0-padded, wide
+    cu_q, cu_k = torch.tensor([0, 3, 8, 9]), torch.tensor([0, 70, 200, 520])
+    p = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_k, 5, 200, causal=True, block_table=table)
+    assert fia_kit.lint(p.call) == []
+    naive = {**p.call.kwargs, "actual_seq_lengths_kv": cu_k[1:].tolist()}
+    assert [f.rule for f in fia_kit.lint("v1", p.call.query, p.call.key, p.call.value, **naive)] == \
+        ["paged-cumulative-kv"]
+    qs, ks, vs = _qkv((1, 2, 6, 8), (1, 2, 6, 8))
+    keep = torch.ones(6, 6, dtype=torch.bool).tril()
+    keep[5, :3] = False  # not a plain causal pattern: only the diagonal rule can tell
+    p = port.from_sdpa(qs, ks, vs, attn_mask=keep)
+    assert fia_kit.lint(p.call) == []
+    naive = {**p.call.kwargs, "atten_mask": keep[None, None]}
+    assert [f.rule for f in fia_kit.lint("v1", qs, ks, vs, **naive)] == ["mask-diagonal-hidden"]
+    assert [f.rule for f in fia_kit.lint("v1", qs, ks, vs, **{**p.call.kwargs, "scale": 1.0})] == ["scale-one"]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,
                     reason="needs a CUDA GPU with flash-attn installed")
