@@ -478,3 +478,19 @@ def test_flash_attn_itself_agrees_on_cuda():
     table = port.from_flash_attn(q, k, v, causal=True, return_attn_probs=True).check(library=True)
     assert any("on CUDA" in r.against for r in table.rows)
     assert table.ok, str(table)
+
+
+def test_source_and_fia_visibility_agree_for_translations_and_not_for_naive_ones():
+    q, k, v = _qkv((1, 2, 4, 8), (1, 2, 9, 8))
+    p = port.from_sdpa(q, k, v, is_causal=True)
+    assert torch.equal(port.source_visibility(p), torch.ones(4, 9, dtype=torch.bool).tril())
+    assert torch.equal(port.source_visibility(p), p.plan().visibility.dense(0))
+    naive = fia_kit.plan("v1", q, k, v, num_heads=2, input_layout="BNSD", sparse_mode=3,
+                         atten_mask=compressed_causal_mask())
+    assert int((port.source_visibility(p) != naive.visibility.dense(0)).sum()) == 4 * 5  # 5 more keys per row
+    fig = port.visibility_pair(p, fia=naive)
+    assert "20 cells differ" in fig.layout.title.text
+    qf = _rand(8, 4, 16, seed=1)
+    pf = port.from_flashinfer_paged_prefill(qf, _pages(), window_left=30, causal=True, **PAGED)
+    for b in range(2):
+        assert torch.equal(port.source_visibility(pf, b), pf.plan().visibility.dense(b))

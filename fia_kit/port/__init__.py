@@ -28,11 +28,12 @@ from . import torch_apis as _torch
 from .common import bind
 from .ported import Agreement, AgreementRow, Api, Ported, built_call
 from .reverse import SourceCall, to_flex, to_sdpa
+from .visibility import source_visibility, visibility_pair
 
 __all__ = ["translate", "Ported", "Agreement", "AgreementRow", "SourceCall", "APIS", "to_sdpa", "to_flex",
            "from_sdpa", "from_flex", "from_flash_attn", "from_flash_attn_varlen", "from_flash_attn_with_kvcache",
            "from_flashinfer_single_prefill", "from_flashinfer_paged_prefill", "from_flashinfer_ragged_prefill",
-           "from_flashinfer_paged_decode"]
+           "from_flashinfer_paged_decode", "source_visibility", "visibility_pair"]
 
 _TORCH = "torch (CPU, float64)"
 _FA = "flash-attn contract (float64)"
