@@ -169,7 +169,7 @@ class MaskSplit:
 
 def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: torch.Tensor, num_heads: int,
                   source: str, pse_allowed: bool, notes: list[str], derived: dict[str, torch.dtype],
-                  ) -> dict[str, Any]:
+                  bias_source: str | None = None) -> dict[str, Any]:
     """FIA keywords for a (B|1, H|1, L, S) keep mask (True = keep) and/or additive bias, top-left coordinates.
 
     A head-independent mask becomes a sparse mode where it is one (2: j <= i; 3: j <= i + S - L; 4: a band), else
@@ -178,6 +178,7 @@ def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: t
     FIA allows a pse (spec 9); -inf entries of a head-independent bias go to the mask.
     """
     keywords: dict[str, Any] = {}
+    bias_source = bias_source or source
     if bias is not None:
         hidden = torch.isneginf(bias)
         if hidden.any():
@@ -185,7 +186,7 @@ def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: t
                 hidden = hidden[:, :1]
                 keep = ~hidden if keep is None else keep & ~hidden
                 bias = bias.masked_fill(torch.isneginf(bias), 0.0)
-                notes.append(f"{source}: -inf entries -> hidden in atten_mask (True = hidden)")
+                notes.append(f"{bias_source}: -inf entries -> hidden in atten_mask (True = hidden)")
         if not bool((bias == 0).all()):
             keywords["pse_shift"] = bias
     if keep is not None and keep.shape[1] > 1 and not bool((keep == keep[:, :1]).all()):
@@ -203,7 +204,7 @@ def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: t
         b, _, l_q, l_kv = pse.shape
         keywords["pse_shift"] = pse.to(pse_dtype(query)).expand(b, num_heads, l_q, l_kv).contiguous()
         derived["pse_shift"] = pse_dtype(query)
-        notes.append(f"{source}: additive -> pse_shift {tuple(keywords['pse_shift'].shape)} "
+        notes.append(f"{bias_source}: additive -> pse_shift {tuple(keywords['pse_shift'].shape)} "
                      f"{str(pse_dtype(query)).removeprefix('torch.')}, added after the scale (spec 3.4, 9)")
     if keep is not None:
         keywords.update(_visibility(keep[:, 0], source, notes))

@@ -55,7 +55,7 @@ class AgreementRow:
     rows: int          # rows compared (rows where the source sees at least one key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Agreement:
     """The agreement table of one translation: errors in units of the caller dtype's tolerance (``TOLERANCES``)."""
 
@@ -83,6 +83,8 @@ class Agreement:
 
     def __str__(self) -> str:
         return text_table(*self._cells())
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         return html_table(*self._cells())

@@ -91,8 +91,8 @@ def translate_flex(a: dict[str, Any]) -> Translation:
     keep = _block_mask_keep(a["block_mask"], b, h, l_q, l_kv)
     bias = _additive_bias(a["score_mod"], b, h, l_q, l_kv) if a["score_mod"] is not None else None
     if keep is not None or bias is not None:
-        source = " + ".join(n for n, x in (("block_mask", keep), ("score_mod", bias)) if x is not None)
-        kw.update(mask_keywords(keep, bias, q, h, source, True, notes, derived))
+        kw.update(mask_keywords(keep, bias, q, h, "block_mask" if keep is not None else "score_mod", True, notes,
+                                derived, bias_source="score_mod"))
     if _wants_lse(a):
         kw["softmax_lse_flag"] = True
         notes.append("return_lse -> softmax_lse_flag=True; FIA's (B, N, S, 1) LSE -> flex's (B, H, L), both "
