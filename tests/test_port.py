@@ -250,6 +250,24 @@ def test_flashinfer_paged_prefill_matches_its_contract(layout):
                                                return_lse=True, **PAGED))
 
 
+def test_flashinfer_paged_custom_mask_is_per_request_and_inverted():
+    q = _rand(8, 4, 16, seed=1)
+    keep = _rand(3 * 148 + 5 * 77, seed=12) > -0.5
+    p = port.from_flashinfer_paged_prefill(q, _pages(), custom_mask=keep, return_lse=True, **PAGED)
+    mask = p.call.kwargs["atten_mask"]
+    assert mask.shape == (2, 1, 5, 256) and torch.equal(mask[1, 0, :5, :77], ~keep[3 * 148:].view(5, 77))
+    assert "inner_precise" not in p.call.kwargs  # padding rows past L_q are not rows the mask hides
+    _agrees(p)
+
+
+def test_translation_keeps_views_of_the_callers_cache():
+    q = _rand(8, 4, 16, seed=1)
+    k, v = _pages()
+    p = port.from_flashinfer_paged_prefill(q, (k, v), causal=True, **PAGED)
+    assert p.call.key.data_ptr() == k.data_ptr() and p.call.key.dtype == k.dtype  # a reshape, not a copy
+    assert p.call.kwargs["block_table"].dtype == torch.int32
+
+
 def test_flashinfer_sinks_go_to_v2_learnable_sink():
     q = _rand(8, 4, 16, seed=1, dtype=torch.float16)
     k, v = (t.half() for t in _pages())
@@ -494,3 +512,15 @@ def test_source_and_fia_visibility_agree_for_translations_and_not_for_naive_ones
     pf = port.from_flashinfer_paged_prefill(qf, _pages(), window_left=30, causal=True, **PAGED)
     for b in range(2):
         assert torch.equal(port.source_visibility(pf, b), pf.plan().visibility.dense(b))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("flashinfer") is None,
+                    reason="needs a CUDA GPU with FlashInfer installed")
+def test_flashinfer_itself_agrees_on_cuda():
+    q = _rand(8, 4, 64, seed=1, dtype=torch.float16)
+    k, v = (_rand(5, 128, 2, 64, seed=s, dtype=torch.float16) for s in (7, 8))
+    table = port.from_flashinfer_paged_prefill(q, (k, v), causal=True, return_lse=True,
+                                               **{**PAGED, "head_dim_qk": 64}).check(library=True)
+    assert any("on CUDA" in r.against for r in table.rows)
+    assert table.ok, str(table)

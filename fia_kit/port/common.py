@@ -169,13 +169,14 @@ class MaskSplit:
 
 def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: torch.Tensor, num_heads: int,
                   source: str, pse_allowed: bool, notes: list[str], derived: dict[str, torch.dtype],
-                  bias_source: str | None = None) -> dict[str, Any]:
+                  bias_source: str | None = None, q_lens: list[int] | None = None) -> dict[str, Any]:
     """FIA keywords for a (B|1, H|1, L, S) keep mask (True = keep) and/or additive bias, top-left coordinates.
 
     A head-independent mask becomes a sparse mode where it is one (2: j <= i; 3: j <= i + S - L; 4: a band), else
     an explicit atten_mask with FIA's polarity (True = hidden); rows it hides fully get inner_precise 2, so they
     come out 0 as in flex (spec 7). A per-head mask and any bias go to pse_shift (finfo.min where hidden), where
-    FIA allows a pse (spec 9); -inf entries of a head-independent bias go to the mask.
+    FIA allows a pse (spec 9); -inf entries of a head-independent bias go to the mask. ``q_lens``: each batch's
+    valid rows, where the planes are padded (packed layouts).
     """
     keywords: dict[str, Any] = {}
     bias_source = bias_source or source
@@ -207,11 +208,12 @@ def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: t
         notes.append(f"{bias_source}: additive -> pse_shift {tuple(keywords['pse_shift'].shape)} "
                      f"{str(pse_dtype(query)).removeprefix('torch.')}, added after the scale (spec 3.4, 9)")
     if keep is not None:
-        keywords.update(_visibility(keep[:, 0], source, notes))
+        keywords.update(_visibility(keep[:, 0], source, notes, q_lens))
     return keywords
 
 
-def _visibility(keep: torch.Tensor, source: str, notes: list[str]) -> dict[str, Any]:
+def _visibility(keep: torch.Tensor, source: str, notes: list[str], q_lens: list[int] | None = None,
+                ) -> dict[str, Any]:
     """(B|1, L, S) keep mask -> a sparse mode, or an explicit FIA mask."""
     _, l_q, l_kv = keep.shape
     if bool(keep.all()):
@@ -236,7 +238,10 @@ def _visibility(keep: torch.Tensor, source: str, notes: list[str]) -> dict[str, 
     keywords: dict[str, Any] = {"atten_mask": (~keep).unsqueeze(1)}
     notes.append(f"{source}: True = keep -> atten_mask {tuple(keep.shape[:1]) + (1,) + tuple(keep.shape[1:])} "
                  "bool with True = hidden (inverted)")
-    if not bool(keep.any(dim=-1).all()):
+    seen = keep.any(dim=-1)
+    if q_lens is not None:
+        seen = seen | (torch.arange(l_q, device=keep.device)[None, :] >= torch.tensor(q_lens, device=keep.device)[:, None])
+    if not bool(seen.all()):
         keywords["inner_precise"] = 2
         notes.append(f"{source}: rows hidden entirely -> inner_precise=2, so FIA writes 0 there (with 0 it "
                      "would average V; spec 7)")

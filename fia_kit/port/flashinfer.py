@@ -195,7 +195,7 @@ def _prefill_common(a: dict[str, Any], q: torch.Tensor, q_lens: list[int], kv_le
         if a["window_left"] >= 0:
             raise untranslatable("custom_mask + window_left", "combine the window into custom_mask first", "both")
         keep = _batch_mask(a, q_lens, kv_lens, width, q.device)
-        kw.update(mask_keywords(keep, None, q, q.shape[1], "custom_mask", False, notes, derived))
+        kw.update(mask_keywords(keep, None, q, q.shape[1], "custom_mask", False, notes, derived, q_lens=q_lens))
     else:
         kw.update(window_band(a["window_left"], -1, a["causal"], "causal/window_left", notes))
     if a["pos_encoding_mode"] == "ALIBI":

@@ -50,7 +50,9 @@ def flashinfer(kind: str) -> Any:
                          "decode": ("q", "paged_kv_cache", "return_lse", "sinks")}[kind]
             run_kw = {n: a.pop(n) for n in run_names if n in a}
             plan_kw = {n: v for n, v in a.items() if v is not None}
-            plan_kw.setdefault("q_data_type", run_kw["q"].dtype)
+            plan_kw["q_data_type"] = run_kw["q"].dtype  # the signature's default string is "float16"
+            cache = run_kw.get("paged_kv_cache", run_kw.get("k"))
+            plan_kw["kv_data_type"] = (cache[0] if isinstance(cache, (tuple, list)) else cache).dtype
             wrapper.plan(**plan_kw)
             result = wrapper.run(**{n: v for n, v in run_kw.items() if v is not None})
         return (result[0], result[1]) if want_lse else (result, None)
