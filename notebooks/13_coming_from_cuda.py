@@ -155,11 +155,11 @@ port.visibility_pair(fa, fia=fia_kit.plan("v1", q, k, v, **naive_fa),
 
 # %%
 q = randn(9, 4, 64)
-k_cache, v_cache = randn(6, 128, 2, 64), randn(6, 128, 2, 64)
+k_cache, v_cache = randn(6, 256, 2, 64), randn(6, 256, 2, 64)
 block_table = torch.tensor([[4, 1], [0, 5], [2, 3]], dtype=torch.int32)
 cu_seqlens_q = torch.tensor([0, 3, 8, 9], dtype=torch.int32)
-cu_seqlens_k = torch.tensor([0, 200, 330, 400], dtype=torch.int32)
-varlen = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, 5, 200, causal=True,
+cu_seqlens_k = torch.tensor([0, 300, 550, 700], dtype=torch.int32)
+varlen = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, 5, 300, causal=True,
                                      block_table=block_table, return_attn_probs=True)
 print(varlen)
 

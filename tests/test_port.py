@@ -151,7 +151,7 @@ def test_flash_attn_varlen_dense_and_paged():
         p = port.from_flash_attn_varlen(q, k, v, cu_q, cu_k, 5, 6, return_attn_probs=True, **kwargs)
         assert p.call.kwargs["actual_seq_lengths"] == [3, 8, 9]
         _agrees(p)
-    k_cache, v_cache = _rand(6, 128, 2, 16, seed=7), _rand(6, 128, 2, 16, seed=8)
+    k_cache, v_cache = _rand(6, 256, 2, 16, seed=7), _rand(6, 256, 2, 16, seed=8)
     table = torch.tensor([[4, 1], [0, 5], [2, 3]], dtype=torch.int32)
     cu_paged = torch.tensor([0, 200, 330, 400], dtype=torch.int32)
     p = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_paged, 5, 200, causal=True, block_table=table,
@@ -163,7 +163,7 @@ def test_flash_attn_varlen_dense_and_paged():
 @pytest.mark.parametrize("s_q", [1, 4])
 def test_flash_attn_with_kvcache_paged_and_dense(s_q):
     q = _rand(3, s_q, 4, 16, seed=1)
-    k_cache, v_cache = _rand(6, 128, 2, 16, seed=7), _rand(6, 128, 2, 16, seed=8)
+    k_cache, v_cache = _rand(6, 256, 2, 16, seed=7), _rand(6, 256, 2, 16, seed=8)
     table = torch.tensor([[4, 1], [0, 5], [2, 3]], dtype=torch.int32)
     lens = torch.tensor([200, 130, 70], dtype=torch.int32)
     p = port.from_flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, block_table=table, causal=True,
@@ -181,6 +181,13 @@ def test_flash_attn_untranslatable_features_raise_by_name(feature, kwargs):
     q, k, v = _qkv((1, 4, 2, 8), (1, 4, 2, 8))
     with pytest.raises(FIAArgumentError, match=rf"^{feature}: has no FIA counterpart"):
         port.from_flash_attn(q, k, v, **kwargs)
+
+
+def test_flash_attn_page_size_it_refuses_is_refused():
+    q, k, v = _qkv((3, 2, 8), (4, 128, 2, 8))
+    with pytest.raises(FIAArgumentError, match="^k_cache: flash-attn refuses .* multiple of 256"):
+        port.from_flash_attn_varlen(q, k, v, torch.tensor([0, 3]), torch.tensor([0, 100]), 3, 100,
+                                    block_table=torch.tensor([[0]], dtype=torch.int32))
 
 
 def test_kvcache_append_and_rotary_are_refused_by_name():
@@ -340,24 +347,16 @@ def test_trap_mask_polarity_and_scale():
 
 def test_trap_cu_seqlens_leading_zero_and_cumulative_paged_lengths():
     q = _rand(9, 4, 16, seed=1)
-    k_cache, v_cache = _rand(6, 128, 2, 16, seed=7), _rand(6, 128, 2, 16, seed=8)
+    k_cache, v_cache = _rand(6, 256, 2, 16, seed=7), _rand(6, 256, 2, 16, seed=8)
     table = torch.tensor([[4, 1], [0, 5], [2, 3]], dtype=torch.int32)
     cu_q, cu_k = torch.tensor([0, 3, 8, 9], dtype=torch.int32), torch.tensor([0, 200, 330, 400], dtype=torch.int32)
     p = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_k, 5, 200, causal=True, block_table=table)
     want, _ = contracts_out(p)
     kw = dict(p.call.kwargs)
-    cumulative_kv = {**kw, "actual_seq_lengths_kv": cu_k[1:].tolist()}  # cumulative lengths in paged TND
-    with pytest.raises(FIAArgumentError):  # 400 > the 256-key capacity of a row: refused here
-        fia(p.call.query, p.call.key, p.call.value, **cumulative_kv)
-    cumulative_small = {**kw, "actual_seq_lengths_kv": [100, 150, 220]}  # cumulative of [100, 50, 70]
-    naive, _ = fia(p.call.query, p.call.key, p.call.value, **cumulative_small)
-    right = p.call.call(fia)[0]
-    assert _max_diff(naive, right) > 0.01
-    leading_zero = {**kw, "actual_seq_lengths": cu_q.tolist(), "block_table": torch.cat([table[:1], table])}
-    leading_zero["actual_seq_lengths_kv"] = [0, *kw["actual_seq_lengths_kv"]]
-    shifted, _ = fia(p.call.query, p.call.key, p.call.value, **leading_zero)  # the same batches, one more empty
-    assert shifted.shape == want.shape
-    with pytest.raises(FIAArgumentError):  # the leading 0 on the query side alone: 4 query batches, 3 kv
+    naive, _ = fia(p.call.query, p.call.key, p.call.value, **{**kw, "actual_seq_lengths_kv": cu_k[1:].tolist()})
+    assert _max_diff(naive, want) > 0.01  # cumulative kv lengths in paged TND: batches 1, 2 read too many keys
+    torch.testing.assert_close(_run(p)[0], want)
+    with pytest.raises(FIAArgumentError):  # the leading 0 kept on the query side: 4 query batches, 3 kv
         fia(p.call.query, p.call.key, p.call.value, **{**kw, "actual_seq_lengths": cu_q.tolist()})
 
 
@@ -470,10 +469,10 @@ def test_ported_call_goes_everywhere_a_call_goes(tmp_path):
 
 def test_translations_lint_clean_and_their_naive_twins_do_not():
     q = _rand(9, 4, 16, seed=1)
-    k_cache, v_cache = _rand(8, 128, 2, 16, seed=7), _rand(8, 128, 2, 16, seed=8)
-    table = torch.tensor([[4, 0, 0, 0, 0], [1, 5, 0, 0, 0], [2, 3, 6, 0, 0]], dtype=torch.int32)  # 0-padded, wide
-    cu_q, cu_k = torch.tensor([0, 3, 8, 9]), torch.tensor([0, 70, 200, 520])
-    p = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_k, 5, 200, causal=True, block_table=table)
+    k_cache, v_cache = _rand(8, 256, 2, 16, seed=7), _rand(8, 256, 2, 16, seed=8)
+    table = torch.tensor([[4, 1, 0, 0, 0], [2, 5, 0, 0, 0], [3, 6, 0, 0, 0]], dtype=torch.int32)  # 0-padded, wide
+    cu_q, cu_k = torch.tensor([0, 3, 8, 9]), torch.tensor([0, 300, 600, 900])
+    p = port.from_flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_k, 5, 300, causal=True, block_table=table)
     assert fia_kit.lint(p.call) == []
     naive = {**p.call.kwargs, "actual_seq_lengths_kv": cu_k[1:].tolist()}
     assert [f.rule for f in fia_kit.lint("v1", p.call.query, p.call.key, p.call.value, **naive)] == \

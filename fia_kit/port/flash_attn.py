@@ -227,6 +227,9 @@ def _paged(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tens
     if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2:
         raise FIAArgumentError("block_table", "must be a 2-D (B, max_blocks) tensor", block_table)
     blocks, page, heads, dim = k_cache.shape
+    if page % 256:
+        raise FIAArgumentError("k_cache", "flash-attn refuses a paged cache whose page_block_size is not a "
+                               "multiple of 256 (csrc/flash_attn/flash_api.cpp:613, 1305)", page)
     notes.append(f"paged k_cache (num_blocks, {page}, {heads}, {dim}) -> (num_blocks, {page}, {heads * dim}) "
                  f"(BnBsH), block_size={page}; block_table as int32")
     return {"key": k_cache.reshape(blocks, page, heads * dim),
