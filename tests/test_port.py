@@ -523,3 +523,27 @@ def test_flashinfer_itself_agrees_on_cuda():
                                                **{**PAGED, "head_dim_qk": 64}).check(library=True)
     assert any("on CUDA" in r.against for r in table.rows)
     assert table.ok, str(table)
+
+
+def test_alibi_with_a_packed_layout_is_refused_by_name():
+    q, k, v = _qkv((5, 2, 8), (7, 2, 8))
+    with pytest.raises(FIAArgumentError, match="^alibi_slopes: has no FIA counterpart.*TND"):
+        port.from_flash_attn_varlen(q, k, v, torch.tensor([0, 5]), torch.tensor([0, 7]), 5, 7,
+                                    alibi_slopes=torch.tensor([0.5, 0.25]))
+    with pytest.raises(FIAArgumentError, match="^pos_encoding_mode: has no FIA counterpart.*TND"):
+        port.from_flashinfer_ragged_prefill(q, k, v, qo_indptr=torch.tensor([0, 5]), kv_indptr=torch.tensor([0, 7]),
+                                            num_qo_heads=2, num_kv_heads=2, head_dim_qk=8,
+                                            pos_encoding_mode="ALIBI")
+
+
+def test_to_sdpa_of_a_decode_call_with_a_mask_and_pse():
+    q, k, v = _qkv((2, 2, 1, 8), (2, 2, 10, 8))
+    hidden = torch.zeros(2, 1, 1, 10, dtype=torch.bool)
+    hidden[0, ..., :3] = True
+    pse = _rand(2, 2, 1, 10, seed=6)
+    kw = dict(num_heads=2, input_layout="BNSD", scale=0.3, atten_mask=hidden, pse_shift=pse,
+              actual_seq_lengths_kv=[10, 7])
+    ref, _ = fia(q, k, v, **kw)
+    sdpa = port.to_sdpa(fia_kit.plan("v1", q, k, v, **kw))
+    torch.testing.assert_close(sdpa.run()[0], ref)
+    torch.testing.assert_close(port.to_flex(fia_kit.plan("v1", q, k, v, **kw)).run()[0], ref)
