@@ -278,11 +278,17 @@ def test_translation_keeps_views_of_the_callers_cache():
 def test_flashinfer_sinks_go_to_v2_learnable_sink():
     q = _rand(8, 4, 16, seed=1, dtype=torch.float16)
     k, v = (t.half() for t in _pages())
-    p = port.from_flashinfer_paged_prefill(q, (k, v), causal=True, sinks=torch.tensor([0.5, -1.0, 2.0, 0.1]),
-                                           **PAGED)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.1])
+    p = port.from_flashinfer_paged_prefill(q, (k, v), causal=True, sinks=sinks, return_lse=True, **PAGED)
     assert p.form == "v2" and p.call.kwargs["learnable_sink"].dtype == torch.bfloat16
     table = _agrees(p)
     assert any("learnable_sink in bfloat16" in r.against for r in table.rows)
+    # FlashInfer's LSE includes the sink, FIA's does not: converting without it is off by the sink's share
+    _, fia_lse = fia_v2(p.call.query, p.call.key, p.call.value, **p.call.kwargs)
+    want = contracts_out(p)[1]
+    naive = fia_lse.squeeze(-1).double() * contracts.LOG2E
+    assert _max_diff(naive, want) > 0.01
+    torch.testing.assert_close(p.lse_to_source(fia_lse).double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_flashinfer_ragged_and_decode_match_their_contracts():

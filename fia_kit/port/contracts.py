@@ -20,7 +20,7 @@ Sources (commits as mirrored on 2026-12-05):
 | GQA | query head h reads kv head h // (H_q / H_kv) (FA:1170-1173) | the same grouping (FP:1338-1341) |
 | LSE | natural log, (B, H, S) or (H, total_q) for varlen (FA:1210, 1457) | base 2, (qo_len, H) (FP:1302; cute_dsl/attention/roles/correction.py:500 "log2 domain (flashinfer convention)"; tests/attention/test_deepseek_mla.py:152 multiplies a natural LSE by log2(e)) |
 | row with no key | output 0 (FA:1185), LSE +inf (CSRC softmax.h:180) | output 0, LSE -inf (correction.py:499) |
-| sinks | - | an extra logit ``sinks[h]`` in each row's denominator, not scaled (FP:2759-2762) |
+| sinks | - | an extra logit ``sinks[h]`` in each row's denominator, not scaled (FP:2759-2762); the LSE includes it (flashinfer/jit/attention/variants.py:38-46 update m and d, which include/flashinfer/attention/prefill.cuh:2491-2495 then write as the LSE) |
 """
 
 from __future__ import annotations
@@ -87,11 +87,11 @@ def flash_attn_alibi(slopes: torch.Tensor, q_len: int, kv_len: int) -> torch.Ten
     return -slopes.double()[:, None, None] * (i + kv_len - q_len - j).abs()
 
 
-def flashinfer_alibi(num_heads: int, q_len: int, kv_len: int, decode: bool = False) -> torch.Tensor:
-    """(H, L, S): slope_h * (j - i) (VAR:68-70) with FlashInfer's slopes; for decode the one query row sits at
-    position kv_len - 1 [inferred: the output does not depend on it, the LSE does]."""
+def flashinfer_alibi(num_heads: int, q_len: int, kv_len: int) -> torch.Tensor:
+    """(H, L, S): slope_h * (j - i) (VAR:68-70) with FlashInfer's slopes, i counted from the request's first query
+    row; the decode kernel passes qo_idx = 0 (include/flashinfer/attention/decode.cuh:91), so there it is slope * j."""
     slopes = flashinfer_alibi_slopes(num_heads)
-    i = torch.arange(q_len, dtype=torch.float64)[:, None] + (kv_len - 1 if decode else 0)
+    i = torch.arange(q_len, dtype=torch.float64)[:, None]
     j = torch.arange(kv_len, dtype=torch.float64)[None, :]
     return slopes[:, None, None] * (j - i)
 

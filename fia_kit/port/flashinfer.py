@@ -202,19 +202,30 @@ def _prefill_common(a: dict[str, Any], q: torch.Tensor, q_lens: list[int], kv_le
         raise untranslatable("pos_encoding_mode", "'ALIBI' needs FIA's pse_shift, which packed (TND) layouts do "
                              "not allow (spec 9); use single_prefill per request (BSND)", "ALIBI")
     form = "v1"
-    if a.get("sinks") is not None:
-        sinks = a["sinks"]
+    sinks = a.get("sinks")
+    if sinks is not None:
         kw["learnable_sink"] = sinks.to(sink_dtype(q))
         derived["learnable_sink"] = sink_dtype(q)
         form = "v2"
         notes.append(f"sinks ({q.shape[1]},) -> v2 learnable_sink {str(sink_dtype(q)).removeprefix('torch.')} "
-                     "(one unscaled logit per head in the denominator, spec 13); FIA's LSE leaves the sink out")
+                     "(one unscaled logit per head in the denominator, spec 13)")
     lse = None
     if a["return_lse"]:
         kw["softmax_lse_flag"] = True
         notes.append(LOG2E_NOTE + ", (T, N, 1) -> (T, H)")
         lse = lambda x: x.squeeze(-1) * contracts.LOG2E  # noqa: E731
+        if sinks is not None:
+            notes.append("sinks + return_lse: FIA's LSE leaves the sink out (spec 8, 13), FlashInfer's includes it "
+                         "(its sink variant updates m and d before writing the LSE): lse_to_source adds it back")
+            lse = lambda x: _with_sink(x.squeeze(-1), sinks) * contracts.LOG2E  # noqa: E731
     return Translation(form, q, kw.pop("key"), kw.pop("value"), kw, notes, lse_to_source=lse, derived=derived)
+
+
+def _with_sink(lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """(T, N) natural-log LSE with each head's sink logit added to the sum; FIA's no-key sentinels (+inf on the
+    prefill path, -3.4e38 on decode) count as an empty sum, so such a row's LSE is the sink."""
+    empty = torch.isposinf(lse) | (lse <= -3.0e38)
+    return torch.logaddexp(lse.masked_fill(empty, float("-inf")), sinks.to(lse)[None, :])
 
 
 def translate_paged(a: dict[str, Any]) -> Translation:
@@ -268,11 +279,15 @@ def translate_decode(a: dict[str, Any]) -> Translation:
         kw["atten_mask"] = (j < last - a["window_left"])[:, None, None, :]
         notes.append(f"window_left={a['window_left']} -> atten_mask (B, 1, 1, {width}) hiding keys before "
                      "L_kv - 1 - window_left (sparse modes do not apply to decode, spec 6.5)")
+    shift = None
     if a["pos_encoding_mode"] == "ALIBI":
         slopes = contracts.flashinfer_alibi_slopes(q.shape[1]).to(q.device)
         kw["pse_shift"] = (slopes[None, :, None] * (j - last).double()[:, None, :]).unsqueeze(2).to(pse_dtype(q))
         derived["pse_shift"] = pse_dtype(q)
         _alibi_note(notes, kw["pse_shift"])
+        shift = slopes[None, :] * last.double()  # (B, H): FlashInfer's decode bias is slope * j (decode.cuh:91)
+        notes.append("ALiBi on decode: the pse is slope * (j - (L_kv - 1)), small where it matters; FlashInfer adds "
+                     "slope * j, which only shifts the LSE: lse_to_source adds slope * (L_kv - 1) back")
     if a.get("sinks") is not None:
         raise untranslatable("sinks", "FIA's learnable_sink needs the TND layout (spec 13); decode with sinks "
                              "has to go through BatchPrefillWithPagedKVCacheWrapper's translation (q_len 1 per "
@@ -281,7 +296,7 @@ def translate_decode(a: dict[str, Any]) -> Translation:
     if a["return_lse"]:
         kw["softmax_lse_flag"] = True
         notes.append(LOG2E_NOTE + ", (B, N, 1, 1) -> (B, H)")
-        lse = lambda x: x[:, :, 0, 0] * contracts.LOG2E  # noqa: E731
+        lse = lambda x: (x[:, :, 0, 0] + (0 if shift is None else shift.to(x))) * contracts.LOG2E  # noqa: E731
     return Translation("v1", query, key, value, kw, notes, out_to_source=lambda out: out[:, 0], lse_to_source=lse,
                        derived=derived)
 
@@ -317,9 +332,10 @@ def _contract_batch(a: dict[str, Any], q: torch.Tensor, q_cum: list[int], keys: 
             custom = custom.reshape(-1)[mask_offset:mask_offset + l_q * l_kv]
             mask_offset += l_q * l_kv
         keep = contracts.flashinfer_keep(l_q, l_kv, a.get("causal", False), a["window_left"], custom, decode)
-        bias = contracts.flashinfer_alibi(q.shape[1], l_q, l_kv, decode) if a["pos_encoding_mode"] == "ALIBI" \
-            else None
+        bias = contracts.flashinfer_alibi(q.shape[1], l_q, l_kv) if a["pos_encoding_mode"] == "ALIBI" else None
         o, lse = contracts.attend(qb, kb, vb, scale, keep, bias, sinks)
+        if sinks is not None:  # FlashInfer's LSE includes the sink (flashinfer/jit/attention/variants.py:38-46)
+            lse = torch.logaddexp(lse, sinks.double()[:, None].expand_as(lse))
         outs.append(o.transpose(0, 1))
         lses.append(lse.transpose(0, 1))
     return torch.cat(outs), (_to_base2(torch.cat(lses)) if a["return_lse"] else None)
