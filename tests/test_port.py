@@ -553,3 +553,19 @@ def test_to_sdpa_of_a_decode_call_with_a_mask_and_pse():
     sdpa = port.to_sdpa(fia_kit.plan("v1", q, k, v, **kw))
     torch.testing.assert_close(sdpa.run()[0], ref)
     torch.testing.assert_close(port.to_flex(fia_kit.plan("v1", q, k, v, **kw)).run()[0], ref)
+
+
+def test_flash_attn_causal_alibi_lse_is_the_kernels():
+    """Causal ALiBi: flash-attn's kernel adds slope * j (csrc mask.h), the docstring -slope * |i + S_k - S_q - j|:
+    the outputs agree, the LSEs differ by slope * (i + S_k - S_q); the translation maps FIA's LSE to the kernel's."""
+    q, k, v = _qkv((1, 3, 2, 8), (1, 5, 2, 8))
+    slopes = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    p = port.from_flash_attn(q, k, v, causal=True, alibi_slopes=slopes, return_attn_probs=True)
+    _, fia_lse = fia(p.call.query, p.call.key, p.call.value, **p.call.kwargs)
+    gap = contracts_out(p)[1] - fia_lse.squeeze(-1)
+    torch.testing.assert_close(gap[0], slopes[:, None] * (torch.arange(3) + 2.0)[None, :])
+    _agrees(p)
+    windowed = port.from_flash_attn(q, k, v, causal=True, window_size=(2, 0), alibi_slopes=slopes,
+                                    return_attn_probs=True)  # the local kernel: the docstring's bias, no shift
+    _, fia_lse = fia(q, k, v, **windowed.call.kwargs)
+    torch.testing.assert_close(contracts_out(windowed)[1], fia_lse.squeeze(-1))

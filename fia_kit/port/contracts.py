@@ -15,7 +15,7 @@ Sources (commits as mirrored on 2026-12-05):
 | causal | bottom-right: key j <= i + S_k - S_q (FA:1175-1185) | bottom-right: ``tril(diagonal=kv_len - qo_len)`` (FP:1321-1323) |
 | window | (left, right): j in [i + S_k - S_q - left, i + S_k - S_q + right], -1 = unbounded (FA:1187-1189) | ``window_left`` W: j >= i + kv_len - qo_len - W, -1 = off (VAR:87-88) |
 | scale default | 1/sqrt(headdim) (FA:1197) | 1/sqrt(head_dim_qk) (FP:1349) |
-| ALiBi | -slope * abs(i + S_k - S_q - j), after the scale (FA:1200-1202; CSRC flash_fwd_kernel.h:294 divides the slope by the scale) | slope_h * (j - i), after sm_scale (VAR:68-70); slopes ``get_alibi_slopes`` (flashinfer/utils.py:209) |
+| ALiBi | -slope * abs(i + S_k - S_q - j), after the scale (FA:1200-1202; CSRC flash_fwd_kernel.h:294 divides the slope by the scale); the causal kernel adds slope * j instead (CSRC mask.h:143-157): the same output, another LSE | slope_h * (j - i), after sm_scale (VAR:68-70); slopes ``get_alibi_slopes`` (flashinfer/utils.py:209) |
 | mask polarity | - | ``custom_mask`` True = keep (FP:1238-1242) |
 | GQA | query head h reads kv head h // (H_q / H_kv) (FA:1170-1173) | the same grouping (FP:1338-1341) |
 | LSE | natural log, (B, H, S) or (H, total_q) for varlen (FA:1210, 1457) | base 2, (qo_len, H) (FP:1302; cute_dsl/attention/roles/correction.py:500 "log2 domain (flashinfer convention)"; tests/attention/test_deepseek_mla.py:152 multiplies a natural LSE by log2(e)) |
@@ -80,11 +80,26 @@ def bottom_right_keep(q_len: int, kv_len: int, causal: bool, left: int = UNBOUND
     return keep.unsqueeze(0)
 
 
-def flash_attn_alibi(slopes: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
-    """(H, L, S): -slope * abs(i + S_k - S_q - j) (FA:1200-1202). ``slopes``: (H,) for this sequence."""
+def flash_attn_alibi(slopes: torch.Tensor, q_len: int, kv_len: int, kernel_causal: bool) -> torch.Tensor:
+    """(H, L, S) ALiBi bias of one sequence; ``slopes``: (H,).
+
+    The docstring's -slope * abs(i + S_k - S_q - j) (FA:1200-1202) is what the kernel adds except on its causal
+    path, which adds slope * j to every row (CSRC mask.h:143-157, 180-184): equal outputs, LSEs that differ by
+    slope * (i + S_k - S_q). ``kernel_causal``: the kernel's Is_causal (``flash_attn_kernel_causal``).
+    """
     i = torch.arange(q_len, dtype=torch.float64)[:, None]
     j = torch.arange(kv_len, dtype=torch.float64)[None, :]
+    if kernel_causal:
+        return slopes.double()[:, None, None] * j.expand(q_len, kv_len)
     return -slopes.double()[:, None, None] * (i + kv_len - q_len - j).abs()
+
+
+def flash_attn_kernel_causal(causal: bool, left: int, right: int, seqlen_k: int) -> bool:
+    """Whether flash-attn runs its Is_causal kernel: windows at or past seqlen_k become -1, causal sets right to 0,
+    and Is_causal = left < 0 and right == 0 (CSRC ../flash_api.cpp:157, 422-427)."""
+    left = -1 if left >= seqlen_k else left
+    right = 0 if causal else (-1 if right >= seqlen_k else right)
+    return left < 0 and right == 0
 
 
 def flashinfer_alibi(num_heads: int, q_len: int, kv_len: int) -> torch.Tensor:

@@ -85,6 +85,20 @@ def _alibi_pse(slopes: torch.Tensor, q: torch.Tensor, q_len: int, kv_lens: list[
     return pse
 
 
+def _alibi_lse_shift(a: dict[str, Any], slopes: torch.Tensor, q_len: int, kv_lens: list[int], seqlen_k: int,
+                     notes: list[str]) -> torch.Tensor | None:
+    """(B, H, S_q) to add to FIA's LSE where flash-attn's causal kernel adds slope * j, not the docstring's
+    -slope * |i + S_k - S_q - j| (the pse FIA gets): slope * (i + L_k[b] - S_q); None off that path."""
+    left, right = _window(a)
+    if not contracts.flash_attn_kernel_causal(a["causal"], left, right, seqlen_k):
+        return None
+    i = torch.arange(q_len, dtype=torch.float64)
+    per_batch = slopes.double() if slopes.dim() == 2 else slopes.double().expand(len(kv_lens), -1)
+    notes.append("alibi_slopes on flash-attn's causal kernel: it adds slope * j (csrc mask.h), so its LSE is FIA's "
+                 "plus slope * (i + S_k - S_q); lse_to_source adds that")
+    return torch.stack([s[:, None] * (i + n - q_len)[None, :] for s, n in zip(per_batch, kv_lens, strict=True)])
+
+
 def _lse_note(notes: list[str], shape: str) -> None:
     notes.append(f"softmax_lse: FIA's -> flash-attn's {shape}, natural log both (rows without keys: +inf both)")
 
@@ -99,15 +113,18 @@ def translate_func(a: dict[str, Any]) -> Translation:
     kw["scale"] = default_scale(a["softmax_scale"], q.shape[-1], "softmax_scale", notes)
     left, right = _window(a)
     kw.update(window_band(left, right, a["causal"], "causal/window_size", notes))
+    shift = None
     if a["alibi_slopes"] is not None:
-        kw["pse_shift"] = _alibi_pse(a["alibi_slopes"], q, q.shape[1], [k.shape[1]] * q.shape[0], k.shape[1], notes)
+        lengths = [k.shape[1]] * q.shape[0]
+        kw["pse_shift"] = _alibi_pse(a["alibi_slopes"], q, q.shape[1], lengths, k.shape[1], notes)
         derived["pse_shift"] = pse_dtype(q)
+        shift = _alibi_lse_shift(a, a["alibi_slopes"], q.shape[1], lengths, k.shape[1], notes)
     lse = None
     if a["return_attn_probs"]:
         kw["softmax_lse_flag"] = True
         _lse_note(notes, "(B, H, S_q)")
         notes.append("return_attn_probs: S_dmask (the probabilities) has no FIA counterpart and is not returned")
-        lse = lambda x: x.squeeze(-1)  # noqa: E731
+        lse = _lse_back(shift)
     return Translation("v1", q, k, v, kw, notes, lse_to_source=lse, derived=derived)
 
 
@@ -193,15 +210,24 @@ def translate_kvcache(a: dict[str, Any]) -> Translation:
         kw.update(_decode_window(left, 0 if a["causal"] else right, lengths, width, q.device, notes))
     else:
         kw.update(window_band(left, right, a["causal"], "causal/window_size", notes))
+    shift = None
     if a["alibi_slopes"] is not None:
         kw["pse_shift"] = _alibi_pse(a["alibi_slopes"], q, s_q, lengths, width, notes)
         derived["pse_shift"] = pse_dtype(q)
+        shift = _alibi_lse_shift(a, a["alibi_slopes"], s_q, lengths, width, notes)
     lse = None
     if a["return_softmax_lse"]:
         kw["softmax_lse_flag"] = True
         _lse_note(notes, "(B, H, S_q)")
-        lse = lambda x: x.squeeze(-1)  # noqa: E731
+        lse = _lse_back(shift)
     return Translation("v1", q, key, value, kw, notes, lse_to_source=lse, derived=derived)
+
+
+def _lse_back(shift: torch.Tensor | None) -> Any:
+    """FIA's (B, N, S_q, 1) LSE as flash-attn's (B, H, S_q), plus the causal-ALiBi shift where there is one."""
+    if shift is None:
+        return lambda x: x.squeeze(-1)
+    return lambda x: x.squeeze(-1) + shift.to(x)
 
 
 def _decode_window(left: int, right: int, lengths: list[int], width: int, device: torch.device,
@@ -263,7 +289,7 @@ def contract_func(a: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]
     for b in range(q.shape[0]):
         l_q, l_k = q.shape[1], k.shape[1]
         keep = contracts.bottom_right_keep(l_q, l_k, a["causal"], left, right)
-        bias = _contract_alibi(a["alibi_slopes"], b, l_q, l_k)
+        bias = _contract_alibi(a, b, l_q, l_k, l_k)
         o, lse = contracts.attend(q[b].transpose(0, 1), k[b].transpose(0, 1), v[b].transpose(0, 1), scale, keep,
                                   bias)
         outs.append(o.transpose(0, 1))
@@ -310,14 +336,16 @@ def contract_kvcache(a: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | No
         else:
             kb, vb = k_cache[b, :l_k].transpose(0, 1), v_cache[b, :l_k].transpose(0, 1)
         keep = contracts.bottom_right_keep(q.shape[1], l_k, a["causal"], left, right)
-        bias = _contract_alibi(a["alibi_slopes"], b, q.shape[1], l_k)
+        bias = _contract_alibi(a, b, q.shape[1], l_k, full)
         o, lse = contracts.attend(q[b].transpose(0, 1), kb, vb, scale, keep, bias)
         outs.append(o.transpose(0, 1))
         lses.append(lse)
     return torch.stack(outs), (_finish_lse(torch.stack(lses)) if a["return_softmax_lse"] else None)
 
 
-def _contract_alibi(slopes: torch.Tensor | None, b: int, l_q: int, l_k: int) -> torch.Tensor | None:
+def _contract_alibi(a: dict[str, Any], b: int, l_q: int, l_k: int, seqlen_k: int) -> torch.Tensor | None:
+    slopes = a["alibi_slopes"]
     if slopes is None:
         return None
-    return contracts.flash_attn_alibi(slopes[b] if slopes.dim() == 2 else slopes, l_q, l_k)
+    causal = contracts.flash_attn_kernel_causal(a["causal"], *_window(a), seqlen_k)
+    return contracts.flash_attn_alibi(slopes[b] if slopes.dim() == 2 else slopes, l_q, l_k, causal)
