@@ -569,3 +569,15 @@ def test_flash_attn_causal_alibi_lse_is_the_kernels():
                                     return_attn_probs=True)  # the local kernel: the docstring's bias, no shift
     _, fia_lse = fia(q, k, v, **windowed.call.kwargs)
     torch.testing.assert_close(contracts_out(windowed)[1], fia_lse.squeeze(-1))
+
+
+def test_a_per_head_minus_inf_score_mod_becomes_a_finite_pse():
+    q, k, v = _qkv((1, 2, 4, 8), (1, 2, 6, 8))
+
+    def head_one_skips_the_first_key(score, b, h, i, j):
+        return torch.where((h == 1) & (j == 0), torch.full_like(score, float("-inf")), score)
+
+    p = port.from_flex(q, k, v, score_mod=head_one_skips_the_first_key, return_lse=True)
+    pse = p.call.kwargs["pse_shift"]
+    assert bool(torch.isfinite(pse).all()) and float(pse[0, 1, 0, 0]) == torch.finfo(torch.float64).min
+    _agrees(p)

@@ -188,6 +188,11 @@ def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: t
                 keep = ~hidden if keep is None else keep & ~hidden
                 bias = bias.masked_fill(torch.isneginf(bias), 0.0)
                 notes.append(f"{bias_source}: -inf entries -> hidden in atten_mask (True = hidden)")
+        if torch.isneginf(bias).any():  # a per-head -inf: FIA's pse takes finite values
+            fill = torch.finfo(pse_dtype(query)).min
+            bias = bias.masked_fill(torch.isneginf(bias), fill)
+            notes.append(f"{bias_source}: per-head -inf entries -> {fill:.4g} in pse_shift (FIA's atten_mask has no "
+                         "head axis, spec 6.1)")
         if not bool((bias == 0).all()):
             keywords["pse_shift"] = bias
     if keep is not None and keep.shape[1] > 1 and not bool((keep == keep[:, :1]).all()):
