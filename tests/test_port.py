@@ -470,6 +470,7 @@ def test_ported_call_goes_everywhere_a_call_goes(tmp_path):
     from fia_kit.repro import to_script
 
     assert to_script(p.call, tmp_path / "repro.py").exists()
+    assert fia_kit.Case.from_call(p.call).sparse_mode == 2  # what fia_kit.explore(p.call) opens
     assert "port" in fia_kit.__all__ and fia_kit.port is port
 
 

@@ -90,7 +90,7 @@ class Agreement:
         return html_table(*self._cells())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ported:
     """A source call and its FIA translation.
 
