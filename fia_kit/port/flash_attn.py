@@ -34,18 +34,18 @@ VARLEN = "flash_attn.flash_attn_varlen_func"
 KVCACHE = "flash_attn.flash_attn_with_kvcache"
 
 
-def func_signature(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),  # noqa: ANN001
+def func_signature(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash_attn_func (flash_attn_interface.py:1156)."""
 
 
-def varlen_signature(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,  # noqa: ANN001
+def varlen_signature(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                      softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                      deterministic=False, return_attn_probs=False, block_table=None):
     """flash_attn_varlen_func (flash_attn_interface.py:1391)."""
 
 
-def kvcache_signature(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,  # noqa: ANN001
+def kvcache_signature(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                       cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                       softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
                       alibi_slopes=None, num_splits=0, return_softmax_lse=False):

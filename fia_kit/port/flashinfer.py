@@ -39,7 +39,7 @@ RAGGED = "flashinfer.BatchPrefillWithRaggedKVCacheWrapper"
 DECODE = "flashinfer.BatchDecodeWithPagedKVCacheWrapper"
 
 
-def single_signature(q, k, v, scale_q=None, scale_k=None, scale_v=None, o_dtype=None, custom_mask=None,  # noqa: ANN001
+def single_signature(q, k, v, scale_q=None, scale_k=None, scale_v=None, o_dtype=None, custom_mask=None,
                      packed_custom_mask=None, causal=False, kv_layout="NHD", pos_encoding_mode="NONE",
                      use_fp16_qk_reduction=False, sm_scale=None, window_left=-1, logits_soft_cap=None,
                      rope_scale=None, rope_theta=None, backend="auto", return_lse=False, kv_cache_sf=None,
@@ -47,7 +47,7 @@ def single_signature(q, k, v, scale_q=None, scale_k=None, scale_v=None, o_dtype=
     """single_prefill_with_kv_cache (prefill.py:1186)."""
 
 
-def paged_signature(q, paged_kv_cache, *, qo_indptr, paged_kv_indptr, paged_kv_indices,  # noqa: ANN001
+def paged_signature(q, paged_kv_cache, *, qo_indptr, paged_kv_indptr, paged_kv_indices,
                     paged_kv_last_page_len, num_qo_heads, num_kv_heads, head_dim_qk, page_size, head_dim_vo=None,
                     custom_mask=None, packed_custom_mask=None, causal=False, pos_encoding_mode="NONE",
                     use_fp16_qk_reduction=False, sm_scale=None, window_left=-1, logits_soft_cap=None,
@@ -57,7 +57,7 @@ def paged_signature(q, paged_kv_cache, *, qo_indptr, paged_kv_indptr, paged_kv_i
     """BatchPrefillWithPagedKVCacheWrapper: constructor kv_layout, plan() (prefill.py:2120), run() (2696)."""
 
 
-def ragged_signature(q, k, v, *, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk,  # noqa: ANN001
+def ragged_signature(q, k, v, *, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk,
                      head_dim_vo=None, custom_mask=None, packed_custom_mask=None, causal=False,
                      pos_encoding_mode="NONE", use_fp16_qk_reduction=False, window_left=-1, logits_soft_cap=None,
                      sm_scale=None, rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None,
@@ -65,7 +65,7 @@ def ragged_signature(q, k, v, *, qo_indptr, kv_indptr, num_qo_heads, num_kv_head
     """BatchPrefillWithRaggedKVCacheWrapper: constructor kv_layout, plan() (prefill.py:3443), run() (4000)."""
 
 
-def decode_signature(q, paged_kv_cache, *, indptr, indices, last_page_len, num_qo_heads, num_kv_heads,  # noqa: ANN001
+def decode_signature(q, paged_kv_cache, *, indptr, indices, last_page_len, num_qo_heads, num_kv_heads,
                      head_dim, page_size, pos_encoding_mode="NONE", window_left=-1, logits_soft_cap=None,
                      q_data_type="float16", kv_data_type=None, o_data_type=None, sm_scale=None, rope_scale=None,
                      rope_theta=None, non_blocking=True, kv_layout="NHD", return_lse=False, sinks=None):

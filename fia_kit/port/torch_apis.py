@@ -23,12 +23,12 @@ SDPA = "torch.nn.functional.scaled_dot_product_attention"
 FLEX = "torch.nn.attention.flex_attention.flex_attention"
 
 
-def sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,  # noqa: ANN001
+def sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False):
     """torch.nn.functional.scaled_dot_product_attention's parameters (torch 2.13)."""
 
 
-def flex_signature(query, key, value, score_mod=None, block_mask=None, scale=None, enable_gqa=False,  # noqa: ANN001
+def flex_signature(query, key, value, score_mod=None, block_mask=None, scale=None, enable_gqa=False,
                    return_lse=False, kernel_options=None, *, return_aux=None):
     """torch.nn.attention.flex_attention.flex_attention's parameters (torch 2.13)."""
 
