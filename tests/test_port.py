@@ -582,3 +582,12 @@ def test_a_per_head_minus_inf_score_mod_becomes_a_finite_pse():
     pse = p.call.kwargs["pse_shift"]
     assert bool(torch.isfinite(pse).all()) and float(pse[0, 1, 0, 0]) == torch.finfo(torch.float64).min
     _agrees(p)
+
+
+def test_to_flex_lse_of_a_decode_batch_without_keys_is_fias_sentinel():
+    q, k, v = _qkv((2, 2, 1, 8), (2, 2, 6, 8))
+    kw = dict(num_heads=2, input_layout="BNSD", scale=0.3, actual_seq_lengths_kv=[6, 0], softmax_lse_flag=True)
+    ref_out, ref_lse = fia(q, k, v, **kw)
+    out, lse = port.to_flex(fia_kit.plan("v1", q, k, v, **kw)).run()
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse.to(lse.dtype))  # batch 1: -3.40282e38, the decode path's value

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import FIAArgumentError
 from ..layouts import from_canonical
+from ..lse import no_key_lse
 from ..planning import Plan
 from ..visibility import Visibility
 
@@ -46,6 +47,7 @@ class SourceCall:
     kwargs: dict[str, Any]
     layout: str
     lse_packed: bool = False
+    no_key_lse: float = float("inf")  # FIA's LSE for a row without keys on the plan's path (fia_kit.lse, spec 7)
     notes: tuple[str, ...] = field(default=())
 
     def to_fia_out(self, out: torch.Tensor) -> torch.Tensor:
@@ -53,9 +55,9 @@ class SourceCall:
         return from_canonical(out, self.layout)
 
     def to_fia_lse(self, lse: torch.Tensor) -> torch.Tensor:
-        """flex's (B, H, L) natural-log LSE as FIA's (B, N, S, 1) or (T, N, 1); rows without keys -inf -> +inf
-        (FIA's prefill sentinel, spec 7)."""
-        lse = lse.masked_fill(torch.isneginf(lse), float("inf"))
+        """flex's (B, H, L) natural-log LSE as FIA's (B, N, S, 1) or (T, N, 1); rows without keys -inf -> FIA's
+        sentinel for the plan's path (+inf prefill, -3.40282e38 decode; spec 7, 25.1)."""
+        lse = lse.masked_fill(torch.isneginf(lse), self.no_key_lse)
         return lse[0].transpose(0, 1).unsqueeze(-1) if self.lse_packed else lse.unsqueeze(-1)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,7 +199,8 @@ def to_flex(target: Any) -> SourceCall:
 
         kwargs["score_mod"] = score_mod
     return SourceCall("torch.nn.attention.flex_attention.flex_attention", flex_attention,
-                      (p.query, p.key, p.value), kwargs, p.layout.out, lse_packed=p.layout.packed)
+                      (p.query, p.key, p.value), kwargs, p.layout.out, lse_packed=p.layout.packed,
+                      no_key_lse=no_key_lse(p))
 
 
 def _hidden_lookup(p: Plan) -> Callable[..., torch.Tensor] | None:
