@@ -158,15 +158,6 @@ def block_table_from_pages(indptr: Any, indices: torch.Tensor, last_page_len: An
     return table, lengths
 
 
-@dataclass(frozen=True)
-class MaskSplit:
-    """A source's visibility and additive bias, as FIA takes them."""
-
-    keywords: dict[str, Any]
-    notes: list[str]
-    derived: dict[str, torch.dtype]
-
-
 def mask_keywords(keep: torch.Tensor | None, bias: torch.Tensor | None, query: torch.Tensor, num_heads: int,
                   source: str, pse_allowed: bool, notes: list[str], derived: dict[str, torch.dtype],
                   bias_source: str | None = None, q_lens: list[int] | None = None) -> dict[str, Any]:

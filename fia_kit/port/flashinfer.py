@@ -142,7 +142,7 @@ def translate_single(a: dict[str, Any]) -> Translation:
                        derived=derived)
 
 
-def _split_cache(cache: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_cache(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(cache, (tuple, list)) and len(cache) == 2:
         return cache[0], cache[1]
     if isinstance(cache, torch.Tensor) and cache.dim() == 5 and cache.shape[1] == 2:
@@ -154,7 +154,7 @@ def _split_cache(cache: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _fia_cache(cache: Any, layout: str, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """FIA's paged cache from FlashInfer's: NHD (P, page, H, D) -> 3-D (P, page, H*D); HND (P, H, page, D) is
     FIA's 4-D (P, N, page, D) as is (spec 11)."""
-    k, v = _split_cache(cache, layout)
+    k, v = _split_cache(cache)
     if k.dim() != 4:
         raise FIAArgumentError("paged_kv_cache", "each of k_cache/v_cache must be 4-D", k)
     if layout == "HND":
@@ -342,7 +342,7 @@ def _contract_batch(a: dict[str, Any], q: torch.Tensor, q_cum: list[int], keys: 
 
 
 def _paged_keys(a: dict[str, Any], indptr: str, indices: str, last: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    k, v = _split_cache(a["paged_kv_cache"], a["kv_layout"])
+    k, v = _split_cache(a["paged_kv_cache"])
     ptr = [int(x) for x in a[indptr].tolist()]
     keys = []
     for b in range(len(ptr) - 1):
