@@ -591,3 +591,17 @@ def test_to_flex_lse_of_a_decode_batch_without_keys_is_fias_sentinel():
     out, lse = port.to_flex(fia_kit.plan("v1", q, k, v, **kw)).run()
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(lse, ref_lse.to(lse.dtype))  # batch 1: -3.40282e38, the decode path's value
+
+
+def test_rows_without_keys_get_the_sources_lse_sentinel():
+    q, k, v = _qkv((2, 1, 2, 8), (2, 6, 2, 8))
+    p = port.from_flash_attn_with_kvcache(q, k, v, cache_seqlens=torch.tensor([6, 0]), return_softmax_lse=True)
+    _, lse = _run(p)
+    assert float(lse[1, 0, 0, 0]) < -3e38  # FIA's decode path (spec 25.1) ...
+    assert bool(torch.isposinf(p.lse_to_source(lse)[1]).all())  # ... is +inf for flash-attn (softmax.h:180)
+    q, k, v = _qkv((6, 2, 8), (3, 2, 8))
+    p = port.from_flashinfer_single_prefill(q, k, v, causal=True, return_lse=True)
+    _, lse = _run(p)
+    source = p.lse_to_source(lse)
+    assert bool(torch.isneginf(source[:3]).all()) and bool(torch.isfinite(source[3:]).all())
+    _agrees(p)

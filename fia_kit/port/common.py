@@ -48,6 +48,12 @@ class Translation:
     derived: dict[str, torch.dtype] = field(default_factory=dict)
 
 
+def no_key_as(lse: torch.Tensor, value: float) -> torch.Tensor:
+    """FIA's LSE with its no-key sentinels (+inf on the prefill path, -3.40282e38 on decode; spec 7, 25.1) replaced
+    by the source's ``value`` for a row that sees no key."""
+    return lse.masked_fill(torch.isposinf(lse) | (lse <= -3.0e38), value)
+
+
 def bind(signature: Callable[..., Any], api: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The source call's arguments by the source's own names, defaults filled in. Raises FIAArgumentError for a
     keyword the source API does not have, or a missing required argument."""

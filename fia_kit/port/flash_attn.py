@@ -23,6 +23,7 @@ from .common import (
     Translation,
     default_scale,
     lengths_from_cumulative,
+    no_key_as,
     pse_dtype,
     tensor,
     untranslatable,
@@ -161,7 +162,7 @@ def translate_varlen(a: dict[str, Any]) -> Translation:
     if a["return_attn_probs"]:
         kw["softmax_lse_flag"] = True
         _lse_note(notes, "(H, total_q): FIA's (T, N, 1) transposed")
-        lse = lambda x: x.squeeze(-1).transpose(0, 1)  # noqa: E731
+        lse = lambda x: no_key_as(x.squeeze(-1).transpose(0, 1), float("inf"))  # noqa: E731
     return Translation("v1", q, key, value, kw, notes, lse_to_source=lse)
 
 
@@ -224,10 +225,11 @@ def translate_kvcache(a: dict[str, Any]) -> Translation:
 
 
 def _lse_back(shift: torch.Tensor | None) -> Any:
-    """FIA's (B, N, S_q, 1) LSE as flash-attn's (B, H, S_q), plus the causal-ALiBi shift where there is one."""
+    """FIA's (B, N, S_q, 1) LSE as flash-attn's (B, H, S_q), plus the causal-ALiBi shift where there is one; a row
+    without keys +inf (softmax.h:180), also where FIA's decode path writes -3.4e38."""
     if shift is None:
-        return lambda x: x.squeeze(-1)
-    return lambda x: x.squeeze(-1) + shift.to(x)
+        return lambda x: no_key_as(x.squeeze(-1), float("inf"))
+    return lambda x: no_key_as(x.squeeze(-1), float("inf")) + shift.to(x)
 
 
 def _decode_window(left: int, right: int, lengths: list[int], width: int, device: torch.device,

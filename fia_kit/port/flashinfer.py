@@ -25,6 +25,7 @@ from .common import (
     default_scale,
     lengths_from_cumulative,
     mask_keywords,
+    no_key_as,
     per_batch,
     pse_dtype,
     sink_dtype,
@@ -72,7 +73,13 @@ def decode_signature(q, paged_kv_cache, *, indptr, indices, last_page_len, num_q
     """BatchDecodeWithPagedKVCacheWrapper: constructor kv_layout, plan() (decode.py:1280), run() (1851)."""
 
 
-LOG2E_NOTE = "return_lse -> softmax_lse_flag=True; FlashInfer's LSE is base 2: FIA's natural-log LSE * log2(e)"
+LOG2E_NOTE = ("return_lse -> softmax_lse_flag=True; FlashInfer's LSE is base 2: FIA's natural-log LSE * log2(e) "
+              "(a row without keys: -inf, FIA's sentinel otherwise)")
+
+
+def _base2(lse: torch.Tensor) -> torch.Tensor:
+    """FIA's natural-log LSE in FlashInfer's base 2, rows without keys -inf (its kernels write log2(0) + m)."""
+    return no_key_as(lse, float("-inf")) * contracts.LOG2E
 
 
 def _refuse(a: dict[str, Any]) -> None:
@@ -137,7 +144,7 @@ def translate_single(a: dict[str, Any]) -> Translation:
     if a["return_lse"]:
         kw["softmax_lse_flag"] = True
         notes.append(LOG2E_NOTE + ", (1, N, S, 1) -> (qo_len, H)")
-        lse = lambda x: x[0, :, :, 0].transpose(0, 1) * contracts.LOG2E  # noqa: E731
+        lse = lambda x: _base2(x[0, :, :, 0].transpose(0, 1))  # noqa: E731
     return Translation("v1", query, key, value, kw, notes, out_to_source=lambda out: out[0], lse_to_source=lse,
                        derived=derived)
 
@@ -213,7 +220,7 @@ def _prefill_common(a: dict[str, Any], q: torch.Tensor, q_lens: list[int], kv_le
     if a["return_lse"]:
         kw["softmax_lse_flag"] = True
         notes.append(LOG2E_NOTE + ", (T, N, 1) -> (T, H)")
-        lse = lambda x: x.squeeze(-1) * contracts.LOG2E  # noqa: E731
+        lse = lambda x: _base2(x.squeeze(-1))  # noqa: E731
         if sinks is not None:
             notes.append("sinks + return_lse: FIA's LSE leaves the sink out (spec 8, 13), FlashInfer's includes it "
                          "(its sink variant updates m and d before writing the LSE): lse_to_source adds it back")
@@ -296,7 +303,7 @@ def translate_decode(a: dict[str, Any]) -> Translation:
     if a["return_lse"]:
         kw["softmax_lse_flag"] = True
         notes.append(LOG2E_NOTE + ", (B, N, 1, 1) -> (B, H)")
-        lse = lambda x: (x[:, :, 0, 0] + (0 if shift is None else shift.to(x))) * contracts.LOG2E  # noqa: E731
+        lse = lambda x: _base2(x[:, :, 0, 0] + (0 if shift is None else shift.to(x)))  # noqa: E731
     return Translation("v1", query, key, value, kw, notes, out_to_source=lambda out: out[:, 0], lse_to_source=lse,
                        derived=derived)
 
