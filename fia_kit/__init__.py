@@ -65,7 +65,7 @@ _LAZY: dict[str, str] = {
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
 _SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "reference",
-               "roofline", "signatures", "cp")
+               "roofline", "signatures", "cp", "port")
 
 __all__ = [
     # plan once, run anywhere

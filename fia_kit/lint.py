@@ -46,6 +46,8 @@ RULES: dict[str, str] = {
     "decode-mask-noop": "a decode mask that changes nothing but costs a read (spec 6.5)",
     "graph-list-lengths": "int lists as lengths in graph mode: a recompile per value (spec 25.4)",
     "not-checked": "a captured call known by its metadata only (traced with fake tensors): nothing checked",
+    "paged-cumulative-kv": "cumulative KV lengths in a paged TND call, which takes per-batch ones (spec 5.2, 11)",
+    "mask-diagonal-hidden": "a mask hiding every row's own diagonal key: most likely inverted (spec 6.1)",
 }
 _MAX_ROUNDS = 16
 
@@ -424,8 +426,48 @@ def _graph_lengths(plan: Plan, call: FIACall, graph: bool) -> list[Finding]:
             and not isinstance(call.options[name], torch.Tensor)]
 
 
+def _paged_cumulative_kv(plan: Plan, call: FIACall, graph: bool) -> list[Finding]:
+    """Paged TND: kv lengths that rise by at least each batch's L_q, as cu_seqlens_k[1:] would, and so make batches
+    read the same block twice (a wide block_table's padding, or another batch's blocks): a porting trap."""
+    if not (plan.paged and plan.layout.packed) or plan.batch < 2:
+        return []
+    kv, q = plan.kv_len, plan.q_len
+    steps = [b - a for a, b in zip(kv, kv[1:], strict=False)]
+    if not all(step >= max(1, n) for step, n in zip(steps, q[1:], strict=True)):
+        return []
+    table = plan.block_table.cpu()
+    read = [int(x) for b, n in enumerate(kv) for x in table[b, :-(-n // plan.block_size)]]
+    if len(set(read)) == len(read):
+        return []
+    name = _spell(call, "actual_seq_lengths_kv")
+    return [_warn(call, "actual_seq_lengths_kv", "paged-cumulative-kv",
+                  f"{name}={list(kv)} rises like cumulative lengths (cu_seqlens_k[1:]) and makes the batches read "
+                  "some blocks twice, but with a paged cache the TND kv lengths are PER BATCH (spec 5.2, 11). Fix: "
+                  f"pass the per-batch lengths, here {[kv[0], *steps]} if these were cumulative.")]
+
+
+def _diagonal_hidden(plan: Plan, call: FIACall, graph: bool) -> list[Finding]:
+    """An explicit prefill mask hiding every computed row's own key (i, i + P + L_kv - L_q), not all True."""
+    if plan.atten_mask is None or plan.decode:
+        return []
+    regions = _regions(plan)
+    if not regions or _keep_polarity(plan, regions) or all(bool(r[:, :k].all()) for _, r, _, k in regions):
+        return []
+    for _, region, rows, keys in regions:
+        i = torch.arange(rows, device=region.device)
+        j = i + keys - rows
+        inside = (j >= 0) & (j < region.shape[1])
+        if not bool(inside.any()) or not bool(region[i[inside], j[inside]].all()):
+            return []
+    return [_warn(call, "atten_mask", "mask-diagonal-hidden",
+                  "every row hides its own key (the diagonal, aligned bottom-right): FIA's True/1 means MASKED OUT "
+                  "(spec 6.1), so this looks like a keep-mask (SDPA, flex, FlashInfer: True = attend) passed as is. "
+                  "Fix: pass ~mask; fia_kit.port.translate converts a CUDA call's mask for you.")]
+
+
 _CHECKS: tuple[Callable[[Plan, FIACall, bool], list[Finding]], ...] = (
-    _scale_one, _mask_content, _decode_mask_rank, _band, _packed_lengths, _decode_mask_noop, _graph_lengths)
+    _scale_one, _mask_content, _decode_mask_rank, _band, _packed_lengths, _decode_mask_noop, _graph_lengths,
+    _paged_cumulative_kv, _diagonal_hidden)
 
 
 def summary(findings: list[Finding]) -> Mapping[str, list[str]]:

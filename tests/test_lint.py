@@ -32,6 +32,12 @@ _pad_keep = torch.stack([torch.arange(12) < n for n in (9, 12)])[:, None, None, 
 _decode_hide_first = torch.zeros(2, 12, dtype=torch.bool)
 _decode_hide_first[:, 0] = True
 _decode_hide_pad = torch.stack([torch.arange(12) >= n for n in (9, 12)])
+PAGED_TND = {"layout": "TND", "q_lens": (3, 5), "kv_lens": (20, 30), "paged": True, "block_size": 16}
+_wide_table = torch.cat([_args(**PAGED_TND)[3]["block_table"], torch.zeros(2, 3, dtype=torch.int32)], dim=1)
+_diagonal_keep = torch.zeros(6, 12, dtype=torch.bool)  # a keep-mask of the diagonal and a stripe: True = attend
+_diagonal_keep[:, ::3] = True
+_diagonal_keep[torch.arange(6), torch.arange(6) + 3] = True  # bottom-right diagonal of batch 0 (6 rows, 9 keys)
+_diagonal_keep[torch.arange(4), torch.arange(4) + 8] = True  # ... and of batch 1 (4 rows, 12 keys)
 
 # rule, base case, keywords that trigger it, keywords of the near-identical clean call, graph
 CASES = [
@@ -54,6 +60,10 @@ CASES = [
     ("query-past-lengths", TND, {"actual_seq_lengths": [3, 7]}, {"actual_seq_lengths": [3, 8]}),
     ("decode-mask-noop", DECODE, {"atten_mask": _decode_hide_pad}, {"atten_mask": _decode_hide_first}),
     ("decode-mask-noop", DECODE, {"sparse_mode": 3, "atten_mask": compressed_causal_mask()}, {"sparse_mode": 0}),
+    ("paged-cumulative-kv", PAGED_TND, {"block_table": _wide_table, "actual_seq_lengths_kv": [20, 50]},
+     {"block_table": _wide_table, "actual_seq_lengths_kv": [20, 30]}),
+    ("mask-diagonal-hidden", PREFILL, {"atten_mask": _diagonal_keep.expand(2, 1, 6, 12)},
+     {"atten_mask": ~_diagonal_keep.expand(2, 1, 6, 12)}),
 ]
 
 
