@@ -204,7 +204,7 @@ def build_plan(call: FIACall) -> Plan:
         atten_mask = _tree_mask(checked, layout, plans_q, plans_kv, q_axis, kv_axis)
     pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope, head_dim != value_dim)
     sink = _check_sink(call, layout, num_heads, head_dim, value_dim, pse, route)
-    inner_precise = _check_inner_precise(o["inner_precise"], decode)
+    inner_precise = _check_inner_precise(o["inner_precise"], route)
     scale = _check_scale(o["scale"], _spelled(call, "scale"))
     return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, value_dim, route,
                                  _spelled(call, "softmax_lse_flag"))
@@ -925,11 +925,14 @@ def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, va
     return sink
 
 
-def _check_inner_precise(value: object, decode: bool) -> int:
-    allowed = (0, 1) if decode else (0, 1, 2, 3)
-    if not isinstance(value, int) or value not in allowed:
-        raise FIAArgumentError("inner_precise", f"must be one of {allowed}"
-                               + (" when S_q == 1" if decode else "") + " (spec 7)", value)
+def _check_inner_precise(value: object, route: str) -> int:
+    """0-3 (spec 7); the legacy incremental route takes 0/1 only (IFA-PREC-001). The FIA route also takes S_q = 1
+    with 2/3 (its checker allows [0, 4]; 4 has no documented meaning and stays refused)."""
+    allowed = (0, 1) if route == "legacy-ifa" else (0, 1, 2, 3)
+    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+        where = " on the legacy-ifa route (quantised or D 256 MHA decode)" if route == "legacy-ifa" else ""
+        raise FIAArgumentError("inner_precise", f"must be one of {allowed}{where} (spec 7)", value,
+                               **(_ids("IFA-PREC-001") if route == "legacy-ifa" and value in (2, 3) else {}))
     return value
 
 

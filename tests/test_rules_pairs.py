@@ -128,6 +128,9 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     # legacy PFA: G <= 64
     "PFA-GQA-001": (v1(t(1, 128, 3, 16), K8, K8, num_heads=128, **ANTI),
                     v1(t(1, 64, 3, 16), K8, K8, num_heads=64, **ANTI)),
+    # legacy IFA: inner_precise 0 or 1 (a float decode on the FIA route takes 2)
+    "IFA-PREC-001": (v1(t(1, 4, 1, 16), K8, K8, num_heads=4, **ANTI, inner_precise=2),
+                     v1(t(1, 4, 1, 16), K8, K8, num_heads=4, **ANTI, inner_precise=1)),
     # B in (0, 65536]
     "FIA-AXIS-001": (v1(t(65537, 1, 1, 16), t(65537, 1, 2, 16), t(65537, 1, 2, 16), num_heads=1,
                         input_layout="BNSD"),
@@ -240,3 +243,20 @@ def test_decode_mla_deepseek_shape_is_accepted_and_computed() -> None:
         ropes = cache_rope[table[b].long()].reshape(-1, 64)[:n]
         scores = 0.07 * (q[b, 0] @ keys.T + qr[b, 0] @ ropes.T)  # (N_q, L_kv)
         torch.testing.assert_close(out[b, 0], torch.softmax(scores, -1) @ keys)
+
+
+def test_float_decode_takes_inner_precise_2_on_the_fia_route() -> None:
+    """The FIA checker allows inner_precise in [0, 4] (common_checker.cpp:1279) and the legacy IFA's 0/1 rule
+    (incre_flash_attention_tiling.cpp:620) is not on this route: a fully masked decode row is 0 with the row-invalid
+    correction (2) and the mean of V without it (0) (spec 7)."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2, 1, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 4, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    run = fia_kit.reference.npu_fused_infer_attention_score
+    kw = dict(num_heads=2, input_layout="BNSD", atten_mask=mask)
+    assert fia_kit.plan("v1", q, k, v, **kw, inner_precise=2).route == "fia"
+    out2, _ = run(q, k, v, **kw, inner_precise=2)
+    out0, _ = run(q, k, v, **kw, inner_precise=0)
+    assert not out2.any()
+    torch.testing.assert_close(out0, v.mean(dim=2, keepdim=True))

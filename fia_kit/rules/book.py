@@ -160,10 +160,13 @@ RULES: tuple[KernelRule, ...] = (
           r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
           status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
                                       "computes any D"),
+    _rule("IFA-PREC-001", "legacy IFA precision modes", "the legacy incremental route takes inner_precise 0 or 1",
+          _IFA + "incre_flash_attention_tiling.cpp:620", ("legacy-ifa",), r"precision mode\[\d+\] should be 0 or 1",
+          "7", "inner_precise"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
-          note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
-               "decode 2/3 have no documented meaning to compute"),
+          note="the kit takes 0-3 on the FIA route, S_q = 1 included (2/3 add the row-invalid correction, spec 7 "
+               "[inferred] for decode); 4 has no documented meaning and stays refused"),
     # ------------------------------------------------------------------------------------------------ LSE, pse
     _rule("FIA-LSE-001", "softmax_lse with Q/K D != V D", "GQA without rope and Q/K D != V D (other than 192/128): "
           "softmax_lse_flag must be False", _CHK + "softmax_lse_checker.cpp:134", ("fia",),
@@ -253,8 +256,8 @@ KIT_ONLY: tuple[KitRule, ...] = (
             "answer (spec 6.4, 22 #6)"),
     KitRule("sparse_mode 5-8", "planning._check_sparse", "refused by the FIA checker (FIA-MASK-001); the legacy PFA "
             "route's own sparse-mode range was not read; the kit does not model modes 5-8"),
-    KitRule("inner_precise 4, and 2/3 with S_q = 1", "planning._check_inner_precise", "the FIA checker takes "
-            "[0, 4] (FIA-PREC-001); the docs give 0-3 (0/1 for decode) and no meaning for the rest (spec 7)"),
+    KitRule("inner_precise 4", "planning._check_inner_precise", "the FIA checker takes [0, 4] (FIA-PREC-001); "
+            "the docs give 0-3 and no meaning for 4 (spec 7)"),
     KitRule("learnable_sink layouts TND / NTD_TND only", "planning._check_sink", "no layout check in the A2/A3 "
             "sink checker; the docs restrict sinks to TND (spec 13)"),
     KitRule("S_q = 1 with int8/int4 K/V needs sparse_mode 0", "planning._check_sparse", "the FIA checker's rule "
