@@ -571,15 +571,18 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     q_rope, k_rope = o["query_rope"], o["key_rope"]
     if q_rope is None or k_rope is None:
         missing = "key_rope" if k_rope is None else "query_rope"
-        raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None)
+        raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None,
+                               **_ids("FIA-ROPE-001"))
     if q_rope.dtype != call.query.dtype and call.query.dtype != torch.int8:  # int8: bf16 rope (spec 16.4)
-        raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope)
+        raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope,
+                               **_ids("FIA-ROPE-004"))
     if k_rope.dtype != call.key.dtype and call.query.dtype != torch.int8:
-        raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope)
+        raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope,
+                               **_ids("FIA-ROPE-004"))
     d = q4.shape[-1]
     if d not in MLA_LAYOUTS:
         raise FIAArgumentError("query", "with query_rope the query head dim must be 512 (decode MLA) or 128 "
-                               "(prefill MLA) (spec 12)", call.query)
+                               "(prefill MLA) (spec 12)", call.query, **_ids("FIA-ROPE-003"))
     if layout.name not in MLA_LAYOUTS[d]:
         raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
                                layout.name)
@@ -601,7 +604,7 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     qr4 = to_canonical(q_rope, layout.query, num_heads)
     if qr4.shape[:-1] != q4.shape[:-1] or qr4.shape[-1] != ROPE_DIM:
         raise FIAArgumentError("query_rope", f"must have the query's shape with head dim {ROPE_DIM} (spec 12)",
-                               q_rope)
+                               q_rope, **(_ids("FIA-ROPE-002") if qr4.shape[-1] != ROPE_DIM else {}))
     if paged_kv:
         expected = _rope_shape_of(call.key, num_kv_heads, k_rope.dtype)
         if tuple(k_rope.shape) != expected:

@@ -120,6 +120,14 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     # the MLA D512 template takes no left padding
     "FIA-MLA-003": (v1(QM, KM, KM, **MLA, query_padding_size=torch.tensor([0]), actual_seq_lengths=[1]),
                     v1(QM, KM, KM, **MLA, actual_seq_lengths=[1])),
+    # query_rope and key_rope together
+    "FIA-ROPE-001": (v1(QM, KM, KM, **{**MLA, "key_rope": None}), v1(QM, KM, KM, **MLA)),
+    # rope D 64
+    "FIA-ROPE-002": (v1(QM, KM, KM, **{**MLA, "query_rope": t(1, 1, 4, 32)}), v1(QM, KM, KM, **MLA)),
+    # with rope, Q/K D 128 or 512
+    "FIA-ROPE-003": (v1(t(1, 1, 4, 256), t(1, 6, 1, 256), t(1, 6, 1, 256), **MLA), v1(QM, KM, KM, **MLA)),
+    # rope dtype = the query's
+    "FIA-ROPE-004": (v1(QM, KM, KM, **{**MLA, "query_rope": t(1, 1, 4, 64, dtype=BF16)}), v1(QM, KM, KM, **MLA)),
     # legacy IFA MLA: G in {1, 2, ..., 128}
     "IFA-MLA-001": (full_quant_mla(1, n_q=3), full_quant_mla(1, n_q=4)),
     # legacy IFA without rope: G <= 64

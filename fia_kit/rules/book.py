@@ -143,6 +143,16 @@ RULES: tuple[KernelRule, ...] = (
           "query_rope + query_padding_size/kv_padding_size",
           note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
                "(the other features have their own checks)"),
+    _rule("FIA-ROPE-001", "rope tensors together", "query_rope and key_rope are given together",
+          _CHK + "rope_checker.cpp:403", ("fia",), r"When query_rope is (not )?empty, key_rope (must|cannot) be empty",
+          "12", "query_rope + key_rope"),
+    _rule("FIA-ROPE-002", "rope head dim", "query_rope / key_rope have D = 64", _CHK + "rope_checker.cpp:61",
+          ("fia",), r"When rope exists, the d axis of rope must be 64", "12", "query_rope"),
+    _rule("FIA-ROPE-003", "query head dim with rope", "with rope, Q/K D is 128 or 512", _CHK + "rope_checker.cpp:84",
+          ("fia",), r"When rope exists, the D axis of query and key must be 128 or 512", "12", "query"),
+    _rule("FIA-ROPE-004", "rope dtypes", "query_rope has the query's dtype and key_rope the key's",
+          _CHK + "rope_checker.cpp:157", ("fia",), r"The dtype of (query|key)_rope and (query|key) must be the same",
+          "12", "query_rope"),
     # ------------------------------------------------------------------------------------------------ axes, D
     _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
