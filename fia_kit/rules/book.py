@@ -249,6 +249,13 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-PA-003", "block_size (non-quantised)", "with block_table, block_size a multiple of 16 in [16, 1024]",
           _CHK + "paged_attention_checker.cpp:568", ("fia",),
           r"when page attention enable, blockSize\(\d+\) must be a multiple of", "11", "block_size", gate="block_size"),
+    _rule("FIA-PA-005", "block_size for other head dims", "with block_table, no rope and Q/K D not 64/128: "
+          "S_q > 1 needs block_size a multiple of 128 in [128, 1024], S_q = 1 a multiple of 16 in [16, 512]",
+          _CHK + "paged_attention_checker.cpp:593", ("fia",), r"block_size.*a multiple of (128|16) in range of",
+          "11", "block_size", gate="block_size", status="not-enforced",
+          note="the kit checks the D-independent rule (FIA-PA-003, a multiple of 16 up to 1024): its tests and "
+               "examples page tiny heads (D 16) with block 16; a D 256 paged prefill with block 16 is accepted by "
+               "the kit and refused by the kernel"),
     # ------------------------------------------------------------------------------------------------ unreachable
     _rule("FIA-LSE-002", "softmax_lse allocated", "softmax_lse_flag True needs a softmax_lse output tensor",
           _CHK + "softmax_lse_checker.cpp:53", ("fia",), r"softmaxLse cannot be empty", "8", "softmax_lse_flag",
