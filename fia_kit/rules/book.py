@@ -21,6 +21,7 @@ from ..errors import FIAArgumentError
 from .routes import ROUTES
 
 COMMIT = "5778144076def6311557939ab5cbfe8303f13e8f"
+NO_MESSAGE = r"(?!)"  # the pattern of a rule without a log line of its own: matches no text
 STATUSES = ("enforced", "unreachable", "not-enforced")
 
 _FIA = "attention/fused_infer_attention_score/op_host/"
@@ -33,7 +34,11 @@ _LEGACY = ("legacy-ifa", "legacy-pfa")
 
 @dataclass(frozen=True)
 class KernelRule:
-    """One host check of the kernel (see the module docstring for the fields' meaning)."""
+    """One host check of the kernel (see the module docstring for the fields' meaning).
+
+    ``message`` is a regex for the kernel's log text of this check; a rule without a log line of its own (a
+    rewrite, a template that does not match) has ``NO_MESSAGE``, which matches nothing.
+    """
 
     id: str
     topic: str
@@ -68,7 +73,7 @@ RULES: tuple[KernelRule, ...] = (
           "on ASCEND910B (A2), a call the FIA route treats as the old incremental op (BSH/BSND/BNSD, S_q = 1, Q/K D = "
           "V D, no rope) gets sparse_mode 0, pre/next_tokens INT_MAX and no query lengths / query padding before any "
           "check: any sparse_mode, mask or not, runs as sparse_mode 0",
-          _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), r"^$", "6.5",
+          _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), NO_MESSAGE, "6.5",
           "sparse_mode", gate="decode_sparse_forced_zero",
           note="a rewrite, not a refusal: the kit validates and computes such a call as sparse_mode 0 on A2; A3 "
                "(SocVersion ASCEND910_93) keeps the caller's sparse_mode [inferred: A3 reports ASCEND910_93]"),
@@ -139,10 +144,20 @@ RULES: tuple[KernelRule, ...] = (
                "mistaken for it"),
     _rule("FIA-MLA-003", "MLA D=512 template features", "the non-quantised MLA D=512 template takes no "
           "learnable_sink, shared prefix, pse_shift or left padding (no template matches otherwise)",
-          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), r"^$", "12",
+          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), NO_MESSAGE, "12",
           "query_rope + query_padding_size/kv_padding_size",
           note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
                "(the other features have their own checks)"),
+    _rule("FIA-ROPE-001", "rope tensors together", "query_rope and key_rope are given together",
+          _CHK + "rope_checker.cpp:403", ("fia",), r"When query_rope is (not )?empty, key_rope (must|cannot) be empty",
+          "12", "query_rope + key_rope"),
+    _rule("FIA-ROPE-002", "rope head dim", "query_rope / key_rope have D = 64", _CHK + "rope_checker.cpp:61",
+          ("fia",), r"When rope exists, the d axis of rope must be 64", "12", "query_rope"),
+    _rule("FIA-ROPE-003", "query head dim with rope", "with rope, Q/K D is 128 or 512", _CHK + "rope_checker.cpp:84",
+          ("fia",), r"When rope exists, the D axis of query and key must be 128 or 512", "12", "query"),
+    _rule("FIA-ROPE-004", "rope dtypes", "query_rope has the query's dtype and key_rope the key's",
+          _CHK + "rope_checker.cpp:157", ("fia",), r"The dtype of (query|key)_rope and (query|key) must be the same",
+          "12", "query_rope"),
     # ------------------------------------------------------------------------------------------------ axes, D
     _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
@@ -160,10 +175,13 @@ RULES: tuple[KernelRule, ...] = (
           r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
           status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
                                       "computes any D"),
+    _rule("IFA-PREC-001", "legacy IFA precision modes", "the legacy incremental route takes inner_precise 0 or 1",
+          _IFA + "incre_flash_attention_tiling.cpp:620", ("legacy-ifa",), r"precision mode\[\d+\] should be 0 or 1",
+          "7", "inner_precise"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
-          note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
-               "decode 2/3 have no documented meaning to compute"),
+          note="the kit takes 0-3 on the FIA route, S_q = 1 included (2/3 add the row-invalid correction, spec 7 "
+               "[inferred] for decode); 4 has no documented meaning and stays refused"),
     # ------------------------------------------------------------------------------------------------ LSE, pse
     _rule("FIA-LSE-001", "softmax_lse with Q/K D != V D", "GQA without rope and Q/K D != V D (other than 192/128): "
           "softmax_lse_flag must be False", _CHK + "softmax_lse_checker.cpp:134", ("fia",),
@@ -193,6 +211,13 @@ RULES: tuple[KernelRule, ...] = (
           r"must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
           "learnable_sink", note="checked for float16/bfloat16 queries; the kit's float32/float64 examples keep "
                                  "any D, as the TND head-dim rule (targets tnd_head_dims) does"),
+    _rule("SF-SINK-001", "split-fuse: learnable_sink dtype", "on the split-fuse route learnable_sink has the "
+          "query's dtype (float16 or bfloat16)", _FIA + "fused_infer_attention_score_tiling.cpp:1158",
+          ("split-fuse",), r"Input dtype of Q and learnable sink must be consistent", "13", "learnable_sink"),
+    _rule("SF-SINK-002", "split-fuse: learnable_sink and inner_precise", "on the split-fuse route a sink needs "
+          "inner_precise 0", _FIA + "fused_infer_attention_score_tiling.cpp:1181", ("split-fuse",),
+          r"When learnable sink is enabled, innerPrecise shall not be 1, 2 or 3", "13",
+          "learnable_sink + inner_precise"),
     # ------------------------------------------------------------------------------------------------ shared prefix
     _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
           _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
@@ -224,6 +249,13 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-PA-003", "block_size (non-quantised)", "with block_table, block_size a multiple of 16 in [16, 1024]",
           _CHK + "paged_attention_checker.cpp:568", ("fia",),
           r"when page attention enable, blockSize\(\d+\) must be a multiple of", "11", "block_size", gate="block_size"),
+    _rule("FIA-PA-005", "block_size for other head dims", "with block_table, no rope and Q/K D not 64/128: "
+          "S_q > 1 needs block_size a multiple of 128 in [128, 1024], S_q = 1 a multiple of 16 in [16, 512]",
+          _CHK + "paged_attention_checker.cpp:593", ("fia",), r"block_size.*a multiple of (128|16) in range of",
+          "11", "block_size", gate="block_size", status="not-enforced",
+          note="the kit checks the D-independent rule (FIA-PA-003, a multiple of 16 up to 1024): its tests and "
+               "examples page tiny heads (D 16) with block 16; a D 256 paged prefill with block 16 is accepted by "
+               "the kit and refused by the kernel"),
     # ------------------------------------------------------------------------------------------------ unreachable
     _rule("FIA-LSE-002", "softmax_lse allocated", "softmax_lse_flag True needs a softmax_lse output tensor",
           _CHK + "softmax_lse_checker.cpp:53", ("fia",), r"softmaxLse cannot be empty", "8", "softmax_lse_flag",
@@ -253,8 +285,8 @@ KIT_ONLY: tuple[KitRule, ...] = (
             "answer (spec 6.4, 22 #6)"),
     KitRule("sparse_mode 5-8", "planning._check_sparse", "refused by the FIA checker (FIA-MASK-001); the legacy PFA "
             "route's own sparse-mode range was not read; the kit does not model modes 5-8"),
-    KitRule("inner_precise 4, and 2/3 with S_q = 1", "planning._check_inner_precise", "the FIA checker takes "
-            "[0, 4] (FIA-PREC-001); the docs give 0-3 (0/1 for decode) and no meaning for the rest (spec 7)"),
+    KitRule("inner_precise 4", "planning._check_inner_precise", "the FIA checker takes [0, 4] (FIA-PREC-001); "
+            "the docs give 0-3 and no meaning for 4 (spec 7)"),
     KitRule("learnable_sink layouts TND / NTD_TND only", "planning._check_sink", "no layout check in the A2/A3 "
             "sink checker; the docs restrict sinks to TND (spec 13)"),
     KitRule("S_q = 1 with int8/int4 K/V needs sparse_mode 0", "planning._check_sparse", "the FIA checker's rule "
