@@ -116,10 +116,9 @@ _RULES = (
                                         "0/2/3"))),
     Rule("decode_sparse_forced_zero", "FIA route, S_q = 1 (BSH/BSND/BNSD, no rope): the caller's sparse_mode",
          "spec 6.5, 22 #18", (
-             Variant(("A2",), "8.0", True, "rewritten to sparse_mode 0, pre/next_tokens INT_MAX (SocVersion "
-                                           "ASCEND910B; FIA-MASK-003)"),
-             Variant(ALL, "8.0", False, "kept: a non-zero sparse_mode needs a mask (A3 reports ASCEND910_93 "
-                                        "[inferred])"))),
+             Variant(A2A3, "8.0", True, "rewritten to sparse_mode 0, pre/next_tokens INT_MAX (SocVersion "
+                                        "ASCEND910B, which A3 reports too; FIA-MASK-003)"),
+             Variant(ALL, "8.0", False, "kept: a non-zero sparse_mode needs a mask"))),
     Rule("fp8_inputs", "FP8 / HiFloat8 / FP4 inputs", "spec 25.3", (
         Variant(ALL, "8.0", False, "Ascend950 only, not modelled by the kit"),)),
 )

@@ -152,10 +152,11 @@ def test_kit_float32_routes_as_float16_and_ascend950_is_all_fia():
         assert route(*tnd(4, 2, 64), num_heads=4, num_key_value_heads=2, **TND) == "fia"
 
 
-@pytest.mark.parametrize("product, accepted", [("A2", True), ("A3", False)])
+@pytest.mark.parametrize("product, accepted", [("A2", True), ("A3", True), ("Ascend950", False)])
 def test_decode_sparse_mode_3_without_mask_by_product(product: str, accepted: bool):
-    """info_parser.cpp:686 rewrites sparse_mode to 0 on ASCEND910B (A2) for a "legacy IFA" shaped FIA call; A3
-    keeps sparse_mode 3 and mask_checker.cpp:578 refuses it without a mask."""
+    """info_parser.cpp:686 rewrites sparse_mode to 0 on SocVersion ASCEND910B (A2, and A3, which reports
+    ASCEND910B: info_parser.cpp:521 refuses any other arch22 SocVersion) for a "legacy IFA" shaped FIA call;
+    Ascend950 keeps sparse_mode 3 and the mask check (mask_checker.cpp:578) refuses it without a mask."""
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 1, 16, generator=gen, dtype=torch.float64)
     k, v = (torch.randn(2, 2, 6, 16, generator=gen, dtype=torch.float64) for _ in range(2))

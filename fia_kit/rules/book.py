@@ -67,16 +67,18 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-MASK-001", "sparse_mode values", "sparse_mode must be 0, 1, 2, 3, 4 or 9",
           _CHK + "mask_checker.cpp:56", ("fia",), r"SparseMode only supports 0/1/2/3/4/9", "6.3", "sparse_mode"),
     _rule("FIA-MASK-002", "a mask for sparse modes other than 0",
-          "sparse_mode != 0 needs atten_mask (after A2's decode rewrite, FIA-MASK-003)",
+          "sparse_mode != 0 needs atten_mask (after the A2/A3 decode rewrite, FIA-MASK-003)",
           _CHK + "mask_checker.cpp:578", ("fia",), r"atten_mask cannot be empty", "6.3", "sparse_mode + atten_mask"),
-    _rule("FIA-MASK-003", "decode sparse_mode rewritten to 0 (A2)",
-          "on ASCEND910B (A2), a call the FIA route treats as the old incremental op (BSH/BSND/BNSD, S_q = 1, Q/K D = "
+    _rule("FIA-MASK-003", "decode sparse_mode rewritten to 0 (A2/A3)",
+          "on SocVersion ASCEND910B (A2 and A3), a call the FIA route treats as the old incremental op (BSH/BSND/BNSD, S_q = 1, Q/K D = "
           "V D, no rope) gets sparse_mode 0, pre/next_tokens INT_MAX and no query lengths / query padding before any "
           "check: any sparse_mode, mask or not, runs as sparse_mode 0",
           _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), NO_MESSAGE, "6.5",
           "sparse_mode", gate="decode_sparse_forced_zero",
-          note="a rewrite, not a refusal: the kit validates and computes such a call as sparse_mode 0 on A2; A3 "
-               "(SocVersion ASCEND910_93) keeps the caller's sparse_mode [inferred: A3 reports ASCEND910_93]"),
+          note="a rewrite, not a refusal: the kit validates and computes such a call as sparse_mode 0 on A2 and A3. "
+               "A3 counts as ASCEND910B: PlatformAscendC::GetSocVersion maps Short_SoC_version 'Ascend910_93' to "
+               "ASCEND910B, and info_parser.cpp:521 refuses every SocVersion but ASCEND310P/ASCEND910B on arch22, "
+               "so an A3 that reported ASCEND910_93 could run no FIA call at all"),
     _rule("FIA-MASK-004", "MLA D=512 sparse modes", "MLA with D = 512 (query_rope/key_rope) allows sparse_mode "
           "0, 3, 4 or 9", _CHK + "mask_checker.cpp:80", ("fia",), r"Only support sparse 0/3/4/9 when ifa mla",
           "6.5", "sparse_mode"),
@@ -165,15 +167,15 @@ RULES: tuple[KernelRule, ...] = (
           "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
           r"must be <= 128 when D of query and key is not equal to D of value", "12",
           "value", gate="qk_v_head_dims"),
-    _rule("FIA-LAYOUT-001", "head dim alignment (A2)", "on ASCEND910B (A2), a call that is not 'legacy IFA' "
+    _rule("FIA-LAYOUT-001", "head dim alignment (A2/A3)", "on ASCEND910B (A2/A3), a call that is not 'legacy IFA' "
           "shaped with BSH/BSND/BNSD/BNSD_BSND needs V D a multiple of 16", _CHK + "common_checker.cpp:1160",
           ("fia",), r"should be align to 16", "18.2", "query", status="not-enforced",
-          note="A2 only (the A3 branch skips ValidateNoRopeLayoutDim); the kit computes any D so that examples "
+          note="SocVersion ASCEND910B (A2 and A3 both report it); the kit computes any D so that examples "
                "stay small (as for tnd_head_dims)"),
-    _rule("FIA-LAYOUT-002", "TND head dims (A2)", "on ASCEND910B (A2) without rope, TND needs D in {64, 128, 192} "
+    _rule("FIA-LAYOUT-002", "TND head dims (A2/A3)", "on ASCEND910B (A2/A3) without rope, TND needs D in {64, 128, 192} "
           "(NTD, BSH_BNSD, BSND_BNSD, NTD_TND: {64, 128})", _CHK + "common_checker.cpp:1203", ("fia",),
           r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
-          status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
+          status="not-enforced", note="ASCEND910B (A2/A3) only; documented in targets (tnd_head_dims, checked: no): the kit "
                                       "computes any D"),
     _rule("IFA-PREC-001", "legacy IFA precision modes", "the legacy incremental route takes inner_precise 0 or 1",
           _IFA + "incre_flash_attention_tiling.cpp:620", ("legacy-ifa",), r"precision mode\[\d+\] should be 0 or 1",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _callers import VLLM, attention, caller, causal, close, window, with_sink
 from fake_npu import torch_npu
-from golden import FLOAT32_LOWEST, paged_cache
+from golden import paged_cache
 
 import fia_kit
 from fia_kit.masks import compressed_causal_mask
@@ -374,7 +374,9 @@ def _update_out_and_lse(out_list: torch.Tensor, lse_list: torch.Tensor):
 
 @caller(VLLM, MLA_CP, "AscendMlaCPImpl._forward_decode: v1 D=512 with softmax_lse_flag=True, per-rank cp_seq_len")
 def test_mla_cp_decode_lse_merges_across_ranks_without_nan(gen):
-    """Two CP ranks; on rank 1 the first request has no keys: its LSE must be -3.4e38 so the merge ignores it."""
+    """Two CP ranks; on rank 1 the first request has no keys. The FIA route's MLA kernel writes +inf there
+    (fia_kernel_nonquant_mla.h:320, fia_kit/lse.py): a plain logsumexp merge gives NaN, and vllm-ascend's DCP decode
+    merges with npu_attention_update, whose kernel turns +inf into -inf (docs/context_parallel.md)."""
     rank_lens = [[5, 3], [0, 4]]
     q = torch.randn(2, N, 1, 512, generator=gen, dtype=torch.float32) * 0.1
     qr = torch.randn(2, N, 1, 64, generator=gen, dtype=torch.float32)
@@ -391,8 +393,13 @@ def test_mla_cp_decode_lse_merges_across_ranks_without_nan(gen):
         outs.append(out)
         lses.append(lse)
         keys.append([(latent[b][:, :n], rope[b][:, :n]) for b, n in enumerate(lens)])
-    assert (lses[1][0] == FLOAT32_LOWEST).all()
-    merged, _ = _update_out_and_lse(torch.stack(outs), torch.stack(lses))
+    assert (lses[1][0] == float("inf")).all()
+    naive, _ = _update_out_and_lse(torch.stack(outs), torch.stack(lses))
+    assert torch.isnan(naive[0]).all() and not torch.isnan(naive[1]).any()
+    flat_out = [o.reshape(-1, 512) for o in outs]
+    flat_lse = [lse.reshape(-1) for lse in lses]
+    merged, _ = fia_kit.npu_attention_update(flat_lse, flat_out, update_type=1)
+    merged = merged.reshape(outs[0].shape)
     assert not torch.isnan(merged).any()
     for b in range(2):
         latent = torch.cat([keys[r][b][0] for r in range(2)], 1)
