@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "read_ascend": ".ascend_profile",
     "method12": ".precision",
     "captured_graph": ".backends.compiled",
+    "explain": ".rules.explain",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
 _SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "reference",
@@ -84,6 +85,8 @@ __all__ = [
     *_SUBMODULES,
     # products and versions; context-parallel merging of partial results
     "target", "Target", "merge_attention",
+    # the NPU's error text, explained by the kernel's rule book
+    "explain",
 ]
 __version__ = "0.1.0"
 
