@@ -20,8 +20,8 @@ How each feature maps onto flex (spec sections in brackets):
   mask origins (15);
 - the learnable sink joins the softmax denominator only: O *= exp(lse - logaddexp(lse, sink[n])); the LSE returned
   excludes it (8, 13);
-- rows with no key (outside the band, past L_q, no keys at all) are 0 with LSE +inf (7 item 3); a decode row of a
-  batch without keys gets LSE -3.40282e38, as the IFA kernel writes (25.1).
+- rows with no key (outside the band, past L_q, no keys at all) are 0 with LSE +inf (7 item 3); a batch without
+  keys gets its route's LSE sentinel (``fia_kit.lse.no_key_lse``: -3.40282e38 on "legacy IFA" shaped decode, 22 row 20).
 
 Not supported (``FlexUnsupported``, never a silent fallback): every quantised path (int8/int4 K/V, int8 full
 quantisation, int8 output, MLA full quantisation). The tree mask (sparse_mode 9) is read from the caller's raw
@@ -50,6 +50,7 @@ from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_bloc
 
 from .call import parse_call
 from .layouts import from_canonical
+from .lse import no_key_lse
 from .planning import Plan, build_plan
 
 __all__ = [
@@ -65,7 +66,6 @@ Mode = Literal["auto", "eager", "compiled"]
 MODES = ("auto", "eager", "compiled")
 TREE_MODE = 9
 MASK_FILL = -1e12  # what the kernel writes over masked scores (spec 3.5, 7)
-EMPTY_DECODE_LSE = -3.40282e38  # IFA's LSE for a batch without keys (spec 25.1)
 UNBOUNDED = 1 << 40  # a band bound no |j - i| reaches
 COMPILE_SCORES = 1 << 26  # "auto" compiles a CPU call from this many scores (B * N_q * L_q * keys) on
 # Compiled flex pads the rows and the key axis up to a multiple of this: compiled shapes then repeat, and torch
@@ -359,11 +359,13 @@ class _Padded:
         return score_mod
 
     def _sentinels(self, lse: torch.Tensor) -> torch.Tensor:
-        """+inf on rows flex saw no key for (spec 7 item 3); -3.40282e38 for decode batches without keys."""
+        """+inf on rows flex saw no key for (spec 7 item 3); batches without keys get their route's sentinel
+        (-3.40282e38 where the kernel writes it, ``fia_kit.lse.no_key_lse``)."""
         lse = torch.where(torch.isneginf(lse), float("inf"), lse)
-        if self.plan.decode:
+        sentinel = no_key_lse(self.plan)
+        if sentinel != float("inf"):
             empty = (self.n_keys == 0).view(-1, 1, 1)
-            lse = torch.where(empty, EMPTY_DECODE_LSE, lse)
+            lse = torch.where(empty, sentinel, lse)
         return lse
 
     def _scatter(self, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,13 +1,16 @@
-"""The softmax LSE's sentinels per kernel path, and merging partial (attention_out, lse) pairs (spec 7, 8, 25.1).
+"""The softmax LSE's sentinels per kernel route, and merging partial (attention_out, lse) pairs (spec 7, 8, 25.1).
 
-What the op writes as the LSE of a row that sees no key depends on the kernel that runs it:
+What the op writes as the LSE of a batch that sees no key depends on the host route the call takes (``Plan.route``,
+``fia_kit.rules.routes``) and, on the FIA route, on the kernel that runs it (docs section 22 row 20):
 
-| path | which calls | row without keys | value |
-|---|---|---|---|
-| IFA (decode) | S_q == 1, and MLA with D = 512 (its decode kernel) | a batch with L_kv (+ prefix) = 0 | -3.40282e38 (float32 lowest, ``InitAllZeroOutput``) |
-| PFA (prefill) | everything else | rows outside the band, batches with L_kv = 0 | +inf (3e99 overflowing float32) |
+| route | which calls | value |
+|---|---|---|
+| legacy-ifa | quantised decode, D 256 MHA decode, ... | -3.40282e38 (float32 lowest, IFA's ``InitAllZeroOutput``) |
+| fia, "legacy IFA" shaped | BSH/BSND/BNSD, S_q = 1, Q/K D = V D, no rope | float32(-3.4e38) = -3.39999995e38 (``fia_kernel_nonquant.h:346``) |
+| fia, otherwise (MLA included) | every other float call | +inf (3e99 overflowing float32; ``fia_kernel_nonquant_mla.h:320``) |
+| legacy-pfa, split-fuse | quantised prefill; rope-less TND meeting the split-fuse conditions | +inf |
 
-A log-sum-exp merge gives the IFA sentinel weight 0; +inf would give NaN, which is why real context-parallel
+A log-sum-exp merge gives the two negative sentinels weight 0; +inf would give NaN, which is why real context-parallel
 callers (vllm-ascend ``common_cp.py::_update_out_and_lse``) rely on the IFA value. ``merge_attention`` handles both.
 """
 
@@ -23,18 +26,19 @@ from .errors import FIAArgumentError
 if TYPE_CHECKING:
     from .planning import Plan
 
-IFA_NO_KEY_LSE = -3.4028234663852886e38  # float32 lowest, as the IFA kernel writes it
+IFA_NO_KEY_LSE = -3.4028234663852886e38  # -FLT_MAX, float32 lowest, as the legacy IFA kernel writes it
+FIA_DECODE_NO_KEY_LSE = -3.3999999521443642e38  # float32(-3.4e38): FLOAT_MIN of fia_kernel_nonquant.h:112
 PFA_NO_KEY_LSE = float("inf")
-
-
-def ifa_path(problem: Plan) -> bool:
-    """Whether the op runs ``problem`` on its IFA (decode) kernel: S_q == 1, or MLA with D = 512."""
-    return problem.decode or (problem.query_rope is not None and problem.head_dim == 512)
+SENTINEL_FLOOR = -3.0e38  # an LSE at or below this is a no-key sentinel (either of the two above)
 
 
 def no_key_lse(problem: Plan) -> float:
-    """The LSE the op writes for a batch without keys on ``problem``'s path (see the module table)."""
-    return IFA_NO_KEY_LSE if ifa_path(problem) else PFA_NO_KEY_LSE
+    """The LSE the op writes for a batch without keys on ``problem``'s route (see the module table)."""
+    if problem.route == "legacy-ifa":
+        return IFA_NO_KEY_LSE
+    legacy_ifa_shaped = (problem.layout.name in ("BSH", "BSND", "BNSD") and problem.decode
+                         and problem.head_dim == problem.value_dim)  # GetLegacyIfaFlag, info_parser.cpp:264
+    return FIA_DECODE_NO_KEY_LSE if problem.route == "fia" and legacy_ifa_shaped else PFA_NO_KEY_LSE
 
 
 def merge_attention(outputs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
@@ -42,7 +46,7 @@ def merge_attention(outputs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor
     """Merge attention computed over disjoint key sets (context-parallel / ring style) into attention over all keys.
 
     out = sum_k exp(lse_k - lse) * out_k with lse = log sum_k exp(lse_k), in float32 (float64 for float64 inputs).
-    A part whose LSE is a no-key sentinel (+inf from the PFA path, -3.4e38 or -inf from the IFA path, or NaN) gets
+    A part whose LSE is a no-key sentinel (+inf, -3.4e38 / -3.40282e38 or below -3e38, -inf, or NaN) gets
     weight 0; rows where every part is such a sentinel come out as 0 with the IFA sentinel -3.40282e38. No NaN.
 
     Args:
@@ -65,7 +69,7 @@ def merge_attention(outputs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor
                                                                                            tuple(lse.shape)))
     dtype = torch.float64 if outputs[0].dtype == torch.float64 else torch.float32
     stacked = torch.stack([lse.to(dtype) for lse in lses])  # (K, ..., 1)
-    valid = torch.isfinite(stacked) & (stacked > IFA_NO_KEY_LSE)
+    valid = torch.isfinite(stacked) & (stacked > SENTINEL_FLOOR)
     weights_log = stacked.masked_fill(~valid, float("-inf"))
     top = weights_log.amax(dim=0)
     any_valid = valid.any(dim=0)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
-FLOAT32_LOWEST = -3.4028234663852886e38  # what the IFA kernel writes as the LSE of a batch without keys
+FLOAT32_LOWEST = -3.4028234663852886e38  # -FLT_MAX: the legacy IFA kernel's LSE of a batch without keys
+# float32(-3.4e38): FLOAT_MIN of ops-transformer op_kernel/arch22/fia_kernel_nonquant.h:112, which the FIA route
+# writes for a "legacy IFA" shaped decode (BSH/BSND/BNSD, S_q = 1) batch without keys (:346)
+FIA_DECODE_EMPTY_LSE = -3.3999999521443642e38
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

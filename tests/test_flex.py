@@ -2,7 +2,7 @@
 
 The two share only the plan (parsing, validation, resolved lengths): a visibility or numerics bug in either shows up
 as a difference here. Outputs are compared at the per-dtype tolerances of ``fia_kit.backends.TOLERANCES``; the LSE on
-every row, sentinels included (+inf on rows that are not computed, -3.40282e38 on decode rows of a batch without
+every row, sentinels included (+inf on rows that are not computed, -3.4e38 on decode rows of a batch without
 keys, spec 25.1).
 """
 

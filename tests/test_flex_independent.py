@@ -122,10 +122,11 @@ def test_paged_decode_reads_blocks_through_the_table(gen):
 
 
 def test_decode_batch_without_keys_is_zero_with_the_ifa_lse(gen):
-    """L_kv = 0 in decode: output 0 and LSE -3.40282e38, what the IFA kernel writes (spec 5.4, 25.1)."""
+    """L_kv = 0 in decode: output 0 and LSE float32(-3.4e38), what the FIA route writes for a "legacy IFA" shaped
+    decode (ops-transformer op_kernel/arch22/fia_kernel_nonquant.h:112, :346; spec 5.4, 22 row 20)."""
     q, k, v = rand(gen, 2, 2, 1, 16), rand(gen, 2, 2, 6, 16), rand(gen, 2, 2, 6, 16)
     out, lse = fia(q, k, v, num_heads=2, input_layout="BNSD", actual_seq_lengths_kv=[0, 6], softmax_lse_flag=True)
-    assert out[0].abs().max() == 0 and (lse[0] == -3.40282e38).all()
+    assert out[0].abs().max() == 0 and (lse[0] == float(torch.tensor(-3.4e38, dtype=torch.float32))).all()
     close(out[1:], sdpa(q[1:], k[1:], v[1:], scale=1.0))
 
 

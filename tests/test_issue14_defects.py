@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from golden import FLOAT32_LOWEST, attention, causal, paged_cache
+from golden import FIA_DECODE_EMPTY_LSE, attention, causal, paged_cache
 
 from fia_kit import FIAArgumentError
 from fia_kit.reference import npu_fused_infer_attention_score as fia
@@ -121,12 +121,13 @@ def test_mla_full_quant_bf16_rope_nz_tiled_by_its_own_dtype(gen):
 # ----------------------------------------------------------------------------- 4. LSE sentinels, per path
 
 def test_decode_batch_without_keys_has_lse_float32_lowest(gen):
-    """IFA writes -3.40282e38 for a batch with L_kv = 0 (InitAllZeroOutput), so a merge gives it weight 0."""
+    """A float BNSD decode takes the FIA route, which writes float32(-3.4e38) for a batch with L_kv = 0
+    (op_kernel/arch22/fia_kernel_nonquant.h:346, its "legacy IFA" flag), so a merge gives it weight 0."""
     q = torch.randn(2, 2, 1, 8, generator=gen)
     k, v = (torch.randn(2, 2, 6, 8, generator=gen) for _ in range(2))
     out, lse = fia(q, k, v, num_heads=2, input_layout="BNSD", actual_seq_lengths_kv=[0, 6], softmax_lse_flag=True)
     assert lse.dtype == torch.float32 and not out[0].any()
-    assert (lse[0] == FLOAT32_LOWEST).all()
+    assert (lse[0] == FIA_DECODE_EMPTY_LSE).all()
     _, want = attention(q[1], k[1], v[1], 1.0)
     _close(lse[1, ..., 0], want, 1e-5)
 
@@ -158,7 +159,9 @@ def test_mla_d512_returns_lse(gen):
                                torch.cat([k[0], kr[0]], -1).transpose(0, 1), k[0].transpose(0, 1), 0.1)
     _close(out[0].transpose(0, 1), want)
     _close(lse[0, :, :, 0], want_lse)
-    assert (lse[1] == FLOAT32_LOWEST).all() and not out[1].any()  # MLA D=512 runs on the IFA (decode) kernel
+    # float MLA D=512 takes the FIA route (RouteToFia, arch22/..._tiling_v3.cpp:1371), whose MLA kernel initialises
+    # the LSE with 3e99 = +inf (op_kernel/arch22/fia_kernel_nonquant_mla.h:320), not the IFA's -3.4e38 (22 row 20)
+    assert (lse[1] == float("inf")).all() and not out[1].any()
 
 
 # --------------------------------------------------------------------------- 6. BSH output quant scale shapes

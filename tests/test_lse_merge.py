@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import FLOAT32_LOWEST
+from golden import FIA_DECODE_EMPTY_LSE, FLOAT32_LOWEST
 
 import fia_kit
 from fia_kit.reference import npu_fused_infer_attention_score as fia
@@ -30,7 +30,8 @@ def test_merge_equals_attention_over_all_keys(gen, s_q):
         outs.append(out)
         lses.append(lse)
     empty = lses[1]
-    assert (empty == FLOAT32_LOWEST).all() if s_q == 1 else torch.isposinf(empty).all()
+    # a float BNSD decode takes the FIA route, whose decode sentinel is float32(-3.4e38) (fia_kernel_nonquant.h:346)
+    assert (empty == FIA_DECODE_EMPTY_LSE).all() if s_q == 1 else torch.isposinf(empty).all()
     merged, lse = fia_kit.merge_attention(outs, lses)
     torch.testing.assert_close(merged, _sdpa(q, k, v, scale), atol=1e-10, rtol=1e-10)
     want_lse = torch.logsumexp(scale * q @ k.transpose(-1, -2), dim=-1, keepdim=True)
@@ -70,3 +71,16 @@ def test_merge_refuses_mismatched_shapes():
         fia_kit.merge_attention([torch.zeros(1, 2, 3, 4)], [torch.zeros(1, 2, 3)])
     with pytest.raises(fia_kit.FIAArgumentError, match="outputs"):
         fia_kit.merge_attention([], [])
+
+
+def test_the_fia_decode_sentinel_also_merges_with_weight_zero():
+    """float32(-3.4e38) (the FIA route's decode sentinel, fia_kernel_nonquant.h:112) is a no-key LSE too."""
+    from golden import FIA_DECODE_EMPTY_LSE
+
+    out = torch.randn(1, 1, 2, 4, dtype=torch.float64)
+    lse_a = torch.tensor([FIA_DECODE_EMPTY_LSE, FIA_DECODE_EMPTY_LSE], dtype=torch.float64).view(1, 1, 2, 1)
+    lse_b = torch.tensor([0.25, FIA_DECODE_EMPTY_LSE], dtype=torch.float64).view(1, 1, 2, 1)
+    merged, lse = fia_kit.merge_attention([torch.ones_like(out), out], [lse_a, lse_b])
+    torch.testing.assert_close(merged[..., 0, :], out[..., 0, :])
+    assert float(lse[0, 0, 0, 0]) == pytest.approx(0.25)
+    assert not merged[..., 1, :].any() and float(lse[0, 0, 1, 0]) == FLOAT32_LOWEST
