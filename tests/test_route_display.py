@@ -45,9 +45,11 @@ def test_the_note_states_the_lse_the_reference_writes_for_a_batch_without_keys()
         lse = fia_kit.run(plan, "reference").softmax_lse
         no_keys = lse[0] if plan.layout.name != "TND" else lse[:1]  # BSND: (B, N, S, 1); TND: (T, N, 1)
         assert torch.all(no_keys == route_note(plan).empty_row_lse), (plan.route, no_keys.flatten()[:2])
-    # the two values the op writes (spec 25.1): the decode kernels' float32 lowest, the prefill path's +inf
-    assert route_note(fia_kit.plan(LOOK_ALIKES["fia"])).empty_row_lse == -3.4028234663852886e38
-    assert route_note(fia_kit.plan(LOOK_ALIKES["split-fuse"])).empty_row_lse == float("inf")
+    # three look-alike decode steps, three values (spec 25.1): the FIA kernel's float32(-3.4e38) (FLOAT_MIN,
+    # fia_kernel_nonquant.h:112), the legacy IFA kernel's -FLT_MAX, and +inf where the split-fuse path computes it
+    expected = {"fia": float(torch.tensor(-3.4e38, dtype=torch.float32)), "legacy-ifa": -3.4028234663852886e38,
+                "split-fuse": float("inf")}
+    assert {r: route_note(fia_kit.plan(c)).empty_row_lse for r, c in LOOK_ALIKES.items()} == expected
 
 
 def test_the_note_lists_the_enforced_rules_of_its_route_alone():
@@ -92,7 +94,7 @@ def test_the_lint_command_prints_each_calls_host_route(tmp_path, capsys):
 
 def test_the_explorer_shows_the_route_and_follows_a_layout_change():
     ex = E.explore(LOOK_ALIKES["fia"])
-    assert "fia (the FIA checkers" in ex.route.value and "-3.40282e+38" in ex.route.value
+    assert "fia (the FIA checkers" in ex.route.value and "LSE -3.4e+38" in ex.route.value
     ex.controls["layout"].value = "TND"
     assert "split-fuse (the TND split-fuse checks" in ex.route.value and "LSE inf" in ex.route.value
     assert "host route split-fuse" in E.static_preview(ex.good)
