@@ -90,7 +90,7 @@ def test_a_free_text_e89999_message_of_the_split_fuse_route():
     # fused_infer_attention_score_tiling.cpp:1351: OPS_REPORT_VECTOR_INNER_ERR(name, "When attnMask is provided,
     # sparseMode must be 3 or 4") -> E89999 (common/include/err/ops_err.h:31)
     text = TORCH_NPU_HEAD + _report("E89999", "When attnMask is provided, sparseMode must be 3 or 4",
-                                    "CheckFAIAvailability", "fused_infer_attention_score_tiling.cpp", 1351)
+                                    "CheckFAIMask", "fused_infer_attention_score_tiling.cpp", 1351)
     f = _only(explain(text))
     assert _near(f.source, FIA + "fused_infer_attention_score_tiling.cpp", 1351)
     assert "split-fuse" in f.meaning and f.code == "E89999"

@@ -386,11 +386,11 @@ def _rule_finding(rule: Any, message: _Message, status: tuple[str, str | None, s
     parameter = form["parameter"] if form else getattr(rule, "parameter", None) or None
     condition = getattr(rule, "condition", "") or str(rule)
     routes = _routes(rule)
-    where = f"the host checks of route {routes}" if routes else "the op's host checks"
-    meaning = f"{where} refused the call before any compute: {condition}"
+    where = f"a host check of route {routes}" if routes else "a host check of the op"
+    meaning = f"{where} refused the call before any compute ({_where(getattr(rule, 'source', None))})"
     gate = getattr(rule, "gate", None)
     if gate:
-        meaning += f" (a rule that depends on the product / CANN version: target gate '{gate}', fia_kit.targets)"
+        meaning += f"; the rule depends on the product / CANN version (target gate '{gate}', fia_kit.targets)"
     codes = [c for c in (message.code, status[0] if status else None) if c]
     if codes:
         meaning += ". Reported as " + ", then ".join(f"{c} ({CODES[c][0]})" if c in CODES else c for c in codes)
@@ -400,10 +400,10 @@ def _rule_finding(rule: Any, message: _Message, status: tuple[str, str | None, s
         fix = (f"torch_npu sets this itself ({note or 'the Python API cannot break this rule'}): a call made "
                f"from Python should not meet this check; capture it (fia_kit.capture) and report it with this log")
     elif state == "not-enforced":
-        fix = (f"{change} so that: {condition}. The kit does not enforce this rule ({note or 'see the book'}), so "
-               "fia_kit.lint cannot catch it before the NPU does")
+        fix = (f"{change} so that the rule holds. The kit does not enforce this rule ({note or 'see the book'}), "
+               "so fia_kit.lint cannot catch it before the NPU does")
     else:
-        fix = f"{change} so that: {condition}. fia_kit.lint(call) checks the fixed call before the NPU does"
+        fix = f"{change} so that the rule holds; fia_kit.lint(call) checks the fixed call before the NPU sees it"
     code = message.code or (f"{status[0]} {CODES[status[0]][0]}" if status else None)
     return Finding(rule=condition, parameter=parameter, source=getattr(rule, "source", None) or None,
                    section=_section(rule), meaning=meaning, fix=fix, rule_id=getattr(rule, "id", None),
