@@ -202,11 +202,12 @@ def build_plan(call: FIACall) -> Plan:
                              paged_kv)
     if sparse_mode == TREE_MODE:
         atten_mask = _tree_mask(checked, layout, plans_q, plans_kv, q_axis, kv_axis)
-    pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope)
-    sink = _check_sink(call, layout, num_heads, value_dim, pse)
+    pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope, head_dim != value_dim)
+    sink = _check_sink(call, layout, num_heads, head_dim, value_dim, pse, route)
     inner_precise = _check_inner_precise(o["inner_precise"], decode)
     scale = _check_scale(o["scale"], _spelled(call, "scale"))
-    return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, _spelled(call, "softmax_lse_flag"))
+    return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, value_dim, route,
+                                 _spelled(call, "softmax_lse_flag"))
     quant = check_quant(call, QuantContext(
         layout, batch, num_heads, num_kv_heads, head_dim, value_dim, kv_axis, decode, paged_kv,
         key.shape[0] if paged_kv else 0, block_size, rope, _left_padding_given(call), return_lse,
@@ -371,13 +372,16 @@ def _apply_left_padding(call: FIACall, layout: Layout, q4: torch.Tensor, k4: tor
     o = call.options
     if not _left_padding_given(call):
         return plans_q, plans_kv, False
-    for other, bad in (("block_table", o["block_table"] is not None), ("input_layout", layout.packed),
-                       ("query_rope", o["query_rope"] is not None),
-                       ("key_shared_prefix", o.get("key_shared_prefix") is not None)):
+    for other, bad, rule_id in (
+            ("block_table", o["block_table"] is not None, "FIA-PAD-001"),
+            ("input_layout", layout.packed or layout.name in ("BSH_BNSD", "BSND_BNSD"), "FIA-PAD-002"),
+            ("query_rope", o["query_rope"] is not None, "FIA-MLA-003"),
+            ("key_shared_prefix", o.get("key_shared_prefix") is not None, "FIA-PREFIX-004")):
         if bad:
             raise FIAArgumentError(f"query_padding_size/kv_padding_size + {other}", "left padding cannot be "
-                                   "combined with paging, packed (TND-family) layouts, MLA rope or a shared "
-                                   "prefix (spec 14, 15)", layout.name if other == "input_layout" else "given")
+                                   "combined with paging, BSH_BNSD/BSND_BNSD/packed (TND-family) layouts, MLA rope "
+                                   "or a shared prefix (spec 14, 15)",
+                                   layout.name if other == "input_layout" else "given", **_ids(rule_id))
     shifted = False
     for name, lengths, plans, s in (("query_padding_size", "actual_seq_lengths", plans_q, q4.shape[2]),
                                     ("kv_padding_size", "actual_seq_lengths_kv", plans_kv, k4.shape[2])):
@@ -470,8 +474,10 @@ def _check_key_value_shapes(layout: Layout, k4: torch.Tensor, v4: torch.Tensor, 
         ok, allowed = packed_192 or (layout.packed and small), "TND-family Q/K D=192 with V D=128, or (TND family) " \
             "all D <= 128 with sparse_mode 0/2/3; other layouts need Ascend950"
     if not ok:
+        rule_id = "FIA-AXIS-002" if max(head_dim, value_dim) > 128 else "FIA-MASK-005" \
+            if sparse_mode not in (0, 2, 3) else None
         raise targets.refuse("value", "qk_v_head_dims", f"head dim {value_dim} differs from the key's {head_dim}: "
-                             f"allowed only for {allowed}", v4)
+                             f"allowed only for {allowed}", v4, **(_ids(rule_id) if rule_id else {}))
 
 
 def _shape_without_head_dim(t: torch.Tensor, paged_kv: bool) -> tuple[int, ...]:
@@ -486,18 +492,19 @@ def _check_paging(call: FIACall, num_kv_heads: int, decode: bool) -> tuple[torch
     block_table, block_size = o["block_table"], o["block_size"]
     if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32:
         raise FIAArgumentError("block_table", "must be a 2-D int32 tensor (B, max_blocks_per_seq) (spec 11)",
-                               block_table)
+                               block_table, **_ids("FIA-PA-001"))
     if not isinstance(block_size, int) or block_size <= 0:
         raise FIAArgumentError("block_size", "must be > 0 when block_table is given (spec 11)", block_size)
     low, high = targets.rule("block_size")
     if block_size % 16 or block_size > 1024:
-        raise targets.refuse("block_size", "block_size", "must be a multiple of 16 and at most 1024", block_size)
+        raise targets.refuse("block_size", "block_size", "must be a multiple of 16 and at most 1024", block_size,
+                             **_ids("FIA-PA-003"))
     if not decode and (block_size % low or not low <= block_size <= high):
         raise targets.refuse("block_size", "block_size", f"prefill (S_q > 1) paging needs {low}..{high} in steps "
                              f"of {low}", block_size)
     if o["actual_seq_lengths_kv"] is None:
         raise FIAArgumentError(_spelled(call, "actual_seq_lengths_kv"), "is required with paged attention "
-                               "(block_table) (spec 5.1, 11)", None)
+                               "(block_table) (spec 5.1, 11)", None, **_ids("FIA-PA-002"))
     key = call.key
     if paged.cache_block_size(key) != block_size:
         raise FIAArgumentError("block_size", f"must equal the cache's block axis "
@@ -550,7 +557,8 @@ def _resolve_lengths(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.
         return batch, [(0, s, n) for s, n in zip(q_starts, q_lens, strict=True)], kv_plans
     batch, s_q = q4.shape[0], q4.shape[2]
     if batch > 65536:
-        raise FIAArgumentError("query", "batch size must be at most 65536 (spec 18.2)", q4.shape[0])
+        raise FIAArgumentError("query", "batch size must be at most 65536 (spec 18.2)", q4.shape[0],
+                               **_ids("FIA-AXIS-001"))
     q_lens = (1,) * batch if decode else per_batch_lengths(q_name, q_values, batch, s_q, "S_q")
     limit = capacity if capacity is not None else k4.shape[2]
     kv_lens = per_batch_lengths(kv_name, kv_values, batch, limit, "block capacity" if capacity else "S_kv")
@@ -629,11 +637,14 @@ def _check_prefix(call: FIACall, layout: Layout, num_kv_heads: int, head_dim: in
     if kp is None or vp is None:
         missing = "key_shared_prefix" if kp is None else "value_shared_prefix"
         raise FIAArgumentError(missing, "key_shared_prefix and value_shared_prefix come together (spec 14)", None)
-    for other, bad in (("block_table", paged_kv), ("input_layout", layout.packed), ("query_rope", rope)):
+    for other, bad, rule_id in (
+            ("block_table", paged_kv, "FIA-PREFIX-001"),
+            ("input_layout", layout.packed or layout.name in ("BSH_BNSD", "BSND_BNSD"), "FIA-PREFIX-002"),
+            ("query_rope", rope, "FIA-PREFIX-003")):
         if bad:
             raise FIAArgumentError(f"key_shared_prefix + {other}", "a shared prefix cannot be combined with "
-                                   "paging, packed (TND-family) layouts or MLA rope (spec 14)",
-                                   layout.name if other == "input_layout" else "given")
+                                   "paging, BSH_BNSD/BSND_BNSD/packed (TND-family) layouts or MLA rope (spec 14)",
+                                   layout.name if other == "input_layout" else "given", **_ids(rule_id))
     for name, t in (("key_shared_prefix", kp), ("value_shared_prefix", vp)):
         if t.dtype != call.key.dtype or t.dim() != call.key.dim():
             raise FIAArgumentError(name, f"must have the key's dtype and rank ({call.key.dtype}, "
@@ -798,7 +809,7 @@ def _check_mask(call: FIACall, layout: Layout, batch: int, q_axis: int, kv_axis:
         if tuple(mask.shape) not in ((size, size), (1, size, size), (1, 1, size, size)):
             raise FIAArgumentError("atten_mask", f"sparse_mode {mode} needs the compressed ({size}, {size}) mask, "
                                    f"optionally with leading 1-dims (spec 6.4)", mask,
-                                   hint="use fia_kit.masks.compressed_causal_mask()")
+                                   hint="use fia_kit.masks.compressed_causal_mask()", **_ids("FIA-MASK-006"))
         if not is_compressed_causal_mask(mask):
             raise FIAArgumentError("atten_mask", f"sparse_mode {mode} needs exactly "
                                    f"torch.triu(torch.ones({size}, {size}), diagonal=1) (1 above the diagonal) "
@@ -845,13 +856,19 @@ def _decode_mask(mask: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _check_pse(call: FIACall, layout: Layout, batch: int, num_heads: int, q_axis: int, kv_axis: int,
-               decode: bool, rope: bool) -> torch.Tensor | None:
+               decode: bool, rope: bool, qk_v_differ: bool) -> torch.Tensor | None:
     pse = call.options["pse_shift"]
     if pse is None:
         return None
-    if layout.packed or rope:
-        raise FIAArgumentError("pse_shift", "cannot be combined with packed (TND-family) layouts or MLA rope "
-                               "(spec 9)", layout.name)
+    if qk_v_differ:
+        raise FIAArgumentError("pse_shift", "cannot be combined with a Q/K head dim different from V's (spec 9)",
+                               "given", **_ids("FIA-PSE-003"))
+    if rope:
+        raise FIAArgumentError("pse_shift", "cannot be combined with MLA rope (spec 9)", "query_rope given",
+                               **_ids("FIA-PSE-001"))
+    if layout.packed or layout.name in ("BSH_BNSD", "BSND_BNSD"):
+        raise FIAArgumentError("pse_shift", "cannot be combined with BSH_BNSD, BSND_BNSD or packed (TND-family) "
+                               "layouts (spec 9)", layout.name, **_ids("FIA-PSE-002"))
     q = call.query
     ok = (pse.dtype == torch.float16) if q.dtype == torch.int8 else \
         (pse.dtype == q.dtype) if (decode or q.dtype not in OP_FLOAT_DTYPES) else \
@@ -868,21 +885,35 @@ def _check_pse(call: FIACall, layout: Layout, batch: int, num_heads: int, q_axis
     return pse
 
 
-def _check_sink(call: FIACall, layout: Layout, num_heads: int, value_dim: int,
-                pse: torch.Tensor | None) -> torch.Tensor | None:
+def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, value_dim: int,
+                pse: torch.Tensor | None, route: str) -> torch.Tensor | None:
+    """learnable_sink (spec 13); on the FIA route also the A2/A3 sink checker (learnable_sink_checker.cpp)."""
     sink = call.options.get("learnable_sink")
     if sink is None:
         return None
     if layout.name not in ("TND", "NTD_TND"):
         raise FIAArgumentError("learnable_sink", "needs input_layout TND or NTD_TND (spec 13)", layout.name)
-    allowed = (torch.bfloat16, torch.float16) if call.query.dtype in OP_FLOAT_DTYPES else (call.query.dtype,)
+    fia_route = route == "fia"
+    allowed = (call.query.dtype,) if call.query.dtype not in OP_FLOAT_DTYPES else \
+        (torch.bfloat16,) if fia_route else (torch.bfloat16, torch.float16)
     if not isinstance(sink, torch.Tensor) or sink.shape != (num_heads,) or sink.dtype not in allowed:
-        raise FIAArgumentError("learnable_sink", f"must be a ({num_heads},) bfloat16 (or float16) tensor, one "
-                               "logit per query head (spec 13)", sink)
+        names = " or ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise FIAArgumentError("learnable_sink", f"must be a ({num_heads},) {names} tensor, one logit per query "
+                               f"head (spec 13; bfloat16 only on the FIA route of A2/A3)", sink,
+                               **(_ids("FIA-SINK-001") if fia_route else {}))
     if value_dim > 128:
-        raise FIAArgumentError("learnable_sink", "needs value head dim <= 128 (spec 13)", value_dim)
+        raise FIAArgumentError("learnable_sink", "needs value head dim <= 128 (spec 13)", value_dim,
+                               **_ids("FIA-SINK-004"))
+    if fia_route and (head_dim not in (64, 128, 192) or value_dim not in (64, 128)):
+        raise FIAArgumentError("learnable_sink", f"on the FIA route needs Q/K D in {{64, 128, 192}} and V D in "
+                               f"{{64, 128}} (got {head_dim}/{value_dim}) (spec 13)", (head_dim, value_dim),
+                               **_ids("FIA-SINK-004"))
     if pse is not None:
-        raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given")
+        raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given",
+                               **_ids("FIA-SINK-002"))
+    if fia_route and call.options["inner_precise"] != 0:
+        raise FIAArgumentError("learnable_sink + inner_precise", "on the FIA route the sink needs inner_precise 0 "
+                               "(spec 13)", call.options["inner_precise"], **_ids("FIA-SINK-003"))
     return sink
 
 
@@ -901,12 +932,15 @@ def _check_scale(value: object, name: str) -> float:
     return float(value)
 
 
-def _check_lse_flag(value: object, rope: bool, head_dim: int, name: str) -> bool:
+def _check_lse_flag(value: object, rope: bool, head_dim: int, value_dim: int, route: str, name: str) -> bool:
     if not isinstance(value, bool):
         raise FIAArgumentError(name, "must be a bool", value)
     if value and rope and head_dim == 512 and not targets.rule("mla_d512_lse"):
         raise targets.refuse(name, "mla_d512_lse", "MLA with D=512 does not return softmax_lse", value)
-    return value  # accepted: vllm-ascend's context-parallel MLA decode uses it; the docs disagree (spec 25.1)
+    if value and route == "fia" and not rope and head_dim != value_dim and (head_dim, value_dim) != (192, 128):
+        raise FIAArgumentError(name, f"must be False when Q/K D ({head_dim}) differs from V D ({value_dim}) "
+                               "without rope (spec 8)", value, **_ids("FIA-LSE-001"))
+    return value  # MLA D=512: accepted, vllm-ascend's context-parallel MLA decode uses it (spec 25.1)
 
 
 def plan(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | None = None,

@@ -81,11 +81,6 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-MASK-006", "the compressed mask of modes 2-4", "sparse_mode 2, 3, 4 need atten_mask of shape "
           "(2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048)", _CHK + "mask_checker.cpp:566", ("fia",),
           r"The shape of atten_mask must be \[2048, 2048\], \[1, 2048, 2048\] or \[1, 1, 2048,\s*2048\]", "6.4", "atten_mask"),
-    _rule("FIA-MASK-007", "the compressed mask's content", "the kit also requires the 2048 template to be exactly "
-          "triu(ones, 1); the kernel reads only its shape", _CHK + "mask_checker.cpp:566", ("fia",),
-          r"^$", "6.4", "atten_mask", status="not-enforced",
-          note="the kernel checks the shape only; the kit keeps its content check (a kit rule, spec 6.4, 22 #6): "
-               "any other content gives an answer the kit cannot define"),
     _rule("FIA-MASK-008", "quantised-K/V decode sparse mode", "S_q = 1 with int8/int4 K/V and a float query: "
           "sparse_mode must be 0", _CHK + "mask_checker.cpp:68", ("fia", "legacy-ifa"),
           r"When S of query equal to 1, sparseMode only supports 0", "6.5", "sparse_mode",
@@ -138,6 +133,12 @@ RULES: tuple[KernelRule, ...] = (
           r"axis G must be in the range", "10", "num_key_value_heads", status="not-enforced",
           note="no such check on the FIA route; listed so that the G <= 64 of the legacy routes is not "
                "mistaken for it"),
+    _rule("FIA-MLA-003", "MLA D=512 template features", "the non-quantised MLA D=512 template takes no "
+          "learnable_sink, shared prefix, pse_shift or left padding (no template matches otherwise)",
+          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), r"^$", "12",
+          "query_rope + query_padding_size/kv_padding_size",
+          note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
+               "(the other features have their own checks)"),
     # ------------------------------------------------------------------------------------------------ axes, D
     _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
@@ -185,6 +186,10 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-PREFIX-003", "shared prefix with MLA", "key/value_shared_prefix must be empty with MLA rope",
           _CHK + "system_prefix_checker.cpp:320", ("fia",), r"prefix must be empty in (PFA|IFA) MLA scenario", "14",
           "key_shared_prefix + query_rope"),
+    _rule("FIA-PREFIX-004", "shared prefix with left padding", "key/value_shared_prefix must be empty with "
+          "query/kv_padding_size", _CHK + "system_prefix_checker.cpp:299", ("fia",),
+          r"prefix must be empty when left padding is enabled", "14",
+          "query_padding_size/kv_padding_size + key_shared_prefix"),
     # ------------------------------------------------------------------------------------------------ left padding
     _rule("FIA-PAD-001", "left padding with paging", "query/kv_padding_size must be empty with block_table",
           _CHK + "left_padding_checker.cpp:180", ("fia",), r"leftPadding must be empty when page attention", "15",
@@ -213,6 +218,36 @@ RULES: tuple[KernelRule, ...] = (
           "caches", _CHK + "paged_attention_checker.cpp:748", ("fia",), r"non-contiguous cache is supported only",
           "11", "key/value", status="unreachable",
           note="torch_npu's bindings make inputs contiguous before the call [inferred]"),
+)
+
+
+@dataclass(frozen=True)
+class KitRule:
+    """A rule the kit keeps that the kernel's host code does not apply (or applies only on some routes)."""
+
+    topic: str
+    where: str
+    why: str
+
+
+KIT_ONLY: tuple[KitRule, ...] = (
+    KitRule("the compressed mask's content", "planning._check_mask", "the kernel checks the 2048 template's shape "
+            "only (FIA-MASK-006); the kit also requires triu(ones, 1), since any other content has no defined "
+            "answer (spec 6.4, 22 #6)"),
+    KitRule("sparse_mode 5-8", "planning._check_sparse", "refused by the FIA checker (FIA-MASK-001); the legacy PFA "
+            "route's own sparse-mode range was not read; the kit does not model modes 5-8"),
+    KitRule("inner_precise 4, and 2/3 with S_q = 1", "planning._check_inner_precise", "the FIA checker takes "
+            "[0, 4] (FIA-PREC-001); the docs give 0-3 (0/1 for decode) and no meaning for the rest (spec 7)"),
+    KitRule("learnable_sink layouts TND / NTD_TND only", "planning._check_sink", "no layout check in the A2/A3 "
+            "sink checker; the docs restrict sinks to TND (spec 13)"),
+    KitRule("S_q = 1 with int8/int4 K/V needs sparse_mode 0", "planning._check_sparse", "the FIA checker's rule "
+            "(FIA-MASK-008); on A2/A3 such calls take the legacy-ifa route, which does not check it [inferred]"),
+    KitRule("Q/K D != V D outside the TND family (A2/A3)", "planning._check_key_value_shapes", "the FIA checkers "
+            "let BSH/BSND/BNSD with D <= 128 through; the kit follows the docs (rule qk_v_head_dims, spec 12) "
+            "[not settled: whether an arch22 template takes them was not read]"),
+    KitRule("a decode mask as (B, S_kv)", "planning._decode_mask", "the FIA route reads a 2-D mask as "
+            "(S_q', S_kv') and 3-D/4-D as (B|1, [1,] S_q', S_kv') even for S_q = 1 (mask_checker.cpp:496); the "
+            "docs' (B, S_kv) reading is kept (spec 6.2, 22 #16)"),
 )
 
 _BY_ID = {r.id: r for r in RULES}

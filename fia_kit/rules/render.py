@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .book import COMMIT, RULES
+from .book import COMMIT, KIT_ONLY, RULES
 from .routes import ROUTER_SOURCE, ROUTES
 
 
@@ -36,6 +36,9 @@ def render_markdown() -> str:
         cells = (f"`{r.id}`", r.topic, r.condition, ", ".join(r.routes), r.gate or "", r.status, r.section,
                  f"`{r.parameter}`", f"`{r.source}`", f"`{r.message}`", r.note)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "## Rules the kit keeps that the kernel does not apply", "",
+              "| topic | where | why |", "|---|---|---|"]
+    lines += [f"| {_cell(k.topic)} | `{k.where}` | {_cell(k.why)} |" for k in KIT_ONLY]
     return "\n".join(lines) + "\n"
 
 
