@@ -125,6 +125,13 @@ def test_a_message_of_the_op_that_no_rule_matches_is_still_explained_by_its_code
     assert f.source == CODE_SOURCES["EZ0026"]
 
 
+def test_a_whole_plog_is_read_on_its_error_lines():
+    info = [f"[INFO] GE(4242,python3):2026-09-02-10:00:00.{i:06d} [graph_builder.cc:{i}]4242 node {i} built"
+            for i in range(5000)]
+    info.insert(3000, _plog("mask_checker.cpp", 56, "CheckSparseMode", SPARSE_2026))
+    assert _only(explain("\n".join(info))).parameter == "sparse_mode"
+
+
 def test_one_rule_reported_twice_gives_one_finding():
     text = (TORCH_NPU_HEAD + _report("EZ0026", SPARSE_2026, "CheckSparseMode", "mask_checker.cpp", 56)
             + _plog("mask_checker.cpp", 56, "CheckSparseMode", SPARSE_2026))

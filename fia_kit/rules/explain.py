@@ -124,7 +124,9 @@ _OP_NAMES = re.compile(r"FusedInferAttentionScore|IncreFlashAttention|PromptFlas
                        r"npu_fused_infer_attention_score")
 
 _MAX_LINE = 2000  # a longer line is cut before matching: the book's patterns then run in bounded time
-_MAX_LINES = 20000
+_MAX_LINES = 1_000_000
+_SHORT_PASTE = 2000  # lines: a longer text (a whole plog) is read only on lines that carry an error's marks
+_ERROR_MARKS = ("ERROR", "rror", "[FUNC:", "OpName:", "Parameter", "EZ", "E8", "E6", "E2")  # substrings: fast
 
 # ----------------------------------------------------------------------------------------- the shapes of a line
 # A prefix a logger puts before each line: vLLM's "(Worker_TP0 pid=1) ERROR 07-28 01:48:32 [file.py:987] ",
@@ -145,8 +147,9 @@ _PARAMETER_FORM = re.compile(r"Parameters? (?P<parameter>.+?) of (?:operator )?(
                              r"(?:incorrect|invalid) [\w ]+?(?P<value> .*?)?|is invalid)[.,] (?:Reason: |[Ii]t "
                              r"should be )(?P<reason>.*?)\.?\s*$")
 # torch_npu's and aclnn's status: "call aclnnX failed, error code is 561002", "aclnnX failed, error code 561002".
-_STATUS = re.compile(r"(?:(?P<api>aclnn\w+)\b[^\n]{0,60}?)?\b(?:error ?code|errno|ret(?:urn)? ?code)(?: is)?"
-                     r"\s*[:=\[]?\s*(?P<code>\d{6})\b", re.IGNORECASE)
+_STATUS = re.compile(r"\b(?:[Ee]rror ?[Cc]ode|errno|[Rr]et(?:urn)? ?[Cc]ode)(?: is)?\s*[:=\[]?\s*(?P<code>\d{6})\b")
+_STATUS_WORDS = ("rror code", "rror Code", "rrorCode", "rrorcode", "errno", "et code", "etCode", "eturn code")
+_API = re.compile(r"aclnn\w+")
 _FIA_APIS = re.compile(r"aclnn(FusedInferAttentionScore|IncreFlashAttention|PromptFlashAttention)\w*", re.IGNORECASE)
 
 
@@ -265,9 +268,11 @@ def _short(text: str, width: int = 72) -> str:
 def _messages(text: str) -> list[_Message]:
     """Every line of ``text`` that can hold a host check's message, with what its log prefix or suffix says."""
     found = []
-    for raw in text.replace("\r", "\n").split("\n")[:_MAX_LINES]:
+    lines = text.replace("\r", "\n").split("\n")[:_MAX_LINES]
+    long_text = len(lines) > _SHORT_PASTE
+    for raw in lines:
         line = raw.replace("\x00", "").strip()[:_MAX_LINE]
-        if not line:
+        if not line or long_text and not any(mark in line for mark in _ERROR_MARKS):
             continue
         body = _LOGGER_PREFIX.sub("", line, count=1).strip()
         code = file = func = None
@@ -308,12 +313,17 @@ def _findings(text: str) -> list[Finding]:
 
 
 def _status_code(text: str) -> tuple[str, str | None, str] | None:
-    """(code, aclnn API or None, the line) of the first aclnn status code in ``text`` the kit knows, else None."""
+    """(code, aclnn API or None, the line) of the first aclnn status code of the op in ``text``, else None. A code
+    whose line names another aclnn API (aclnnIndex, ...) is that op's, not this one's."""
+    if not any(word in text for word in _STATUS_WORDS):
+        return None
     for match in _STATUS.finditer(text):
-        if match["code"] in _STATUS_CODES and (match["api"] is None or _FIA_APIS.fullmatch(match["api"])):
-            start = text.rfind("\n", 0, match.start()) + 1
+        start = text.rfind("\n", 0, match.start()) + 1
+        apis = _API.findall(text, start, match.start())
+        api = apis[-1] if apis else None
+        if match["code"] in _STATUS_CODES and (api is None or _FIA_APIS.fullmatch(api)):
             end = text.find("\n", match.end())
-            return match["code"], match["api"], text[start:end if end >= 0 else len(text)].strip()[:_MAX_LINE]
+            return match["code"], api, text[start:end if end >= 0 else len(text)].strip()[:_MAX_LINE]
     return None
 
 
