@@ -584,7 +584,10 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
         raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
                                layout.name)
     heads = targets.rule("mla_heads")
-    if d == 512 and call.query.dtype != torch.int8 and (num_kv_heads != 1 or num_heads not in heads):
+    if route == "legacy-ifa":
+        heads = (1, 2, 4, 8, 16, 32, 64, 128)  # IFA's CheckMlaAttrs, any dtype
+    if d == 512 and (call.query.dtype != torch.int8 or route == "legacy-ifa") and (
+            num_kv_heads != 1 or num_heads not in heads):
         rule_id = "IFA-MLA-001" if route == "legacy-ifa" else "FIA-MLA-002" if num_kv_heads != 1 else "FIA-MLA-001"
         shown = f"[1, {heads[-1]}]" if len(heads) > 8 else "{" + ", ".join(map(str, heads)) + "}"
         raise targets.refuse("num_key_value_heads" if num_kv_heads != 1 else _spelled(call, "num_heads"),
@@ -683,7 +686,7 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, value_dim: int, deco
         raise FIAArgumentError("sparse_mode", "MLA with D=512 allows sparse_mode 0, 3, 4 or 9 (v2) (spec 6.5, 12)",
                                mode, **_ids("FIA-MASK-004"))
     if rope and route == "legacy-ifa":
-        _check_legacy_mla_sparse(mode, facts.query_s, call.query.dtype == torch.int8)
+        _check_legacy_mla_sparse(mode, facts, call.query.dtype == torch.int8, o["atten_mask"] is not None)
     if decode and mode != 0 and call.key.dtype in (torch.int8, torch.int32) and call.query.dtype != torch.int8:
         raise FIAArgumentError("sparse_mode", "with S_q == 1 and int8/int4 K/V, sparse_mode must be 0: the kernel "
                                "refuses others (mask_checker CheckAntiquantSparseMode) (spec 25.1)", mode,
@@ -705,14 +708,19 @@ def _check_sparse(call: FIACall, rope: bool, head_dim: int, value_dim: int, deco
     return mode, pre, nxt
 
 
-def _check_legacy_mla_sparse(mode: int, query_s: int, full_quant: bool) -> None:
-    """The legacy incremental MLA (quantised): S_q = 1 takes sparse_mode 0; S_q > 1 takes 3 (antiquant) or 3/9
-    (full quant) (spec 6.5)."""
+def _check_legacy_mla_sparse(mode: int, facts: RouteFacts, full_quant: bool, has_mask: bool) -> None:
+    """The legacy incremental MLA (quantised, spec 6.5): TND takes sparse_mode 0 without a mask, 3 or 9; other
+    layouts take 0 with S_q = 1 and 3 (antiquant) or 3/9 (full quant) with S_q > 1."""
+    if facts.layout in ("TND", "TND_NTD"):
+        if mode not in (0, 3, TREE_MODE) or (mode == 0 and has_mask):
+            raise FIAArgumentError("sparse_mode", "the legacy incremental MLA with TND takes sparse_mode 0 (no "
+                                   "mask), 3 or 9 (spec 6.5)", mode, **_ids("IFA-MASK-003"))
+        return
     allowed = (3, TREE_MODE) if full_quant else (3,)
-    if query_s == 1 and mode != 0:
+    if facts.query_s == 1 and mode != 0:
         raise FIAArgumentError("sparse_mode", "the legacy incremental MLA (quantised K/V) with S_q = 1 takes "
                                "sparse_mode 0 only (spec 6.5)", mode, **_ids("IFA-MASK-001"))
-    if query_s > 1 and mode not in allowed:
+    if facts.query_s > 1 and mode not in allowed:
         raise FIAArgumentError("sparse_mode", "the legacy incremental MLA (quantised K/V) with S_q > 1 takes "
                                f"sparse_mode {' or '.join(map(str, allowed))} only (spec 6.5)", mode,
                                **_ids("IFA-MASK-002"))
@@ -904,13 +912,13 @@ def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, va
     if value_dim > 128:
         raise FIAArgumentError("learnable_sink", "needs value head dim <= 128 (spec 13)", value_dim,
                                **_ids("FIA-SINK-004"))
-    if fia_route and (head_dim not in (64, 128, 192) or value_dim not in (64, 128)):
+    op_dtype = call.query.dtype in OP_FLOAT_DTYPES  # float32/64 examples keep any D, as for TND (tnd_head_dims)
+    if fia_route and op_dtype and (head_dim not in (64, 128, 192) or value_dim not in (64, 128)):
         raise FIAArgumentError("learnable_sink", f"on the FIA route needs Q/K D in {{64, 128, 192}} and V D in "
                                f"{{64, 128}} (got {head_dim}/{value_dim}) (spec 13)", (head_dim, value_dim),
                                **_ids("FIA-SINK-004"))
     if pse is not None:
-        raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given",
-                               **_ids("FIA-SINK-002"))
+        raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given")
     if fia_route and call.options["inner_precise"] != 0:
         raise FIAArgumentError("learnable_sink + inner_precise", "on the FIA route the sink needs inner_precise 0 "
                                "(spec 13)", call.options["inner_precise"], **_ids("FIA-SINK-003"))

@@ -94,6 +94,10 @@ RULES: tuple[KernelRule, ...] = (
           "with S_q > 1: sparse_mode 3 (antiquant) or 3/9 (full quant)",
           _IFA + "incre_flash_attention_tiling_check.cpp:1466", ("legacy-ifa",),
           r"when queryS > 1, sparseMode\(\d+\) only support 3", "6.5", "sparse_mode"),
+    _rule("IFA-MASK-003", "legacy IFA MLA with TND: sparse modes", "the legacy incremental MLA with TND/TND_NTD: "
+          "sparse_mode 0 without a mask, 3 (with the 2048 mask) or 9", _IFA + "incre_flash_attention_tiling_check.cpp"
+          ":1450", ("legacy-ifa",), r"TND/TND_NTD only support (sparse\(\d+\) = 0/3/9|noMask when sparse = 0)",
+          "6.5", "sparse_mode"),
     _rule("FIA-TOKENS-001", "pre/next tokens leave a band", "after the sparse mode sets the tokens, -next_tokens "
           "> pre_tokens is refused (no key left)", _CHK + "mask_checker.cpp:308", ("fia",),
           r"next_tokens \* \(-1\) > pre_tokens", "6.3", "pre_tokens + next_tokens"),
@@ -144,8 +148,18 @@ RULES: tuple[KernelRule, ...] = (
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
     _rule("FIA-AXIS-002", "Q/K D != V D: head dims", "when Q/K D differs from V D (other than 192/128), both must "
           "be <= 128", _CHK + "common_checker.cpp:598", ("fia",),
-          r"D of (query|value) must be <= 128 when D of query and key is not equal to D of value", "12",
+          r"must be <= 128 when D of query and key is not equal to D of value", "12",
           "value", gate="qk_v_head_dims"),
+    _rule("FIA-LAYOUT-001", "head dim alignment (A2)", "on ASCEND910B (A2), a call that is not 'legacy IFA' "
+          "shaped with BSH/BSND/BNSD/BNSD_BSND needs V D a multiple of 16", _CHK + "common_checker.cpp:1160",
+          ("fia",), r"should be align to 16", "18.2", "query", status="not-enforced",
+          note="A2 only (the A3 branch skips ValidateNoRopeLayoutDim); the kit computes any D so that examples "
+               "stay small (as for tnd_head_dims)"),
+    _rule("FIA-LAYOUT-002", "TND head dims (A2)", "on ASCEND910B (A2) without rope, TND needs D in {64, 128, 192} "
+          "(NTD, BSH_BNSD, BSND_BNSD, NTD_TND: {64, 128})", _CHK + "common_checker.cpp:1203", ("fia",),
+          r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
+          status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
+                                      "computes any D"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
           note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
@@ -168,14 +182,17 @@ RULES: tuple[KernelRule, ...] = (
           "learnable_sink"),
     _rule("FIA-SINK-002", "learnable_sink with pse_shift", "pse_shift must be empty with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:90", ("fia",), r"pseShift must be empty when learnable sink", "13",
-          "learnable_sink + pse_shift"),
+          "learnable_sink + pse_shift", status="not-enforced",
+          note="shadowed: a sink needs TND/NTD_TND, where pse_shift is already refused (FIA-PSE-002); the kit's "
+               "own sink + pse check stays"),
     _rule("FIA-SINK-003", "learnable_sink and inner_precise", "inner_precise must be 0 with learnable_sink",
           _CHK + "learnable_sink_checker.cpp:100", ("fia",), r"The value of inner_precise must be \d+ when learnable sink", "13",
           "learnable_sink + inner_precise"),
     _rule("FIA-SINK-004", "learnable_sink head dims", "with learnable_sink, Q/K D in {64, 128, 192} and V D in "
           "{64, 128}", _CHK + "learnable_sink_checker.cpp:144", ("fia",),
-          r"D of (query|value) must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
-          "learnable_sink"),
+          r"must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
+          "learnable_sink", note="checked for float16/bfloat16 queries; the kit's float32/float64 examples keep "
+                                 "any D, as the TND head-dim rule (targets tnd_head_dims) does"),
     # ------------------------------------------------------------------------------------------------ shared prefix
     _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
           _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
@@ -245,6 +262,9 @@ KIT_ONLY: tuple[KitRule, ...] = (
     KitRule("Q/K D != V D outside the TND family (A2/A3)", "planning._check_key_value_shapes", "the FIA checkers "
             "let BSH/BSND/BNSD with D <= 128 through; the kit follows the docs (rule qk_v_head_dims, spec 12) "
             "[not settled: whether an arch22 template takes them was not read]"),
+    KitRule("MLA with int8/int4 K/V and a float query", "planning.build_plan", "refused by the "
+            "kit (spec 12, 16.3); the legacy IFA route has an antiquant MLA branch "
+            "(incre_flash_attention_tiling_check.cpp:1466) that the kit does not model"),
     KitRule("a decode mask as (B, S_kv)", "planning._decode_mask", "the FIA route reads a 2-D mask as "
             "(S_q', S_kv') and 3-D/4-D as (B|1, [1,] S_q', S_kv') even for S_q = 1 (mask_checker.cpp:496); the "
             "docs' (B, S_kv) reading is kept (spec 6.2, 22 #16)"),
