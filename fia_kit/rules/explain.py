@@ -219,8 +219,9 @@ def explain(text: Any, call: Any = None) -> list[Finding]:
             ...}, with an optional "form": "v1"/"v2", default "v1"). Each finding is then confirmed or not by
             validating that call (``Finding.confirmed``).
     Returns:
-        One finding per rule of the book a message matches (in the order the text shows them), then one per
-        message of the op that matches no rule; a bare aclnn status code gives one finding when nothing else did.
+        One finding per rule of the book a message matches, in the order the text shows them; when no rule
+        matches, one per message of the op (a line naming one of its host files, or the op in the 2026 form); when
+        there is none either, one for the aclnn status code, if the text holds one of the op's.
     """
     try:
         findings = _findings(_as_text(text))
