@@ -481,8 +481,8 @@ class Case:
                           _route_line(built)])
 
     def route_line(self, form: str | None = None) -> str:
-        """The kernel's host route for this case (``Plan.route``), what a row without keys gets as its LSE there
-        and the rules of that route alone (``fia_kit.rules.route_note``); or why the call has no route (refused)."""
+        """The kernel's host route for this case (``Plan.route``) and what a row without keys gets as its LSE there
+        (``fia_kit.rules.route_note``); or why the call has no route (the kit refuses it)."""
         return _route_line(self.build(form))
 
 

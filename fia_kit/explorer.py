@@ -261,7 +261,7 @@ def route_line(outcome: Outcome) -> str:
         return ""
     from .rules.route_note import route_note
 
-    return str(route_note(outcome.problem)).removeprefix("route ")
+    return route_note(outcome.problem).with_rules().removeprefix("route ")
 
 
 def _note_figure(text: str) -> go.Figure:

@@ -58,6 +58,7 @@ def test_the_note_lists_the_enforced_rules_of_its_route_alone():
     book = {r.id: r for r in RULES}
     assert all(book[i].routes == ("legacy-ifa",) and book[i].status == "enforced" for i in note.only_here)
     assert note.words == ROUTE_WORDS["legacy-ifa"] and str(note).startswith("route legacy-ifa (")
+    assert note.with_rules().startswith(f"{note}; rules of this route only: {len(note.only_here)} (IFA-")
 
 
 def test_describe_ends_with_the_route_line():
@@ -97,6 +98,7 @@ def test_the_explorer_shows_the_route_and_follows_a_layout_change():
     assert "fia (the FIA checkers" in ex.route.value and "LSE -3.4e+38" in ex.route.value
     ex.controls["layout"].value = "TND"
     assert "split-fuse (the TND split-fuse checks" in ex.route.value and "LSE inf" in ex.route.value
+    assert "rules of this route only:" in ex.route.value and "SF-MASK-003" in ex.route.value
     assert "host route split-fuse" in E.static_preview(ex.good)
     ex.controls["heads"].value = 3  # 3 query heads on 4 KV heads: refused; the line keeps the shown call's route
     assert ex.error.value and "split-fuse" in ex.route.value

@@ -1,8 +1,9 @@
 """A plan's host route in words, for the places a user looks at a call (``Case.describe``, the explorer, lint).
 
     note = route_note(fia_kit.plan(case))
-    str(note)   # "route legacy-ifa (the legacy incremental (decode) tiling, ...): a row without keys gets LSE
-                #  -3.40282e+38; rules of this route only: 4 (IFA-MASK-001, IFA-MASK-002, IFA-MLA-001, IFA-GQA-001)"
+    str(note)          # "route legacy-ifa (the legacy incremental (decode) tiling, ...): a row without keys gets LSE
+                       #  -3.40282e+38"
+    note.with_rules()  # ... "; rules of this route only: 4 (IFA-MASK-001, IFA-MASK-002, IFA-MLA-001, ...)"
 
 The route is the plan's (``Plan.route``, decided by the kernel's router, ``fia_kit.rules.routes``); the LSE of a row
 without keys is what the kit's reference writes on that plan (``fia_kit.lse.no_key_lse``); the rules are the book's
@@ -41,10 +42,13 @@ class RouteNote:
     only_here: tuple[str, ...]
 
     def __str__(self) -> str:
+        return f"route {self.route} ({self.words}): a row without keys gets LSE {self.empty_row_lse:.6g}"
+
+    def with_rules(self) -> str:
+        """``str(note)`` and the ids of the rules of this route alone (the first three, and how many)."""
         shown = self.only_here if len(self.only_here) <= 4 else (*self.only_here[:3], "...")
         rules = f"{len(self.only_here)} ({', '.join(shown)})" if self.only_here else "none"
-        return (f"route {self.route} ({self.words}): a row without keys gets LSE {self.empty_row_lse:.6g}; "
-                f"rules of this route only: {rules}")
+        return f"{self}; rules of this route only: {rules}"
 
 
 def route_only_rules(route: str) -> tuple[Any, ...]:
