@@ -156,6 +156,14 @@ def test_one_rule_reported_twice_gives_one_finding():
     assert len(explain(text)) == 1
 
 
+def test_the_kits_own_error_names_its_rule():
+    arguments = _arguments(sparse_mode=5)
+    with pytest.raises(fia_kit.FIAArgumentError) as caught:
+        fia_kit.plan("v1", arguments.pop("query"), arguments.pop("key"), arguments.pop("value"), **arguments)
+    f = _only(explain(f"fia_kit.errors.FIAArgumentError: {caught.value}"))
+    assert f.rule_id == caught.value.rule_id and f.source == caught.value.source and f.parameter == "sparse_mode"
+
+
 # ------------------------------------------------------------------------------------------------ bare codes
 
 @pytest.mark.parametrize("line", [

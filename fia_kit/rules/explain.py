@@ -15,7 +15,8 @@ What users paste comes in a few shapes, all written by code we can read (sources
   OpName:[FusedInferAttentionScore] <message>"``;
 * the 2026 error-code scheme (EZ0008-EZ0038, CANN's log.h): ``"Parameter X of operator Y has incorrect value Z.
   Reason: R."`` (newer headers drop "operator"), ``"Parameter X of Y is invalid. Reason: R."``;
-* a bare ``"aclnnFusedInferAttentionScoreV3 failed, error code 561002"``.
+* a bare ``"aclnnFusedInferAttentionScoreV3 failed, error code 561002"``;
+* the kit's own ``FIAArgumentError``, which names the book's rule: ``"... [FIA-MASK-001 at path:line]"``.
 
 Each message is matched against the ``message`` pattern of every rule of the book (``fia_kit.rules.book.RULES``):
 the book is the one table of the kernel's messages. A message that names one of the op's host files or the op but
@@ -150,6 +151,8 @@ _PARAMETER_FORM = re.compile(r"Parameters? (?P<parameter>.+?) of (?:operator )?(
 _STATUS = re.compile(r"\b(?:[Ee]rror ?[Cc]ode|errno|[Rr]et(?:urn)? ?[Cc]ode)(?: is)?\s*[:=\[]?\s*(?P<code>\d{6})\b")
 _STATUS_WORDS = ("rror code", "rror Code", "rrorCode", "rrorcode", "errno", "et code", "etCode", "eturn code")
 _API = re.compile(r"aclnn\w+")
+# The kit's own FIAArgumentError names the book's rule: "... [FIA-MASK-001 at attention/.../mask_checker.cpp:56]".
+_KIT_ERROR = re.compile(r"\[(?P<id>[A-Z]+(?:-[A-Z0-9]+)+) at [^\]\s]+:\d+\]")
 _FIA_APIS = re.compile(r"aclnn(FusedInferAttentionScore|IncreFlashAttention|PromptFlashAttention)\w*", re.IGNORECASE)
 
 
@@ -357,8 +360,13 @@ def _book() -> tuple[tuple[Any, re.Pattern[str]], ...]:
 
 
 def _matching_rules(message: _Message) -> list[Any]:
-    """The rules whose pattern matches the message; where the log names the host file, only the rules of that
-    file when any of them matches."""
+    """The rule a kit error names (``[ID at path:line]``), else the rules whose pattern matches the message; where
+    the log names the host file, only the rules of that file when any of them matches."""
+    kit = _KIT_ERROR.search(message.text)
+    if kit:
+        named = [rule for rule, _ in _book() if rule.id == kit["id"]]
+        if named:
+            return named
     rules = [rule for rule, pattern in _book() if pattern.search(message.text)]
     if message.file and len(rules) > 1:
         name = message.file.rsplit("/", 1)[-1]
