@@ -204,7 +204,7 @@ def build_plan(call: FIACall) -> Plan:
         atten_mask = _tree_mask(checked, layout, plans_q, plans_kv, q_axis, kv_axis)
     pse = _check_pse(call, layout, batch, num_heads, q_axis, key_columns, decode, rope, head_dim != value_dim)
     sink = _check_sink(call, layout, num_heads, head_dim, value_dim, pse, route)
-    inner_precise = _check_inner_precise(o["inner_precise"], decode)
+    inner_precise = _check_inner_precise(o["inner_precise"], route)
     scale = _check_scale(o["scale"], _spelled(call, "scale"))
     return_lse = _check_lse_flag(o["softmax_lse_flag"], rope, head_dim, value_dim, route,
                                  _spelled(call, "softmax_lse_flag"))
@@ -571,15 +571,18 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     q_rope, k_rope = o["query_rope"], o["key_rope"]
     if q_rope is None or k_rope is None:
         missing = "key_rope" if k_rope is None else "query_rope"
-        raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None)
+        raise FIAArgumentError(missing, "query_rope and key_rope come together (spec 12)", None,
+                               **_ids("FIA-ROPE-001"))
     if q_rope.dtype != call.query.dtype and call.query.dtype != torch.int8:  # int8: bf16 rope (spec 16.4)
-        raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope)
+        raise FIAArgumentError("query_rope", f"must have the query's dtype {call.query.dtype} (spec 12)", q_rope,
+                               **_ids("FIA-ROPE-004"))
     if k_rope.dtype != call.key.dtype and call.query.dtype != torch.int8:
-        raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope)
+        raise FIAArgumentError("key_rope", f"must have the key's dtype {call.key.dtype} (spec 12)", k_rope,
+                               **_ids("FIA-ROPE-004"))
     d = q4.shape[-1]
     if d not in MLA_LAYOUTS:
         raise FIAArgumentError("query", "with query_rope the query head dim must be 512 (decode MLA) or 128 "
-                               "(prefill MLA) (spec 12)", call.query)
+                               "(prefill MLA) (spec 12)", call.query, **_ids("FIA-ROPE-003"))
     if layout.name not in MLA_LAYOUTS[d]:
         raise FIAArgumentError("input_layout", f"MLA with D={d} allows {sorted(MLA_LAYOUTS[d])} (spec 12)",
                                layout.name)
@@ -601,7 +604,7 @@ def _check_rope(call: FIACall, layout: Layout, q4: torch.Tensor, k4: torch.Tenso
     qr4 = to_canonical(q_rope, layout.query, num_heads)
     if qr4.shape[:-1] != q4.shape[:-1] or qr4.shape[-1] != ROPE_DIM:
         raise FIAArgumentError("query_rope", f"must have the query's shape with head dim {ROPE_DIM} (spec 12)",
-                               q_rope)
+                               q_rope, **(_ids("FIA-ROPE-002") if qr4.shape[-1] != ROPE_DIM else {}))
     if paged_kv:
         expected = _rope_shape_of(call.key, num_kv_heads, k_rope.dtype)
         if tuple(k_rope.shape) != expected:
@@ -925,11 +928,14 @@ def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, va
     return sink
 
 
-def _check_inner_precise(value: object, decode: bool) -> int:
-    allowed = (0, 1) if decode else (0, 1, 2, 3)
-    if not isinstance(value, int) or value not in allowed:
-        raise FIAArgumentError("inner_precise", f"must be one of {allowed}"
-                               + (" when S_q == 1" if decode else "") + " (spec 7)", value)
+def _check_inner_precise(value: object, route: str) -> int:
+    """0-3 (spec 7); the legacy incremental route takes 0/1 only (IFA-PREC-001). The FIA route also takes S_q = 1
+    with 2/3 (its checker allows [0, 4]; 4 has no documented meaning and stays refused)."""
+    allowed = (0, 1) if route == "legacy-ifa" else (0, 1, 2, 3)
+    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+        where = " on the legacy-ifa route (quantised or D 256 MHA decode)" if route == "legacy-ifa" else ""
+        raise FIAArgumentError("inner_precise", f"must be one of {allowed}{where} (spec 7)", value,
+                               **(_ids("IFA-PREC-001") if route == "legacy-ifa" and value in (2, 3) else {}))
     return value
 
 

@@ -200,7 +200,12 @@ CASES = [
                             learnable_sink=t(4, dtype=torch.bfloat16)), "learnable_sink", "<= 128", None),
     # --- inner_precise, scale, LSE flag (spec 7, 8, 18.5)
     ("inner_precise_range", call(fia, inner_precise=4), "inner_precise", "one of", None),
-    ("inner_precise_decode", call(fia, q=t(2, 4, 1, 16), inner_precise=2), "inner_precise", "S_q == 1", None),
+    # S_q = 1 with 2/3 is refused only on the legacy-ifa route (incre_flash_attention_tiling.cpp:620); a float
+    # decode takes the FIA route, whose checker allows [0, 4] (common_checker.cpp:1279): int8 K/V here
+    ("inner_precise_decode", call(fia, q=t(1, 4, 1, 16), k=torch.zeros(1, 2, 7, 16, dtype=torch.int8),
+                                  v=torch.zeros(1, 2, 7, 16, dtype=torch.int8), inner_precise=2,
+                                  key_antiquant_scale=t(1, 2, 1, 16), value_antiquant_scale=t(1, 2, 1, 16)),
+     "inner_precise", "legacy-ifa", None),
     ("scale_nan", call(fia, scale=float("nan")), "scale", "finite", None),
     ("v2_softmax_scale_inf", call(fia_v2, base=BASE_V2, softmax_scale=float("inf")), "softmax_scale", "finite",
      None),

@@ -120,6 +120,14 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     # the MLA D512 template takes no left padding
     "FIA-MLA-003": (v1(QM, KM, KM, **MLA, query_padding_size=torch.tensor([0]), actual_seq_lengths=[1]),
                     v1(QM, KM, KM, **MLA, actual_seq_lengths=[1])),
+    # query_rope and key_rope together
+    "FIA-ROPE-001": (v1(QM, KM, KM, **{**MLA, "key_rope": None}), v1(QM, KM, KM, **MLA)),
+    # rope D 64
+    "FIA-ROPE-002": (v1(QM, KM, KM, **{**MLA, "query_rope": t(1, 1, 4, 32)}), v1(QM, KM, KM, **MLA)),
+    # with rope, Q/K D 128 or 512
+    "FIA-ROPE-003": (v1(t(1, 1, 4, 256), t(1, 6, 1, 256), t(1, 6, 1, 256), **MLA), v1(QM, KM, KM, **MLA)),
+    # rope dtype = the query's
+    "FIA-ROPE-004": (v1(QM, KM, KM, **{**MLA, "query_rope": t(1, 1, 4, 64, dtype=BF16)}), v1(QM, KM, KM, **MLA)),
     # legacy IFA MLA: G in {1, 2, ..., 128}
     "IFA-MLA-001": (full_quant_mla(1, n_q=3), full_quant_mla(1, n_q=4)),
     # legacy IFA without rope: G <= 64
@@ -128,6 +136,9 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     # legacy PFA: G <= 64
     "PFA-GQA-001": (v1(t(1, 128, 3, 16), K8, K8, num_heads=128, **ANTI),
                     v1(t(1, 64, 3, 16), K8, K8, num_heads=64, **ANTI)),
+    # legacy IFA: inner_precise 0 or 1 (a float decode on the FIA route takes 2)
+    "IFA-PREC-001": (v1(t(1, 4, 1, 16), K8, K8, num_heads=4, **ANTI, inner_precise=2),
+                     v1(t(1, 4, 1, 16), K8, K8, num_heads=4, **ANTI, inner_precise=1)),
     # B in (0, 65536]
     "FIA-AXIS-001": (v1(t(65537, 1, 1, 16), t(65537, 1, 2, 16), t(65537, 1, 2, 16), num_heads=1,
                         input_layout="BNSD"),
@@ -240,3 +251,20 @@ def test_decode_mla_deepseek_shape_is_accepted_and_computed() -> None:
         ropes = cache_rope[table[b].long()].reshape(-1, 64)[:n]
         scores = 0.07 * (q[b, 0] @ keys.T + qr[b, 0] @ ropes.T)  # (N_q, L_kv)
         torch.testing.assert_close(out[b, 0], torch.softmax(scores, -1) @ keys)
+
+
+def test_float_decode_takes_inner_precise_2_on_the_fia_route() -> None:
+    """The FIA checker allows inner_precise in [0, 4] (common_checker.cpp:1279) and the legacy IFA's 0/1 rule
+    (incre_flash_attention_tiling.cpp:620) is not on this route: a fully masked decode row is 0 with the row-invalid
+    correction (2) and the mean of V without it (0) (spec 7)."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2, 1, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 4, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    run = fia_kit.reference.npu_fused_infer_attention_score
+    kw = dict(num_heads=2, input_layout="BNSD", atten_mask=mask)
+    assert fia_kit.plan("v1", q, k, v, **kw, inner_precise=2).route == "fia"
+    out2, _ = run(q, k, v, **kw, inner_precise=2)
+    out0, _ = run(q, k, v, **kw, inner_precise=0)
+    assert not out2.any()
+    torch.testing.assert_close(out0, v.mean(dim=2, keepdim=True))

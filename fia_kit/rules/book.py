@@ -143,6 +143,16 @@ RULES: tuple[KernelRule, ...] = (
           "query_rope + query_padding_size/kv_padding_size",
           note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
                "(the other features have their own checks)"),
+    _rule("FIA-ROPE-001", "rope tensors together", "query_rope and key_rope are given together",
+          _CHK + "rope_checker.cpp:403", ("fia",), r"When query_rope is (not )?empty, key_rope (must|cannot) be empty",
+          "12", "query_rope + key_rope"),
+    _rule("FIA-ROPE-002", "rope head dim", "query_rope / key_rope have D = 64", _CHK + "rope_checker.cpp:61",
+          ("fia",), r"When rope exists, the d axis of rope must be 64", "12", "query_rope"),
+    _rule("FIA-ROPE-003", "query head dim with rope", "with rope, Q/K D is 128 or 512", _CHK + "rope_checker.cpp:84",
+          ("fia",), r"When rope exists, the D axis of query and key must be 128 or 512", "12", "query"),
+    _rule("FIA-ROPE-004", "rope dtypes", "query_rope has the query's dtype and key_rope the key's",
+          _CHK + "rope_checker.cpp:157", ("fia",), r"The dtype of (query|key)_rope and (query|key) must be the same",
+          "12", "query_rope"),
     # ------------------------------------------------------------------------------------------------ axes, D
     _rule("FIA-AXIS-001", "batch size", "B must be in (0, 65536]", _CHK + "common_checker.cpp:568", _ALL,
           r"The value of B must be within the range \(0, \d+\]", "18.2", "query"),
@@ -160,10 +170,13 @@ RULES: tuple[KernelRule, ...] = (
           r"when input_layout is TND, only query\|key\|value headDim", "12", "query", gate="tnd_head_dims",
           status="not-enforced", note="A2 only; documented in targets (tnd_head_dims, checked: no): the kit "
                                       "computes any D"),
+    _rule("IFA-PREC-001", "legacy IFA precision modes", "the legacy incremental route takes inner_precise 0 or 1",
+          _IFA + "incre_flash_attention_tiling.cpp:620", ("legacy-ifa",), r"precision mode\[\d+\] should be 0 or 1",
+          "7", "inner_precise"),
     _rule("FIA-PREC-001", "inner_precise range", "inner_precise must be in [0, 4]", _CHK + "common_checker.cpp:1279",
           ("fia",), r"The value of inner_precise must be in the range of \[0, \d+\]", "7", "inner_precise", status="not-enforced",
-          note="the kit keeps its narrower documented rule (0-3; 0/1 when S_q = 1, spec 7): the kernel's 4 and "
-               "decode 2/3 have no documented meaning to compute"),
+          note="the kit takes 0-3 on the FIA route, S_q = 1 included (2/3 add the row-invalid correction, spec 7 "
+               "[inferred] for decode); 4 has no documented meaning and stays refused"),
     # ------------------------------------------------------------------------------------------------ LSE, pse
     _rule("FIA-LSE-001", "softmax_lse with Q/K D != V D", "GQA without rope and Q/K D != V D (other than 192/128): "
           "softmax_lse_flag must be False", _CHK + "softmax_lse_checker.cpp:134", ("fia",),
@@ -253,8 +266,8 @@ KIT_ONLY: tuple[KitRule, ...] = (
             "answer (spec 6.4, 22 #6)"),
     KitRule("sparse_mode 5-8", "planning._check_sparse", "refused by the FIA checker (FIA-MASK-001); the legacy PFA "
             "route's own sparse-mode range was not read; the kit does not model modes 5-8"),
-    KitRule("inner_precise 4, and 2/3 with S_q = 1", "planning._check_inner_precise", "the FIA checker takes "
-            "[0, 4] (FIA-PREC-001); the docs give 0-3 (0/1 for decode) and no meaning for the rest (spec 7)"),
+    KitRule("inner_precise 4", "planning._check_inner_precise", "the FIA checker takes [0, 4] (FIA-PREC-001); "
+            "the docs give 0-3 and no meaning for 4 (spec 7)"),
     KitRule("learnable_sink layouts TND / NTD_TND only", "planning._check_sink", "no layout check in the A2/A3 "
             "sink checker; the docs restrict sinks to TND (spec 13)"),
     KitRule("S_q = 1 with int8/int4 K/V needs sparse_mode 0", "planning._check_sparse", "the FIA checker's rule "
