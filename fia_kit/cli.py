@@ -59,9 +59,11 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    """Print the findings of an NPU error text (a file, or stdin for "-"): a table, then each finding in words."""
+    """Print the findings of an NPU error text (a file, or stdin for "-"): a table, then each finding in words.
+    With ``--capture``, each finding is confirmed (or not) by validating a captured call."""
     import sys
 
+    from fia_kit.capture import CaptureFileError, load_capture
     from fia_kit.rules.explain import explain, table
 
     try:
@@ -73,7 +75,22 @@ def _explain(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"fia-kit explain: cannot read {args.file}: {err.strerror or err}", file=sys.stderr)
         return 2
-    findings = explain(text)
+    call = None
+    if args.capture:
+        try:
+            calls = load_capture(args.capture)
+        except CaptureFileError as err:
+            print(f"fia-kit explain: {err}", file=sys.stderr)
+            return 2
+        chosen = [c for c in calls if c.index == args.call] if args.call is not None else \
+            [c for c in calls if c.error] or [c for c in calls if c.replayable]
+        if not chosen:
+            print(f"fia-kit explain: {args.capture} has no call {args.call if args.call is not None else 'to check'}",
+                  file=sys.stderr)
+            return 2
+        call = chosen[0]
+        print(f"checking against call {call.index} of {args.capture} ({call.entry})")
+    findings = explain(text, call=call)
     print(table(findings))
     for number, finding in enumerate(findings, 1):
         print(f"\n{number}. {finding}")
@@ -102,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="explain an NPU error: a traceback, a CANN log excerpt or a line "
                                   "with an aclnn error code (fia_kit.explain)")
     explain.add_argument("file", help="a text file holding the error, or - to read it from stdin")
+    explain.add_argument("--capture", help="a capture file (fia_kit.capture): confirm each finding by validating a "
+                         "call of it (default: the first call that raised, else the first call)")
+    explain.add_argument("--call", type=int, help="the index of the call in --capture to check")
     explain.set_defaults(handler=_explain)
     return parser
 

@@ -272,6 +272,24 @@ def test_the_cli_reads_a_file_or_stdin_and_prints_a_table(tmp_path):
         assert "fix:" in done.stdout
 
 
+def test_the_cli_confirms_against_a_captured_call(tmp_path):
+    log = tmp_path / "npu.log"
+    log.write_text(TORCH_NPU_HEAD + _report("EZ0026", SPARSE_2026, "CheckSparseMode", "mask_checker.cpp", 56))
+    capture = tmp_path / "calls.fiacap"
+    arguments = _arguments()
+    with fia_kit.capture(capture):
+        q, k, v = arguments.pop("query"), arguments.pop("key"), arguments.pop("value")
+        fia_kit.npu_fused_infer_attention_score(q, k, v, **arguments)  # call 0: fine
+        with pytest.raises(fia_kit.FIAArgumentError):
+            fia_kit.npu_fused_infer_attention_score(q, k, v, **{**arguments, "sparse_mode": 5})  # call 1 raised
+    done = _cli([str(log), "--capture", str(capture)])
+    assert done.returncode == 0 and "call 1 of" in done.stdout
+    assert done.stdout.splitlines()[3].split()[-1] == "confirmed"
+    done = _cli([str(log), "--capture", str(capture), "--call", "0"])
+    assert done.stdout.splitlines()[3].split()[-2:] == ["not", "confirmed"] and "accepts" in done.stdout
+    assert _cli([str(log), "--capture", str(capture), "--call", "7"]).returncode == 2
+
+
 def test_the_cli_says_when_nothing_is_found_and_when_the_file_is_missing(tmp_path):
     done = _cli(["-"], "all is well\n")
     assert done.returncode == 1 and "no finding" in done.stdout
