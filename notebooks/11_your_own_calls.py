@@ -180,7 +180,8 @@ for finding in fia_kit.lint("v1", query, key, value, **broken):
 # follows in the error manager's report, or only in the CANN log (plog). `fia_kit.explain(text)` reads whatever
 # you paste (a traceback, plog lines, one line) against the kit's book of the kernel's host checks and says which
 # rule broke, where it lives in the kernel's source, what it means and how to fix it. `fia-kit explain npu.log`
-# (or `... | fia-kit explain -`) prints the same as a table from the command line.
+# (or `... | fia-kit explain -`) prints the same as a table from the command line; `--capture decoder.fiacap`
+# checks it against the captured call that raised.
 #
 # Suppose a later version of the decoder drops `sparse_mode=3` from its decode steps but keeps passing the mask.
 # This is the log a worker prints for that call (each line as torch_npu, CANN's error manager and the kernel's
