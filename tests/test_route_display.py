@@ -1,5 +1,5 @@
 """The host route where a user looks at a call: ``Case.describe``, lint's ``Findings.route``, ``fia-kit lint``'s
-table, the explorer's route line and static preview (``fia_kit.rules.route_note``).
+table (``fia_kit.rules.route_note``); the explorer's route line is tested in tests/test_explorer.py.
 
 The look-alike calls and the routes expected for them are read off the kernel's router at ops-transformer 5778144
 (paths under attention/fused_infer_attention_score/op_host/):
@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 import fia_kit
-from fia_kit import explorer as E
 from fia_kit.case import Case
 from fia_kit.cli import main as cli_main
 from fia_kit.rules import RULES
@@ -91,14 +90,3 @@ def test_the_lint_command_prints_each_calls_host_route(tmp_path, capsys):
     header = lines[1]
     assert header.split()[-2:] == ["host", "route"]
     assert [line.split()[-1] for line in lines[3:]] == list(LOOK_ALIKES)
-
-
-def test_the_explorer_shows_the_route_and_follows_a_layout_change():
-    ex = E.explore(LOOK_ALIKES["fia"])
-    assert "fia (the FIA checkers" in ex.route.value and "LSE -3.4e+38" in ex.route.value
-    ex.controls["layout"].value = "TND"
-    assert "split-fuse (the TND split-fuse checks" in ex.route.value and "LSE inf" in ex.route.value
-    assert "rules of this route only:" in ex.route.value and "SF-MASK-003" in ex.route.value
-    assert "host route split-fuse" in E.static_preview(ex.good)
-    ex.controls["heads"].value = 3  # 3 query heads on 4 KV heads: refused; the line keeps the shown call's route
-    assert ex.error.value and "split-fuse" in ex.route.value
