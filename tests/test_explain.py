@@ -191,6 +191,10 @@ def test_each_status_code_the_op_returns_is_named():
 def test_another_ops_code_is_not_the_ops_error():
     assert explain("NPU function error: call aclnnIndex failed, error code is 161002") == []
     assert explain("error code is 999999") == []
+    # another op's check with the FIA checker's very words: its log names its own host file
+    other = _report("EZ0026", SPARSE_2026.replace("FusedInferAttentionScore", "SparseFlashAttention"),
+                    "CheckSparseMode", "sparse_flash_attention_tiling.cpp", 99)
+    assert explain(other.replace("\n        TraceBack (most recent call last):", "")) == []
 
 
 # ------------------------------------------------------------------------------------------------ call=

@@ -331,11 +331,17 @@ def _status_code(text: str) -> tuple[str, str | None, str] | None:
     return None
 
 
+def _op_file(path: str) -> bool:
+    """Whether a host file a log names is one of the op's (FIA, its checkers, the legacy IFA/PFA tilings)."""
+    name = path.rsplit("/", 1)[-1]
+    return bool(_OP_FILES.search(name)) or any(_source_file(rule).endswith("/" + name) for rule, _ in _book())
+
+
 def _about_the_op(message: _Message) -> bool:
     """Whether a message that matches no rule is still the op's: its log names an op host file, or it names the
     op in the 2026 form."""
-    if message.file and _OP_FILES.search(message.file):
-        return True
+    if message.file:
+        return _op_file(message.file)
     form = _PARAMETER_FORM.search(message.text)
     return bool(form and _OP_NAMES.search(form["op"]))
 
@@ -367,6 +373,8 @@ def _matching_rules(message: _Message) -> list[Any]:
         named = [rule for rule, _ in _book() if rule.id == kit["id"]]
         if named:
             return named
+    if message.file and not _op_file(message.file):
+        return []  # another op's check (its log names its own host file), however alike its words
     rules = [rule for rule, pattern in _book() if pattern.search(message.text)]
     if message.file and len(rules) > 1:
         name = message.file.rsplit("/", 1)[-1]
