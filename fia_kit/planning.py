@@ -905,13 +905,14 @@ def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, va
     if layout.name not in ("TND", "NTD_TND"):
         raise FIAArgumentError("learnable_sink", "needs input_layout TND or NTD_TND (spec 13)", layout.name)
     fia_route = route == "fia"
-    allowed = (call.query.dtype,) if call.query.dtype not in OP_FLOAT_DTYPES else \
+    allowed = (call.query.dtype,) if call.query.dtype not in OP_FLOAT_DTYPES or route == "split-fuse" else \
         (torch.bfloat16,) if fia_route else (torch.bfloat16, torch.float16)
     if not isinstance(sink, torch.Tensor) or sink.shape != (num_heads,) or sink.dtype not in allowed:
         names = " or ".join(str(d).removeprefix("torch.") for d in allowed)
+        rule_id = {"fia": "FIA-SINK-001", "split-fuse": "SF-SINK-001"}.get(route)
         raise FIAArgumentError("learnable_sink", f"must be a ({num_heads},) {names} tensor, one logit per query "
-                               f"head (spec 13; bfloat16 only on the FIA route of A2/A3)", sink,
-                               **(_ids("FIA-SINK-001") if fia_route else {}))
+                               f"head (spec 13; on A2/A3 bfloat16 on the FIA route, the query's dtype on the "
+                               f"split-fuse route)", sink, **(_ids(rule_id) if rule_id else {}))
     if value_dim > 128:
         raise FIAArgumentError("learnable_sink", "needs value head dim <= 128 (spec 13)", value_dim,
                                **_ids("FIA-SINK-004"))
@@ -922,9 +923,10 @@ def _check_sink(call: FIACall, layout: Layout, num_heads: int, head_dim: int, va
                                **_ids("FIA-SINK-004"))
     if pse is not None:
         raise FIAArgumentError("learnable_sink + pse_shift", "cannot be combined (spec 13)", "both given")
-    if fia_route and call.options["inner_precise"] != 0:
-        raise FIAArgumentError("learnable_sink + inner_precise", "on the FIA route the sink needs inner_precise 0 "
-                               "(spec 13)", call.options["inner_precise"], **_ids("FIA-SINK-003"))
+    if route in ("fia", "split-fuse") and call.options["inner_precise"] != 0:
+        rule_id = "FIA-SINK-003" if fia_route else "SF-SINK-002"
+        raise FIAArgumentError("learnable_sink + inner_precise", f"on the {route} route the sink needs "
+                               "inner_precise 0 (spec 13)", call.options["inner_precise"], **_ids(rule_id))
     return sink
 
 

@@ -172,6 +172,14 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
                         learnable_sink=t(4, dtype=BF16)),
                      v2(t(5, 4, 64, dtype=BF16), t(7, 2, 64, dtype=BF16), t(7, 2, 64, dtype=BF16), **SINK,
                         learnable_sink=t(4, dtype=BF16))),
+    # split-fuse: sink dtype = the query's (GQA TND, D 128, no mask: the split-fuse route)
+    "SF-SINK-001": (v2(t(5, 4, 128), t(7, 2, 128), t(7, 2, 128), **TND_V2, learnable_sink=t(4, dtype=BF16)),
+                    v2(t(5, 4, 128), t(7, 2, 128), t(7, 2, 128), **TND_V2, learnable_sink=t(4))),
+    # split-fuse: sink needs inner_precise 0 (MHA float16 with inner_precise 2 stays on split-fuse)
+    "SF-SINK-002": (v2(t(5, 2, 128), t(7, 2, 128), t(7, 2, 128), **{**TND_V2, "num_query_heads": 2},
+                       inner_precise=2, learnable_sink=t(2)),
+                    v2(t(5, 2, 128), t(7, 2, 128), t(7, 2, 128), **{**TND_V2, "num_query_heads": 2},
+                       learnable_sink=t(2))),
     # shared prefix: not with paging
     "FIA-PREFIX-001": (v1(PAGED_Q, CACHE, CACHE, **PAGED, **PREFIX), v1(Q, K, K, **BNSD, **PREFIX)),
     # shared prefix: not with BSH_BNSD / BSND_BNSD / packed

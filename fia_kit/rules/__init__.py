@@ -7,9 +7,9 @@
 ``book`` holds the rules (one per kernel check), ``routes`` the router, ``render`` docs/rules.md.
 """
 
-from .book import COMMIT, KIT_ONLY, RULES, STATUSES, KernelRule, KitRule, error, rule_by_id
+from .book import COMMIT, KIT_ONLY, NO_MESSAGE, RULES, STATUSES, KernelRule, KitRule, error, rule_by_id
 from .render import render_markdown
 from .routes import ROUTER_SOURCE, ROUTES, RouteFacts, decide
 
-__all__ = ["COMMIT", "KIT_ONLY", "ROUTER_SOURCE", "ROUTES", "RULES", "STATUSES", "KernelRule", "KitRule", "RouteFacts",
+__all__ = ["COMMIT", "KIT_ONLY", "NO_MESSAGE", "ROUTER_SOURCE", "ROUTES", "RULES", "STATUSES", "KernelRule", "KitRule", "RouteFacts",
            "decide", "error", "render_markdown", "rule_by_id"]

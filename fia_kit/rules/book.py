@@ -21,6 +21,7 @@ from ..errors import FIAArgumentError
 from .routes import ROUTES
 
 COMMIT = "5778144076def6311557939ab5cbfe8303f13e8f"
+NO_MESSAGE = r"(?!)"  # the pattern of a rule without a log line of its own: matches no text
 STATUSES = ("enforced", "unreachable", "not-enforced")
 
 _FIA = "attention/fused_infer_attention_score/op_host/"
@@ -33,7 +34,11 @@ _LEGACY = ("legacy-ifa", "legacy-pfa")
 
 @dataclass(frozen=True)
 class KernelRule:
-    """One host check of the kernel (see the module docstring for the fields' meaning)."""
+    """One host check of the kernel (see the module docstring for the fields' meaning).
+
+    ``message`` is a regex for the kernel's log text of this check; a rule without a log line of its own (a
+    rewrite, a template that does not match) has ``NO_MESSAGE``, which matches nothing.
+    """
 
     id: str
     topic: str
@@ -68,7 +73,7 @@ RULES: tuple[KernelRule, ...] = (
           "on ASCEND910B (A2), a call the FIA route treats as the old incremental op (BSH/BSND/BNSD, S_q = 1, Q/K D = "
           "V D, no rope) gets sparse_mode 0, pre/next_tokens INT_MAX and no query lengths / query padding before any "
           "check: any sparse_mode, mask or not, runs as sparse_mode 0",
-          _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), r"^$", "6.5",
+          _FIA + "fused_infer_attention_score_tiling_info_parser.cpp:686", ("fia",), NO_MESSAGE, "6.5",
           "sparse_mode", gate="decode_sparse_forced_zero",
           note="a rewrite, not a refusal: the kit validates and computes such a call as sparse_mode 0 on A2; A3 "
                "(SocVersion ASCEND910_93) keeps the caller's sparse_mode [inferred: A3 reports ASCEND910_93]"),
@@ -139,7 +144,7 @@ RULES: tuple[KernelRule, ...] = (
                "mistaken for it"),
     _rule("FIA-MLA-003", "MLA D=512 template features", "the non-quantised MLA D=512 template takes no "
           "learnable_sink, shared prefix, pse_shift or left padding (no template matches otherwise)",
-          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), r"^$", "12",
+          _FIA + "arch22/fia_tiling_nonquant_mla.cpp:103", ("fia",), NO_MESSAGE, "12",
           "query_rope + query_padding_size/kv_padding_size",
           note="no message of its own: the template registry finds no tiling; the kit refuses left padding here "
                "(the other features have their own checks)"),
@@ -206,6 +211,13 @@ RULES: tuple[KernelRule, ...] = (
           r"must be in the range of \{64, 128(, 192)?\} when learnable sink", "13",
           "learnable_sink", note="checked for float16/bfloat16 queries; the kit's float32/float64 examples keep "
                                  "any D, as the TND head-dim rule (targets tnd_head_dims) does"),
+    _rule("SF-SINK-001", "split-fuse: learnable_sink dtype", "on the split-fuse route learnable_sink has the "
+          "query's dtype (float16 or bfloat16)", _FIA + "fused_infer_attention_score_tiling.cpp:1158",
+          ("split-fuse",), r"Input dtype of Q and learnable sink must be consistent", "13", "learnable_sink"),
+    _rule("SF-SINK-002", "split-fuse: learnable_sink and inner_precise", "on the split-fuse route a sink needs "
+          "inner_precise 0", _FIA + "fused_infer_attention_score_tiling.cpp:1181", ("split-fuse",),
+          r"When learnable sink is enabled, innerPrecise shall not be 1, 2 or 3", "13",
+          "learnable_sink + inner_precise"),
     # ------------------------------------------------------------------------------------------------ shared prefix
     _rule("FIA-PREFIX-001", "shared prefix with paging", "key/value_shared_prefix must be empty with block_table",
           _CHK + "system_prefix_checker.cpp:288", ("fia",), r"prefix must be empty when page attention", "14",
@@ -237,6 +249,13 @@ RULES: tuple[KernelRule, ...] = (
     _rule("FIA-PA-003", "block_size (non-quantised)", "with block_table, block_size a multiple of 16 in [16, 1024]",
           _CHK + "paged_attention_checker.cpp:568", ("fia",),
           r"when page attention enable, blockSize\(\d+\) must be a multiple of", "11", "block_size", gate="block_size"),
+    _rule("FIA-PA-005", "block_size for other head dims", "with block_table, no rope and Q/K D not 64/128: "
+          "S_q > 1 needs block_size a multiple of 128 in [128, 1024], S_q = 1 a multiple of 16 in [16, 512]",
+          _CHK + "paged_attention_checker.cpp:593", ("fia",), r"block_size.*a multiple of (128|16) in range of",
+          "11", "block_size", gate="block_size", status="not-enforced",
+          note="the kit checks the D-independent rule (FIA-PA-003, a multiple of 16 up to 1024): its tests and "
+               "examples page tiny heads (D 16) with block 16; a D 256 paged prefill with block 16 is accepted by "
+               "the kit and refused by the kernel"),
     # ------------------------------------------------------------------------------------------------ unreachable
     _rule("FIA-LSE-002", "softmax_lse allocated", "softmax_lse_flag True needs a softmax_lse output tensor",
           _CHK + "softmax_lse_checker.cpp:53", ("fia",), r"softmaxLse cannot be empty", "8", "softmax_lse_flag",
