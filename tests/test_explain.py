@@ -107,6 +107,25 @@ def test_a_free_text_ez9999_message_of_the_legacy_incremental_route():
     assert "legacy-ifa" in f.meaning and f.code == "EZ9999"
 
 
+def test_a_free_text_message_of_the_legacy_prompt_route():
+    # prompt_flash_attention_tiling.cpp:1749: OP_LOGE(opName, "numHeads / numKeyValueHeads = %d, cannot be larger
+    # than 64", g), in a plog line
+    f = _only(explain(_plog("prompt_flash_attention_tiling.cpp", 1749, "SetTilingHeadNumRatio",
+                            "numHeads / numKeyValueHeads = 96, cannot be larger than 64")))
+    assert _near(f.source, "attention/prompt_flash_attention/op_host/prompt_flash_attention_tiling.cpp", 1749)
+    assert "legacy-pfa" in f.meaning
+
+
+def test_the_2026_argument_form():
+    # pse_checker.cpp:179-181: OP_LOGE_FOR_INVALID_ARGUMENT_WITH_REASON(opName, "pseShift", "pseShift must be empty
+    # in the MLA scenario"), which prints log.h:1010's "Parameter %s of %s is invalid. Reason: %s." (EZ0037)
+    message = ("Parameter pseShift of FusedInferAttentionScore is invalid. Reason: pseShift must be empty in the MLA "
+               "scenario.")
+    f = _only(explain(_report("EZ0037", message, "CheckerFeatureCrossover", "pse_checker.cpp", 181)))
+    assert _near(f.source, FIA + "checkers/pse_checker.cpp", 181)
+    assert f.parameter == "pseShift" and f.code == "EZ0037" and f.section == "spec 9"
+
+
 def test_a_checker_message_in_a_vllm_log_with_its_prefixes():
     # The same sparse-mode line as vLLM's worker logger prints it (vllm-ascend #12956's prefix).
     prefix = "(Worker_TP0 pid=2312) ERROR 07-28 01:48:32 [multiproc_executor.py:987] "
