@@ -225,10 +225,11 @@ agreement({f"inner_precise={p}: row 0 vs {name}": (row_0[p], expected)
           atol, rtol)
 
 # %% [markdown]
-# The LSE of a row that sees no key depends on the kernel route (spec section 7 item 3, 25.1): rows the prefill
-# kernels do not compute get +inf, while the decode kernels write a large negative value for a batch without keys,
-# so that a log-sum-exp merge gives it weight 0 (`fia_kit.merge_attention` merges either); *Look-alike calls,
-# different routes* below shows which call gets which. The mask-only case gives `−1e12 + ln(count)` by the math,
+# The LSE of a row that sees no key depends on the kernel's host route (`plan.route`, spec section 7 item 3, 22
+# row 20): rows the prefill kernels do not compute get +inf, while a decode batch without keys gets −3.4e38 on the
+# FIA route (−3.40282e38, float32's lowest, on the legacy incremental route), so that a log-sum-exp merge gives it
+# weight 0 (`fia_kit.merge_attention` merges either; *Look-alike calls, different routes* below shows which call
+# gets which). The mask-only case gives `−1e12 + ln(count)` by the math,
 # **[inferred]**.
 #
 # ## Invalid combinations
