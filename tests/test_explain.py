@@ -248,8 +248,9 @@ def test_a_bare_code_with_the_call_names_the_kits_rule():
     assert _near(f.source, FIA + "checkers/mask_checker.cpp", 59)
 
 
-def test_a_call_that_cannot_be_read_leaves_the_finding_unconfirmed():
-    f = _only(explain("aclnnFusedInferAttentionScoreV3 failed, error code 561002", call={"query": 1}))
+@pytest.mark.parametrize("call", [{"query": 1}, object(), 42])
+def test_a_call_that_cannot_be_read_leaves_the_finding_unconfirmed(call):
+    f = _only(explain("aclnnFusedInferAttentionScoreV3 failed, error code 561002", call=call))
     assert f.confirmed is None and "could not be validated" in f.confirmation
 
 

@@ -463,8 +463,13 @@ def _code_finding(code: str, api: str | None, line: str) -> Finding:
 
 # ------------------------------------------------------------------------------------------------ call=
 
+class _Unreadable(Exception):
+    """``call=`` is not something a call can be read from (the call's own errors are FIAArgumentErrors)."""
+
+
 def _as_fia_call(call: Any) -> Any:
-    """The parsed call behind ``call`` (FIACall, Plan, captured call, case, or a dict of the op's arguments)."""
+    """The parsed call behind ``call`` (FIACall, Plan, captured call, case, or a dict of the op's arguments).
+    Raises _Unreadable when there is no call to read, FIAArgumentError when the call's keywords are refused."""
     from ..call import FIACall, parse_call
     from ..planning import Plan
 
@@ -472,20 +477,24 @@ def _as_fia_call(call: Any) -> Any:
         return call
     if isinstance(call, Plan):
         if call.call is None:
-            raise FIAArgumentError("call", "a Plan without its parsed call cannot be validated again", "Plan")
+            raise _Unreadable("a Plan without its parsed call cannot be validated again")
         return call.call
     if isinstance(call, Mapping):
         arguments = dict(call)
         form = arguments.pop("form", "v1")
         missing = [n for n in ("query", "key", "value") if n not in arguments]
         if missing:
-            raise FIAArgumentError(" + ".join(missing), "the dict of the op's arguments needs query, key and value",
-                                   sorted(arguments))
+            raise _Unreadable(f"the dict of the op's arguments lacks {' + '.join(missing)}")
         return parse_call(form, arguments.pop("query"), arguments.pop("key"), arguments.pop("value"), arguments)
-    if callable(getattr(call, "to_fia_call", None)):
+    if not callable(getattr(call, "to_fia_call", None)):
+        raise _Unreadable(f"a {type(call).__name__} is not a captured call, a FIACall, a Plan, a case or a dict "
+                          "of the op's arguments")
+    try:
         return call.to_fia_call()
-    raise FIAArgumentError("call", "must be a captured call, a FIACall, a Plan, a case or a dict of the op's "
-                           "arguments", type(call).__name__)
+    except FIAArgumentError as err:
+        if getattr(call, "replayable", True) is False:  # a captured call known by its metadata only
+            raise _Unreadable(str(err)) from err
+        raise
 
 
 def _validate(call: Any) -> tuple[FIAArgumentError | None, Any, str | None]:
@@ -494,9 +503,9 @@ def _validate(call: Any) -> tuple[FIAArgumentError | None, Any, str | None]:
 
     try:
         parsed = _as_fia_call(call)
+    except _Unreadable as why:
+        return None, None, str(why)
     except FIAArgumentError as err:
-        if err.parameter in ("call",) or "needs query, key and value" in err.rule:
-            return None, None, str(err)
         return err, None, None  # parse_call refused the keywords themselves: that is the call's error
     except Exception as err:  # noqa: BLE001  (a captured call that cannot be rebuilt)
         return None, None, f"{type(err).__name__}: {err}"
