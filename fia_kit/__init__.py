@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "method12": ".precision",
     "captured_graph": ".backends.compiled",
     "npu_attention_update": ".cp.update",
+    "explain": ".rules.explain",
 }
 # Submodules users call into as rooms of their own (``fia_kit.figures.pool``, ``fia_kit.builders.to_paged``).
 _SUBMODULES = ("builders", "diagrams", "figures", "layouts", "masks", "paged", "profiling", "quant", "reference",
@@ -87,6 +88,8 @@ __all__ = [
     "target", "Target", "merge_attention",
     # context parallel: torch_npu.npu_attention_update's twin; fia_kit.cp (layouts, recipes, groups, validation)
     "npu_attention_update",
+    # the NPU's error text, explained by the kernel's rule book
+    "explain",
 ]
 __version__ = "0.1.0"
 

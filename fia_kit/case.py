@@ -467,24 +467,45 @@ class Case:
     # ------------------------------------------------------------------------------------------------ describe
     def describe_rows(self, form: str | None = None) -> list[dict[str, str]]:
         """One row per argument passed: name, shape or value, dtype, meaning."""
-        built = self.build(form)
-        rows = []
-        for name, value in {"query": built.query, "key": built.key, "value": built.value, **built.kwargs}.items():
-            canon = canonical_name(name)
-            if isinstance(value, torch.Tensor):
-                shape, dtype = str(tuple(value.shape)), str(value.dtype).removeprefix("torch.")
-            else:
-                shape, dtype = describe_value(value), type(value).__name__
-            rows.append({"name": name, "shape / value": shape, "dtype": dtype, "meaning": MEANINGS.get(canon, "")})
-        return rows
+        return _argument_rows(self.build(form))
 
     def describe(self, form: str | None = None) -> str:
-        """A text table of every argument ``build(form)`` passes."""
-        rows = self.describe_rows(form)
+        """A text table of every argument ``build(form)`` passes, then the host route the call takes on the
+        current target (``route_line``)."""
+        built = self.build(form)
+        rows = _argument_rows(built)
         keys = list(rows[0])
         widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
         line = lambda r: "  ".join(r[k].ljust(widths[k]) for k in keys).rstrip()  # noqa: E731
-        return "\n".join([line({k: k for k in keys}), line({k: "-" * widths[k] for k in keys}), *map(line, rows)])
+        return "\n".join([line({k: k for k in keys}), line({k: "-" * widths[k] for k in keys}), *map(line, rows),
+                          _route_line(built)])
+
+    def route_line(self, form: str | None = None) -> str:
+        """The kernel's host route for this case (``Plan.route``) and what a row without keys gets as its LSE there
+        (``fia_kit.rules.route_note``); or why the call has no route (the kit refuses it)."""
+        return _route_line(self.build(form))
+
+
+def _argument_rows(built: BuiltCall) -> list[dict[str, str]]:
+    rows = []
+    for name, value in {"query": built.query, "key": built.key, "value": built.value, **built.kwargs}.items():
+        canon = canonical_name(name)
+        if isinstance(value, torch.Tensor):
+            shape, dtype = str(tuple(value.shape)), str(value.dtype).removeprefix("torch.")
+        else:
+            shape, dtype = describe_value(value), type(value).__name__
+        rows.append({"name": name, "shape / value": shape, "dtype": dtype, "meaning": MEANINGS.get(canon, "")})
+    return rows
+
+
+def _route_line(built: BuiltCall) -> str:
+    from .planning import build_plan
+    from .rules.route_note import route_note
+
+    try:
+        return str(route_note(build_plan(built.to_fia_call())))
+    except FIAArgumentError as err:
+        return f"route: none, the kit refuses the call: {err}"
 
 
 def _kv_quant_of(problem: Any) -> str:

@@ -28,7 +28,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    """Print the findings of every distinct call of a capture file: a table, then (``--messages``) each message."""
+    """Print the findings of every distinct call of a capture file: a table (with each call's host route, the
+    kernel's routes deciding which rules apply), then (``--messages``) each message."""
     import sys
 
     from fia_kit.capture import CaptureFileError, format_table, load_capture
@@ -47,13 +48,53 @@ def _lint(args: argparse.Namespace) -> int:
         rows.append({"#": str(call.index), "count": str(call.count), "entry": call.entry, "form": call.form,
                      "query": "x".join(map(str, call.arguments["query"]["shape"])),
                      "errors": rules["error"], "warnings": rules["warning"],
-                     "replay": "-" if not call.replayable else "exact" if call.exact else "regenerated"})
+                     "replay": "-" if not call.replayable else "exact" if call.exact else "regenerated",
+                     "host route": findings.route or "-"})
         details += [f"  call {call.index}: {f}" for f in findings]
     print(f"{args.file}: {len(calls)} distinct calls of {calls.total_calls}")
     print(format_table(rows))
     if args.messages and details:
         print("\n".join(["", "findings:", *details]))
     return 1 if errors else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Print the findings of an NPU error text (a file, or stdin for "-"): a table, then each finding in words.
+    With ``--capture``, each finding is confirmed (or not) by validating a captured call."""
+    import sys
+
+    from fia_kit.capture import CaptureFileError, load_capture
+    from fia_kit.rules.explain import explain, table
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as handle:
+                text = handle.read()
+    except OSError as err:
+        print(f"fia-kit explain: cannot read {args.file}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    call = None
+    if args.capture:
+        try:
+            calls = load_capture(args.capture)
+        except CaptureFileError as err:
+            print(f"fia-kit explain: {err}", file=sys.stderr)
+            return 2
+        chosen = [c for c in calls if c.index == args.call] if args.call is not None else \
+            [c for c in calls if c.error] or [c for c in calls if c.replayable]
+        if not chosen:
+            print(f"fia-kit explain: {args.capture} has no call {args.call if args.call is not None else 'to check'}",
+                  file=sys.stderr)
+            return 2
+        call = chosen[0]
+        print(f"checking against call {call.index} of {args.capture} ({call.entry})")
+    findings = explain(text, call=call)
+    print(table(findings))
+    for number, finding in enumerate(findings, 1):
+        print(f"\n{number}. {finding}")
+    return 0 if findings else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("file", help="a capture file written by fia_kit.capture")
     lint.add_argument("--messages", action="store_true", help="also print every finding's message")
     lint.set_defaults(handler=_lint)
+    explain = commands.add_parser("explain", help="explain an NPU error: a traceback, a CANN log excerpt or a line "
+                                  "with an aclnn error code (fia_kit.explain)")
+    explain.add_argument("file", help="a text file holding the error, or - to read it from stdin")
+    explain.add_argument("--capture", help="a capture file (fia_kit.capture): confirm each finding by validating a "
+                         "call of it (default: the first call that raised, else the first call)")
+    explain.add_argument("--call", type=int, help="the index of the call in --capture to check")
+    explain.set_defaults(handler=_explain)
     return parser
 
 

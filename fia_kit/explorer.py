@@ -255,6 +255,15 @@ def hints(case: Case) -> list[str]:
     return lines
 
 
+def route_line(outcome: Outcome) -> str:
+    """The host route of a valid outcome's call, in words (``fia_kit.rules.route_note``); "" for a rejected one."""
+    if outcome.problem is None:
+        return ""
+    from .rules.route_note import route_note
+
+    return route_note(outcome.problem).with_rules().removeprefix("route ")
+
+
 def _note_figure(text: str) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(title=dict(text=text, font=dict(size=13)), height=200, xaxis_visible=False,
@@ -354,6 +363,8 @@ class Explorer:
         tabs: the ipywidgets.Tab holding the ``TABS`` figures.
         error: an HTML widget, empty while the call is valid, else the FIAArgumentError message.
         hint: an HTML widget with what the op needs for the features turned on (``hints``).
+        route: an HTML widget with the kernel's host route of the call shown (``route_line``): which checks it
+            meets, the LSE of a row without keys there, the rules of that route alone.
         run_button, progress, call_note: the full call on request: the button, a progress bar fed by the row tiles
             of the reference's loop, and the line saying why the call did not run at once.
         code: an HTML widget with the call in torch_npu v1, v2 and TorchAir form.
@@ -369,6 +380,7 @@ class Explorer:
         self.controls = self._make_controls(self.case, backend)
         self.error = widgets.HTML()
         self.hint = widgets.HTML()
+        self.route = widgets.HTML()
         self.code = widgets.HTML()
         self.run_button = widgets.Button(description="run the full call", icon="play", button_style="primary",
                                          layout=widgets.Layout(width="auto", flex="0 0 auto", display="none"))
@@ -482,6 +494,7 @@ class Explorer:
             return self._reject(outcome)
         self.outcome = self.good = outcome
         self.error.value = ""
+        self.route.value = f"<div style='color:#1f4e79'><b>host route:</b> {html.escape(route_line(outcome))}</div>"
         self._stale = set(FIGURES)
         self._redraw(self._shown())
         self.code.value = _code_html(call_codes(outcome.call))
@@ -573,8 +586,8 @@ class Explorer:
         boxes = [widgets.VBox([self.controls[name] for name in column]) for column in CONTROL_COLUMNS]
         full_call = widgets.HBox([self.run_button, self.progress, self.call_note],
                                  layout=widgets.Layout(align_items="center"))
-        return widgets.VBox([widgets.HBox(boxes, layout=widgets.Layout(flex_flow="row wrap")), self.hint, self.error,
-                             self.figures["visibility"], full_call, self.tabs, self.code])
+        return widgets.VBox([widgets.HBox(boxes, layout=widgets.Layout(flex_flow="row wrap")), self.hint, self.route,
+                             self.error, self.figures["visibility"], full_call, self.tabs, self.code])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The live widget, plus a static HTML picture of the current view for viewers without a kernel.
@@ -633,7 +646,7 @@ def static_preview(outcome: Outcome | None) -> str:
     case = outcome.case
     settings = (f"layout {case.layout}, sparse_mode {case.sparse_mode}, L_q {list(case.q_lens)}, "
                 f"L_kv {list(case.kv_lens)}, {case.heads} query / {case.kv_heads} KV heads, head dim "
-                f"{case.head_dim}, {_dtype_name(case.dtype)}")
+                f"{case.head_dim}, {_dtype_name(case.dtype)}; host route {outcome.problem.route}")
     codes, rs, cs = figures.pooled_visibility_codes(outcome.problem, 0, PREVIEW_CELLS)
     cell = (f"width:{PREVIEW_CELL_PX}px;height:{PREVIEW_CELL_PX}px;padding:0;border:1px solid white;"
             "background-color:")

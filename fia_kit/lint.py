@@ -3,11 +3,13 @@
     findings = fia_kit.lint("v1", q, k, v, num_heads=8, input_layout="BNSD", sparse_mode=4)
     findings = fia_kit.lint(captured_call)     # or a Plan, a parsed call, a case
     for f in findings: print(f)                # severity, parameter, rule, message
+    findings.route                             # the kernel's host route of the call, "fia", ..., or None
 
 "error" findings are the op's refusals, all of them: after each one the offending argument is set to a harmless
 value and the call is validated again (``fia_kit.planning.build_plan`` is the one set of rules). "warning" findings
 are the pitfalls of docs section 25.5 (spec 25.5): legal calls that do something other than what was meant. A clean
-call gives no finding; lint never raises for a bad call.
+call gives no finding; lint never raises for a bad call. The list also says which host route the kernel sends the
+call down (``Findings.route``, ``Plan.route``), since which rules apply depends on it: a field, not a finding.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .masks import INT_MAX, compressed_causal_mask
 from .planning import Plan, build_plan
 from .signatures import SCHEMAS, canonical_name, keyword_defaults, spelled
 
-__all__ = ["Finding", "lint", "RULES"]
+__all__ = ["Finding", "Findings", "lint", "RULES"]
 
 Severity = Literal["error", "warning"]
 
@@ -74,8 +76,27 @@ class Finding:
         return f"{self.severity}: {self.parameter}: [{self.rule}] {self.message}"
 
 
+class Findings(list):
+    """The findings of one call (a list of ``Finding``), with the call's host route.
+
+    Attributes:
+        route: the kernel's host route of the call (``Plan.route``: "fia", "split-fuse", "legacy-ifa",
+            "legacy-pfa"), which decides which of the kernel's rules apply; None for a call with errors (the
+            router reads the arguments as given, so the neutralised call's route need not be the call's) or one
+            that was not checked.
+    """
+
+    route: str | None = None
+
+    @classmethod
+    def of(cls, findings: list[Finding], route: str | None = None) -> Findings:
+        out = cls(findings)
+        out.route = route
+        return out
+
+
 def lint(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | None = None,
-         value: torch.Tensor | None = None, /, *, graph: bool | None = None, **kwargs: Any) -> list[Finding]:
+         value: torch.Tensor | None = None, /, *, graph: bool | None = None, **kwargs: Any) -> Findings:
     """Findings for one call; never raises for a bad call.
 
     Args:
@@ -85,21 +106,23 @@ def lint(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | Non
         graph: whether the call runs in graph mode (TorchAir, or inside torch.compile); default: True for
             "torchair.*" forms and captured TorchAir calls, else False.
     Returns:
-        Errors first (in the order the op checks them), then warnings.
+        Errors first (in the order the op checks them), then warnings; ``.route`` is the call's host route (None
+        when the call has errors).
     """
     form_graph = False
     if getattr(target, "kind", None) == "infer_output":
-        return []  # a captured _infer_output companion: it only allocates outputs, nothing to check
+        return Findings()  # a captured _infer_output companion: it only allocates outputs, nothing to check
     if getattr(target, "replayable", True) is False:
-        return [_finding("warning", "call", "not-checked", "the capture holds only this call's metadata (fake "
-                         "tensors of a traced graph, or a value the file cannot hold), so its rules cannot be "
-                         "checked (docs capture.md). Fix: capture the model eagerly, without torch.compile.")]
+        return Findings.of([_finding("warning", "call", "not-checked", "the capture holds only this call's "
+                                     "metadata (fake tensors of a traced graph, or a value the file cannot hold), so "
+                                     "its rules cannot be checked (docs capture.md). Fix: capture the model eagerly, "
+                                     "without torch.compile.")])
     try:
         if isinstance(target, str):
             version = target.rsplit(".", 1)[-1]
             if target not in SCHEMAS and target not in ("v1", "v2"):
-                return [_finding("error", "form", "refused-form", f"form must be 'v1', 'v2' or one of "
-                                 f"{', '.join(SCHEMAS)} (spec 1); got {target!r}")]
+                return Findings.of([_finding("error", "form", "refused-form", f"form must be 'v1', 'v2' or one of "
+                                             f"{', '.join(SCHEMAS)} (spec 1); got {target!r}")])
             form_graph = target.startswith("torchair")
             call = parse_call(version, query, key, value, kwargs)
         else:
@@ -108,10 +131,10 @@ def lint(target: Any, query: torch.Tensor | None = None, key: torch.Tensor | Non
             form_graph = bool(getattr(target, "graph", False))
             call = _as_call(target)
     except FIAArgumentError as err:
-        return [_error_finding(err, None)]
+        return Findings.of([_error_finding(err, None)])
     errors, plan, neutral = _errors(call)
     warnings = _warnings(plan, neutral, form_graph if graph is None else graph) if plan is not None else []
-    return errors + warnings
+    return Findings.of(errors + warnings, None if errors or plan is None else plan.route)
 
 
 def _as_call(target: Any) -> FIACall:

@@ -228,7 +228,8 @@ agreement({f"inner_precise={p}: row 0 vs {name}": (row_0[p], expected)
 # The LSE of a row that sees no key depends on the kernel's host route (`plan.route`, spec section 7 item 3, 22
 # row 20): rows the prefill kernels do not compute get +inf, while a decode batch without keys gets −3.4e38 on the
 # FIA route (−3.40282e38, float32's lowest, on the legacy incremental route), so that a log-sum-exp merge gives it
-# weight 0 (`fia_kit.merge_attention` merges either). The mask-only case gives `−1e12 + ln(count)` by the math,
+# weight 0 (`fia_kit.merge_attention` merges either; *Look-alike calls, different routes* below shows which call
+# gets which). The mask-only case gives `−1e12 + ln(count)` by the math,
 # **[inferred]**.
 #
 # ## Invalid combinations
@@ -243,6 +244,58 @@ for options in (dict(sparse_mode=3),
         explain(**options)
     except fia_kit.FIAArgumentError as error:
         print(type(error).__name__, "->", error)
+
+# %% [markdown]
+# ## Look-alike calls, different routes
+#
+# Before any check, the kernel's host code sends a call down one of four routes (spec section 25.1; the rules of
+# each: [docs/rules.md](../docs/rules.md)): the FIA checkers, the TND split-fuse checks, the legacy incremental
+# (decode) tiling, or the legacy prompt (prefill) tiling. Which rules apply depends on the route, and so does
+# the LSE a batch without keys gets. `Plan.route` says which one a call takes; `Case.describe()`, `fia_kit.lint`
+# (`findings.route`) and the explorer show it too.
+#
+# Below, one decode step (4 heads, D 128, fp16; batch 0 has no keys, batch 1 has 40) and its look-alikes: the
+# same step with D 256, packed as TND (as serving code packs decode steps), with 128 query heads on one KV
+# head, and that with int8 K/V. Each is validated and run on the reference; the LSE column is what the call
+# returns for batch 0.
+
+# %%
+step = Case(q_lens=(1, 1), kv_lens=(0, 40), heads=4, kv_heads=4, head_dim=128, dtype=torch.float16,
+            layout="BSND")
+look_alikes = {
+    "decode step, BSND, D 128": step,
+    "  the same with D 256": step.replace(head_dim=256),
+    "  the same packed as TND": step.replace(layout="TND"),
+    "  128 query heads, 1 KV head": step.replace(heads=128, kv_heads=1),
+    "  ... and int8 K/V": step.replace(heads=128, kv_heads=1, kv_quant="tensor"),
+}
+print(f"{'call':32s} {'route':11s} {'LSE, batch without keys':>24s}  the kit says")
+for name, case in look_alikes.items():
+    try:
+        p = fia_kit.plan(case)
+    except fia_kit.FIAArgumentError as error:
+        print(f"{name:32s} {'-':11s} {'-':>24s}  refused: {error.rule_id} ({error.source.split('/')[-1]})")
+        continue
+    lse = fia_kit.run(p, "reference").softmax_lse
+    no_keys = lse[0] if p.layout.name == "TND" else lse[0, 0]  # TND: (T, N, 1); BSND: (B, N, S, 1)
+    print(f"{name:32s} {p.route:11s} {float(no_keys.flatten()[0]):>24.9g}  accepted")
+
+# %% [markdown]
+# Five calls that differ in one field each, four routes' worth of behaviour:
+#
+# * **D 256** takes the legacy incremental route (the kernel prefers its old template for MHA decode with D
+#   256), whose kernel writes −FLT_MAX = −3.40282347e38 for a batch without keys; the FIA route's decode kernel
+#   writes float32(−3.4e38) = −3.39999995e38. Both merge with weight 0 (`fia_kit.merge_attention`).
+# * **TND** sends the same step down the split-fuse route, which computes a batch without keys like prefill: +inf.
+#   A log-sum-exp merge of +inf gives NaN; a context-parallel merge must treat it as "no keys".
+# * **128 query heads on 1 KV head** (DeepSeek-style decode without tensor parallelism) is accepted on the FIA
+#   route, which has no cap on the group size; **int8 K/V** never takes the FIA route on A2/A3, and the legacy
+#   incremental route's check refuses a group above 64. That rule exists on one route only.
+#
+# The route is printed with every description of a call:
+
+# %%
+print(look_alikes["  the same packed as TND"].describe().splitlines()[-1])
 
 # %% [markdown]
 # ## Tree mask (sparse_mode 9) and where versions differ

@@ -173,6 +173,52 @@ for finding in fia_kit.lint("v1", query, key, value, **broken):
     print(f"{finding.severity} {finding.parameter} [{finding.rule}]")
 
 # %% [markdown]
+# ## When the NPU refuses a call: explain its log
+#
+# On an Ascend box a refused call does not come back as a readable rule. torch_npu raises a RuntimeError with a
+# bare aclnn status ("error code is 561002": the host tiling refused the call), and the checker's own message
+# follows in the error manager's report, or only in the CANN log (plog). `fia_kit.explain(text)` reads whatever
+# you paste (a traceback, plog lines, one line) against the kit's book of the kernel's host checks and says which
+# rule broke, where it lives in the kernel's source, what it means and how to fix it. `fia-kit explain npu.log`
+# (or `... | fia-kit explain -`) prints the same as a table from the command line; `--capture decoder.fiacap`
+# checks it against the captured call that raised.
+#
+# Suppose a later version of the decoder drops `sparse_mode=3` from its decode steps but keeps passing the mask.
+# This is the log a worker prints for that call (each line as torch_npu, CANN's error manager and the kernel's
+# check `CheckFAIMask` write it): the packed decode step takes the TND split-fuse route, whose check refuses a
+# mask with sparse_mode 0.
+
+# %%
+LOG = """\
+(Worker_TP0 pid=2312) ERROR 09-02 10:00:00 [model_runner.py:1421] RuntimeError: npu_fused_infer_attention_score:\
+build/CMakeFiles/torch_npu.dir/compiler_depend.ts:275 NPU function error: call aclnnFusedInferAttentionScoreV3 \
+failed, error code is 561002
+(Worker_TP0 pid=2312) ERROR 09-02 10:00:00 [model_runner.py:1421] [ERROR] 2026-09-02-10:00:00 (PID:2312, Device:0, \
+RankID:-1) ERR00100 PTA call acl api failed.
+(Worker_TP0 pid=2312) ERROR 09-02 10:00:00 [model_runner.py:1421] E89999: Inner Error!
+(Worker_TP0 pid=2312) ERROR 09-02 10:00:00 [model_runner.py:1421] E89999[PID: 2312] 2026-09-02-10:00:00.123.456 \
+(E89999):  When attnMask is provided, sparseMode must be 3 or 4[FUNC:CheckFAIMask]\
+[FILE:fused_infer_attention_score_tiling.cpp][LINE:1351]
+(Worker_TP0 pid=2312) ERROR 09-02 10:00:00 [model_runner.py:1421]         TraceBack (most recent call last):
+"""
+for finding in fia_kit.explain(LOG):
+    print(finding)
+
+# %% [markdown]
+# Given the call that failed (a captured call, a plan, or a dict of the op's arguments), `explain` validates it
+# and says whether the kit refuses it by the same rule: confirmed. With the call, even the bare status line
+# names the rule.
+
+# %%
+query, key, value, keywords = calls[1].args()  # the first decode step
+broken_step = {"query": query, "key": key, "value": value, **keywords, "sparse_mode": 0}
+confirmed = fia_kit.explain(LOG, call=broken_step)[0]
+print("confirmed:", confirmed.confirmed, "-", confirmed.confirmation.split(": ")[0])
+bare = fia_kit.explain("call aclnnFusedInferAttentionScoreV3 failed, error code is 561002", call=broken_step)[0]
+print(f"a bare 561002 with the call: [{bare.rule_id}] {bare.parameter}: {bare.rule}")
+print("the fixed call:", fia_kit.explain(LOG, call=calls[1])[0].confirmation.split(":")[0])
+
+# %% [markdown]
 # ## Replay and compare
 #
 # A captured call works wherever the kit takes a call. `fia_kit.run(call)` replays it (here on the reference: the

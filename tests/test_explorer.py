@@ -408,3 +408,20 @@ def test_a_case_with_its_own_mask_tensor_redraws():
     ex.controls["sparse_mode"].value = 1  # mode 1: the mask only
     ex.controls["batch_shown"].value = 2
     assert ex.error.value == "" and visible_counts(ex.figures["visibility"].data[0].z) == [7, 7, 7, 7]
+
+
+def test_the_route_line_follows_the_call_shown():
+    # A decode step (BSND, MHA, D 128, batch 0 without keys) takes the FIA route (RouteToFia, arch22/
+    # fused_infer_attention_score_tiling_v3.cpp:1371); packed as TND it meets the split-fuse conditions
+    # (CheckSpecConditions, v3.cpp:1208) and takes that route, whose prefill-like kernel gives a batch without keys
+    # LSE +inf (tests/test_route_display.py has the route of each look-alike).
+    step = Case(q_lens=(1, 1), kv_lens=(0, 40), heads=4, kv_heads=4, head_dim=128, dtype=torch.float16,
+                layout="BSND")
+    ex = E.explore(step)
+    assert "fia (the FIA checkers" in ex.route.value and "LSE -3.4e+38" in ex.route.value
+    ex.controls["layout"].value = "TND"
+    assert "split-fuse (the TND split-fuse checks" in ex.route.value and "LSE inf" in ex.route.value
+    assert "rules of this route only:" in ex.route.value and "SF-MASK-003" in ex.route.value
+    assert "host route split-fuse" in E.static_preview(ex.good)
+    ex.controls["heads"].value = 3  # 3 query heads on 4 KV heads: refused; the line keeps the shown call's route
+    assert ex.error.value and "split-fuse" in ex.route.value
