@@ -264,11 +264,18 @@ def _int_or_0(value: Any) -> int:
 
 
 def _as_kernel_sees_it(call: FIACall, route: str, facts: RouteFacts) -> FIACall:
-    """The call the kernel's checks read: on A2, a decode call the FIA route treats as the old incremental op has
-    sparse_mode 0 and pre/next_tokens INT_MAX before any check (FIA-MASK-003); otherwise ``call`` itself."""
+    """The call the kernel's checks read: on A2/A3, a decode call the FIA route treats as the old incremental op has
+    sparse_mode 0 and pre/next_tokens INT_MAX before any check (FIA-MASK-003); otherwise ``call`` itself.
+
+    The compressed 2048 template of modes 2-4 is dropped with the mode: with S_q == 1 only an explicit mask counts
+    (spec 6.5). [inferred] The host keeps the tensor; whether the kernel then reads the template as a sparse-0 mask
+    is not settled by the host code (docs section 23).
+    """
     if not (route == "fia" and legacy_ifa_flag(facts) and targets.rule("decode_sparse_forced_zero")):
         return call
     options = dict(call.options, sparse_mode=0, pre_tokens=INT_MAX, next_tokens=INT_MAX)
+    if _int_or_0(call.options.get("sparse_mode")) in (2, 3, 4):
+        options["atten_mask"] = None
     return dataclasses.replace(call, options=options)
 
 

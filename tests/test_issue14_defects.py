@@ -232,16 +232,16 @@ def test_decode_int8_kv_sparse_mode_nonzero_refused(gen):
 
 
 def test_decode_float_kv_sparse_mode_still_ignored(gen):
-    """Ascend950 keeps the caller's sparse_mode 3 (right-down causal: one query row sees every key). On A2/A3 the
-    host rewrites such a decode to sparse_mode 0 first (FIA-MASK-003, tests/test_rules_routes.py), and the
-    compressed mask would then be read as a sparse-0 mask, which the kit refuses (docs/rules.md, kit-only rules)."""
+    """One decode row sees every key whether sparse_mode 3 is kept (Ascend950: right-down causal) or rewritten to 0
+    with its compressed template dropped (A2/A3, FIA-MASK-003; spec 6.5)."""
     import fia_kit
+    from fia_kit.masks import compressed_causal_mask
     q = torch.randn(1, 2, 1, 8, generator=gen, dtype=torch.float64)
     k, v = (torch.randn(1, 2, 5, 8, generator=gen, dtype=torch.float64) for _ in range(2))
-    from fia_kit.masks import compressed_causal_mask
-    with fia_kit.target(product="Ascend950"):
-        out, _ = fia(q, k, v, num_heads=2, input_layout="BNSD", sparse_mode=3, atten_mask=compressed_causal_mask())
-    _close(out[0], attention(q[0], k[0], v[0], 1.0)[0])
+    for product in ("A3", "A2", "Ascend950"):
+        with fia_kit.target(product=product):
+            out, _ = fia(q, k, v, num_heads=2, input_layout="BNSD", sparse_mode=3, atten_mask=compressed_causal_mask())
+        _close(out[0], attention(q[0], k[0], v[0], 1.0)[0])
 
 
 # -------------------------------------------------------------- 11. TND query T past the last cumulative length

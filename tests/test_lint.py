@@ -59,6 +59,7 @@ CASES = [
      {"actual_seq_lengths": [3, 8], "actual_seq_lengths_kv": [4, 10]}),
     ("query-past-lengths", TND, {"actual_seq_lengths": [3, 7]}, {"actual_seq_lengths": [3, 8]}),
     ("decode-mask-noop", DECODE, {"atten_mask": _decode_hide_pad}, {"atten_mask": _decode_hide_first}),
+    ("decode-mask-noop", DECODE, {"sparse_mode": 3, "atten_mask": compressed_causal_mask()}, {"sparse_mode": 0}),
     ("paged-cumulative-kv", PAGED_TND, {"block_table": _wide_table, "actual_seq_lengths_kv": [20, 50]},
      {"block_table": _wide_table, "actual_seq_lengths_kv": [20, 30]}),
     ("mask-diagonal-hidden", PREFILL, {"atten_mask": _diagonal_keep.expand(2, 1, 6, 12)},
@@ -73,18 +74,6 @@ def test_each_pitfall_warns_and_its_clean_twin_does_not(rule, base, trigger, cle
     assert [(f.severity, f.rule) for f in found] == [("warning", rule)] * len(found) and found, found
     assert "spec " in found[0].message and "Fix:" in found[0].message
     assert fia_kit.lint("v1", q, k, v, **{**kw, **clean}) == []
-
-
-def test_decode_compressed_mask_by_product():
-    """Ascend950 keeps a decode's sparse_mode 3, so its compressed mask is a no-op (a warning). On A2/A3 the host
-    rewrites the mode to 0 first (FIA-MASK-003) and the 2048 mask would be read as a sparse-0 mask, which the kit
-    refuses (a kit-only rule, docs/rules.md): lint reports that refusal as an error naming atten_mask."""
-    q, k, v, kw = _args(**DECODE)
-    call = {**kw, "sparse_mode": 3, "atten_mask": compressed_causal_mask()}
-    with fia_kit.target(product="Ascend950"):
-        assert _rules(fia_kit.lint("v1", q, k, v, **call)) == ["decode-mask-noop"]
-    found = fia_kit.lint("v1", q, k, v, **call)
-    assert [(f.severity, f.parameter) for f in found] == [("error", "atten_mask")], found
 
 
 def test_every_rule_is_tested():
