@@ -16,6 +16,7 @@ import torch
 from . import paged, shapes, targets
 from .call import FIACall
 from .errors import FIAArgumentError
+from .finite import check_finite
 from .layouts import Layout, parse_layout, to_canonical
 from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
 from .masks import (
@@ -217,7 +218,7 @@ def build_plan(call: FIACall) -> Plan:
 
     out_shape = shapes.out_shape(layout, q4, value_dim)
     lse_shape = shapes.lse_shape(layout, q4, return_lse)
-    return Plan(
+    problem = Plan(
         form=call.form, layout=layout, query=q4, key=k4, value=v4, query_rope=query_rope, key_rope=key_rope,
         prefix_key=prefix_key, prefix_value=prefix_value, prefix_len=prefix_len, block_table=block_table,
         block_size=block_size, pse=pse, atten_mask=atten_mask, learnable_sink=sink, batch=batch,
@@ -226,6 +227,8 @@ def build_plan(call: FIACall) -> Plan:
         return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
         out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, call=call,
     )
+    check_finite(problem)  # last: it reads the regions the resolved geometry names
+    return problem
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
