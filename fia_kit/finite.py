@@ -1,4 +1,5 @@
-"""NaN or inf where a call reads its inputs: refused before any compute (it would reach every row that sees it).
+"""NaN or inf where a call reads its inputs, or scales that push a dequantised output past its dtype's range:
+refused before any compute (either would put NaN or inf in the rows that see it).
 
 Only the region a call reads counts: each batch's valid query rows, its valid keys (gathered through the block
 table for a paged cache), the shared prefix's valid length, the pse_shift rows and columns it adds; padding rows,
@@ -51,9 +52,45 @@ def check_finite(plan: Plan) -> None:
                                    "NaN or inf values")
 
 
+def check_output_range(plan: Plan) -> None:
+    """With dequantised values, a bound on |attention_out| from the scales and the integers' largest magnitude; an
+    output dtype that cannot hold it is refused (it would hold inf). Without quantisation the output is a convex
+    combination of V's rows and always fits.
+
+    Antiquant V: |out| <= max|scale| * (max|v| + max|offset|). Full quant (spec 16.2): out = dequant_scale2 *
+    sum_j P_j v_j / sum_j exp(s_j - m) with P_j = round(quant_scale1 * exp(s_j - m)), so
+    |out| <= |dequant_scale2| * (|quant_scale1| + keys / 2) * max|v|.
+    """
+    q, out_dtype = plan.quant, plan.out_dtype
+    if q is None or not out_dtype.is_floating_point or not _real(plan.value):
+        return
+    largest = torch.finfo(out_dtype).max
+    v_max = 8.0 if q.value is not None and q.value.int4 else float(plan.value.to(torch.int16).abs().max()) \
+        if plan.value.numel() and not plan.value.is_floating_point() else 0.0
+    if q.value is not None:
+        offset = 0.0 if q.value.offset is None else float(q.value.offset.abs().max())
+        bound = float(q.value.scale.abs().max()) * (v_max + offset)
+        name = "antiquant_scale" if plan.call is not None and plan.call.options.get("antiquant_scale") is not None \
+            else "value_antiquant_scale"
+    elif q.full is not None:
+        keys = plan.prefix_len + max((b.kv_len for b in plan.batches), default=0)
+        bound, name = abs(q.full.dequant_scale2) * (abs(q.full.quant_scale1) + keys / 2) * v_max, "dequant_scale2"
+    else:
+        return
+    if not bound <= largest:
+        raise FIAArgumentError(spelled(name, plan.form), f"dequantised values can reach {bound:.4g}, beyond "
+                               f"{str(out_dtype).removeprefix('torch.')}'s largest {largest:.4g}: the output would "
+                               "overflow to inf", bound)
+
+
+def _real(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds values (not a fake or meta tensor)."""
+    return not isinstance(t, FakeTensor) and t.device.type != "meta"
+
+
 def _unchecked(t: torch.Tensor | None) -> bool:
-    """Whether ``t`` holds values to test: a real floating-point tensor (not fake, not meta)."""
-    return t is not None and t.is_floating_point() and not isinstance(t, FakeTensor) and t.device.type != "meta"
+    """Whether ``t`` holds values to test: a real floating-point tensor."""
+    return t is not None and t.is_floating_point() and _real(t)
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -16,7 +16,7 @@ import torch
 from . import paged, shapes, targets
 from .call import FIACall
 from .errors import FIAArgumentError
-from .finite import check_finite
+from .finite import check_finite, check_output_range
 from .layouts import Layout, parse_layout, to_canonical
 from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
 from .masks import (
@@ -228,6 +228,7 @@ def build_plan(call: FIACall) -> Plan:
         out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, call=call,
     )
     check_finite(problem)  # last: it reads the regions the resolved geometry names
+    check_output_range(problem)
     return problem
 
 

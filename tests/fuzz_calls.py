@@ -199,6 +199,31 @@ ABSENT_VALUES: tuple[tuple[str, Callable[[Any], Any]], ...] = (
 )
 
 
+# Mutations that keep an argument's type and shape (values, strides, lengths moved by one): more of them are
+# accepted, so they probe the compute half of the contract (finite rows, bounded allocation).
+GENTLE_TENSOR = (
+    ("filled 0", lambda t: _filled(t, 0)),
+    ("filled 60000", lambda t: _filled(t, 60000.0)),
+    ("times 100", lambda t: t * 100 if t.is_floating_point() else t),
+    ("negated", lambda t: -t if t.is_floating_point() or t.dtype in (torch.int8, torch.int32, torch.int64) else t),
+    ("non-contiguous copy", lambda t: t.transpose(0, -1).contiguous().transpose(0, -1) if t.dim() > 1 else t),
+)
+GENTLE_INT = (("+1", lambda v: v + 1), ("-1 from it", lambda v: v - 1), ("0", lambda v: 0))
+GENTLE_LIST = (("last -1", lambda v: [*v[:-1], max(0, v[-1] - 1)] if v else v),
+               ("last +1", lambda v: [*v[:-1], v[-1] + 1] if v else v),
+               ("first 0", lambda v: [0, *v[1:]] if v else v))
+GENTLE_FLOAT = (("times 100", lambda v: v * 100), ("1e4", lambda v: 1e4), ("tiny", lambda v: 1e-6))
+
+
+def gentle_mutations_for(value: Any) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """Type- and shape-keeping mutations of a given argument (empty where there are none)."""
+    if isinstance(value, torch.Tensor):
+        return GENTLE_TENSOR
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple)):
+        return ()
+    return GENTLE_INT if isinstance(value, int) else GENTLE_FLOAT if isinstance(value, float) else GENTLE_LIST
+
+
 def mutations_for(value: Any, present: bool) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     """The mutations that apply to an argument holding ``value`` (``present``: the call gives it)."""
     if not present:
