@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import paged, shapes, targets
-from .call import FIACall
+from .call import FIACall, check_devices
 from .errors import FIAArgumentError
 from .finite import check_finite, check_output_range
 from .layouts import Layout, parse_layout, to_canonical
@@ -150,6 +150,7 @@ class Plan:
 def build_plan(call: FIACall) -> Plan:
     """Check every rule of the op on ``call`` and resolve its geometry. Raises FIAArgumentError."""
     o = call.options
+    check_devices(call)
     _reject_unsupported(call)
     _check_out_dtype(call)
     layout = parse_layout(o["input_layout"])
