@@ -33,7 +33,9 @@ BSH: axis 1; TND: axis 0). It is the key tensor's size, not the actual lengths (
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -256,15 +258,27 @@ class AscendProfile:
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        text = path.read_text(encoding="utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        rows = [_whole_row(path, i, row, len(header)) for i, row in enumerate(reader, start=2)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise ProfileFormatError(path, f"not a readable CSV ({err})") from err
     if not header:
         raise ProfileFormatError(path, "empty file (no header row)")
+    if not text.endswith(("\n", "\r")):  # the profiler ends every row with a newline: the last one was cut off
+        raise ProfileFormatError(path, f"row {len(rows) + 1}: the file ends mid-line (cut off)")
     return header, rows
+
+
+def _whole_row(path: Path, row_no: int, row: dict[str | None, Any], columns: int) -> dict[str, str]:
+    """A data row with exactly one cell per header column (csv.DictReader marks missing cells None and puts extra
+    ones under the key None), stripped."""
+    cells = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+    if cells != columns:
+        raise ProfileFormatError(path, f"row {row_no}: {cells} cells, the header has {columns} columns (a row cut "
+                                       "off mid-line, or malformed)")
+    return {k.strip(): v.strip() for k, v in row.items() if k is not None}
 
 
 def _column(path: Path, header: Sequence[str], names: tuple[str, ...], kind: str) -> str:
@@ -277,9 +291,19 @@ def _column(path: Path, header: Sequence[str], names: tuple[str, ...], kind: str
 
 def _number(path: Path, row_no: int, column: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ProfileFormatError(path, f"row {row_no}: column {column!r} is {text!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ProfileFormatError(path, f"row {row_no}: column {column!r} is {text!r}, not a finite number")
+    return value
+
+
+def _count(path: Path, row_no: int, column: str, text: str) -> int:
+    value = _number(path, row_no, column, text)
+    if value != int(value) or value < 0:
+        raise ProfileFormatError(path, f"row {row_no}: column {column!r} is {text!r}, not a count")
+    return int(value)
 
 
 def parse_shapes(text: str) -> tuple[tuple[int, ...], ...]:
@@ -320,7 +344,7 @@ def read_kernel_csv(path: str | Path, op_type: str = FIA_TYPE) -> tuple[str, lis
             start_us=_number(path, i, cols["start"], row[cols["start"]]),
             duration_us=_number(path, i, cols["duration"], row[cols["duration"]]),
             wait_us=_number(path, i, cols["wait"], row[cols["wait"]] or "0"),
-            block_num=int(_number(path, i, cols["block_num"], block)) if block not in ("", "N/A") else None,
+            block_num=_count(path, i, cols["block_num"], block) if block not in ("", "N/A") else None,
             input_shapes=parse_shapes(row.get("Input Shapes", "")),
             step=int(step) if step.isdigit() else None, metrics=metrics))
     return kind, kernels

@@ -7,6 +7,7 @@ defaults filled in. ``fia_kit.planning.build_plan`` then validates it and resolv
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,15 @@ from typing import Any
 import torch
 
 from .errors import FIAArgumentError
-from .signatures import V2_ALIASES, Form, canonical_name, keyword_defaults, spelled, version_of
+from .signatures import (
+    V2_ALIASES,
+    Form,
+    canonical_name,
+    keyword_defaults,
+    schema_arguments,
+    spelled,
+    version_of,
+)
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,40 @@ def parse_call(form: str, query: Any, key: Any, value: Any, kwargs: Mapping[str,
                                    "(actual_seq_lengths[_kv] is the old TorchAir page's spelling): give one",
                                    kwargs[name])
         given_as[target] = name
+    _check_argument_types(form, {name: kwargs[name] for name in given_as.values()})
     options = {canonical_name(n): kwargs[given_as[n]] if n in given_as else d for n, d in defaults.items()}
     given = frozenset(canonical_name(n) for n in given_as)
     return FIACall(form, query, key, value, options, given)
+
+
+def _check_argument_types(form: Form, given: Mapping[str, Any]) -> None:
+    """A keyword the schema types ``Tensor?`` is a tensor or None; one typed ``int`` an integer and one typed
+    ``float`` a real number, neither a bool (True would pass as 1)."""
+    types = {a.name: a.type for a in schema_arguments(form)}
+    for name, value in given.items():
+        kind = types.get(V2_ALIASES.get(name, name) if form == "v2" else name)
+        if kind in ("Tensor", "Optional[Tensor]") and value is not None and not isinstance(value, torch.Tensor):
+            raise FIAArgumentError(name, "must be a torch.Tensor or None (the schema types it Tensor?)", value)
+        if kind in ("int", "Optional[int]") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise FIAArgumentError(name, "must be an int (the schema types it int)", value)
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise FIAArgumentError(name, "must be a real number (the schema types it float)", value)
+
+
+def check_devices(call: FIACall) -> None:
+    """Every tensor of a call to compute (lengths given as tensors included) lies on the query's device, and that
+    device holds data: one op runs on one device, and a "meta" tensor has no values to compute with (its shapes
+    go through ``shapes.infer_output``). FIAArgumentError naming the first tensor that breaks it."""
+    device = call.query.device
+    if device.type == "meta":
+        raise FIAArgumentError("query", "holds no data (device meta): the reference computes on real tensors; "
+                               "fia_kit.shapes.infer_output takes meta tensors", "a tensor on meta")
+    named = {"key": call.key, "value": call.value, **{spelled(n, call.form): call.options[n] for n in call.given}}
+    for name, value in named.items():
+        if isinstance(value, torch.Tensor) and value.device != device:
+            raise FIAArgumentError(name, f"must be on the query's device ({device}): one call runs on one device",
+                                   f"a tensor on {value.device}")
 
 
 def _keyword_hint(name: str, form: Form, defaults: Mapping[str, Any]) -> str | None:

@@ -48,7 +48,7 @@ from .errors import FIAArgumentError
 from .masks import COMPRESSED_MASK_SIZE, compressed_causal_mask, is_compressed_causal_mask
 from .signatures import LENGTH_PARAMETERS
 
-__all__ = ["capture", "load_capture", "Capture", "CapturedCall", "CaptureFileError", "Recorder"]
+__all__ = ["capture", "load_capture", "seal", "Capture", "CapturedCall", "CaptureFileError", "Recorder"]
 
 FORMAT = "fia-kit-capture"
 FORMAT_VERSION = 1
@@ -68,6 +68,14 @@ STRUCTURE = frozenset({"atten_mask", "block_table", "query_padding_size", "kv_pa
 # Output arguments of ``.out`` (never stored: they are written by the op).
 OUTPUTS = frozenset({"workspace", "attention_out", "softmax_lse"})
 STRUCTURE_MAX_BYTES = 64 << 20
+# The SHA-256 of the whole file, computed with this metadata value all zeros and then written over it (load_capture
+# recomputes it the same way): any changed byte, in the tensors, the JSON index or the header, is detected.
+DIGEST_KEY = "fia_kit.capture.sha256"
+_UNSEALED = "0" * 64
+_HEADER_MAX_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+# safetensors' dtype codes and their item sizes (bytes), to check each declared tensor against the file's size.
+_ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 
 
 class CaptureFileError(ValueError):
@@ -345,7 +353,9 @@ class Recorder:
             index = json.dumps(self.index(), separators=(",", ":"))
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                save_file(dict(self._blobs), str(tmp), metadata={"format": FORMAT, METADATA_KEY: index})
+                save_file(dict(self._blobs), str(tmp), metadata={"format": FORMAT, METADATA_KEY: index,
+                                                                 DIGEST_KEY: _UNSEALED})
+                seal(tmp)
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, self.path)
@@ -804,6 +814,7 @@ def load_capture(path: str | os.PathLike) -> Capture:
     path = Path(path)
     if not path.is_file():
         raise CaptureFileError(path, "no such file")
+    _check_file(path)
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
@@ -839,6 +850,100 @@ def load_capture(path: str | os.PathLike) -> Capture:
                                    if a["kind"] == "tensor" and a.get("data")}))
     info = {k: v for k, v in index.items() if k != "calls"}
     return Capture(path, calls, info)
+
+
+def seal(path: str | os.PathLike) -> str:
+    """Write the file's digest into its ``DIGEST_KEY`` metadata (which must hold the value being replaced: zeros
+    when ``capture`` writes it, or the old digest after an edit) and return it: SHA-256 of the whole file with that
+    value all zeros. ``capture`` seals every file it writes; a tool that edits a capture on purpose re-seals it."""
+    path = Path(path)
+    with open(path, "rb+") as handle:
+        header = _read_header(path, handle, os.fstat(handle.fileno()).st_size)
+        start = _digest_position(path, header)
+        digest = _file_digest(handle, start).encode()
+        handle.seek(start)
+        handle.write(digest)
+    return digest.decode()
+
+
+def _read_header(path: Path, handle: Any, size: int) -> bytes:
+    """The JSON header's bytes, after checking its declared length against the file's size (nothing larger than
+    the file is read or allocated)."""
+    if size < 8:
+        raise CaptureFileError(path, f"not a readable safetensors file (truncated: {size} bytes, less than the "
+                               "8-byte header length)")
+    handle.seek(0)
+    length = int.from_bytes(handle.read(8), "little")
+    if length > size - 8 or length > _HEADER_MAX_BYTES:
+        raise CaptureFileError(path, f"not a readable safetensors file (truncated or damaged: the header declares "
+                               f"{length} bytes, the file holds {size - 8} after the length)")
+    return handle.read(length)
+
+
+def _digest_position(path: Path, header: bytes) -> int:
+    """Offset in the file of the digest's 64 hex digits (the first 8 bytes are the header length)."""
+    marker = f'"{DIGEST_KEY}":"'.encode()
+    at = header.find(marker)
+    if at < 0 or header.find(marker, at + 1) >= 0 or len(header) < at + len(marker) + 64:
+        raise CaptureFileError(path, f"corrupt or not sealed: the header holds no single '{DIGEST_KEY}' digest")
+    return 8 + at + len(marker)
+
+
+def _file_digest(handle: Any, digest_at: int, chunk: int = 1 << 16) -> str:
+    """SHA-256 of the file with the 64 bytes at ``digest_at`` read as zeros, streamed in ``chunk``-byte reads."""
+    sha = hashlib.sha256()
+    handle.seek(0)
+    offset = 0
+    while block := handle.read(chunk):
+        lo, hi = max(digest_at - offset, 0), min(digest_at + 64 - offset, len(block))
+        if lo < hi:
+            block = block[:lo] + _UNSEALED.encode()[: hi - lo] + block[hi:]
+        sha.update(block)
+        offset += len(block)
+    return sha.hexdigest()
+
+
+def _check_file(path: Path) -> None:
+    """The file's structure and digest, before safetensors maps it: the header length, a JSON header whose every
+    tensor fits the file (shape x item size == its byte span, inside the data), the fia-kit marker, and the digest
+    of every byte. CaptureFileError naming what is wrong; nothing larger than the file is allocated."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = _read_header(path, handle, size)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CaptureFileError(path, f"not a readable safetensors file (its header is not UTF-8 JSON: "
+                                   f"{exc})") from None
+        if not isinstance(header, dict):
+            raise CaptureFileError(path, "not a readable safetensors file (its header is not a JSON object)")
+        data_bytes = size - 8 - len(raw)
+        for name, entry in header.items():
+            if name != "__metadata__":
+                _check_entry(path, name, entry, data_bytes)
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or METADATA_KEY not in metadata:
+            raise CaptureFileError(path, f"not a fia-kit capture (a safetensors file without the '{METADATA_KEY}' "
+                                   "index)")
+        start = _digest_position(path, raw)
+        if _file_digest(handle, start) != metadata.get(DIGEST_KEY):
+            raise CaptureFileError(path, "corrupt: its SHA-256 digest does not match its contents (a byte of the "
+                                   "header, the index or the tensors changed)")
+
+
+def _check_entry(path: Path, name: str, entry: Any, data_bytes: int) -> None:
+    where = f"not a readable safetensors file (tensor {name[:40]!r}"
+    if not isinstance(entry, dict) or entry.get("dtype") not in _ITEM_BYTES:
+        raise CaptureFileError(path, f"{where}: no known dtype)")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
+        raise CaptureFileError(path, f"{where}: malformed shape or data_offsets)")
+    begin, end = offsets
+    declared = math.prod(shape) * _ITEM_BYTES[entry["dtype"]]
+    if not 0 <= begin <= end <= data_bytes or end - begin != declared:
+        raise CaptureFileError(path, f"{where} declares {declared} bytes at [{begin}, {end}); the file holds "
+                               f"{data_bytes} bytes of data)")
 
 
 def _parse_index(path: Path, text: str) -> dict[str, Any]:

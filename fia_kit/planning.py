@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import paged, shapes, targets
-from .call import FIACall
+from .call import FIACall, check_devices
 from .errors import FIAArgumentError
+from .finite import check_finite, check_output_range
 from .layouts import Layout, parse_layout, to_canonical
 from .lengths import cumulative_lengths, per_batch_lengths, read_lengths
 from .masks import (
@@ -153,6 +154,7 @@ class Plan:
 def build_plan(call: FIACall) -> Plan:
     """Check every rule of the op on ``call`` and resolve its geometry. Raises FIAArgumentError."""
     o = call.options
+    check_devices(call)
     _reject_unsupported(call)
     _check_out_dtype(call)
     layout = parse_layout(o["input_layout"])
@@ -228,7 +230,7 @@ def build_plan(call: FIACall) -> Plan:
 
     out_shape = shapes.out_shape(layout, q4, value_dim)
     lse_shape = shapes.lse_shape(layout, q4, return_lse)
-    return Plan(
+    problem = Plan(
         form=call.form, layout=layout, query=q4, key=k4, value=v4, query_rope=query_rope, key_rope=key_rope,
         prefix_key=prefix_key, prefix_value=prefix_value, prefix_len=prefix_len, block_table=block_table,
         block_size=block_size, pse=pse, atten_mask=atten_mask, learnable_sink=sink, batch=batch,
@@ -237,6 +239,9 @@ def build_plan(call: FIACall) -> Plan:
         return_lse=return_lse, decode=decode, batches=tuple(batches), out_dtype=_out_dtype(call, quant),
         out_shape=out_shape, lse_shape=lse_shape, key_columns=key_columns, quant=quant, route=route, call=call,
     )
+    check_finite(problem)  # last: it reads the regions the resolved geometry names
+    check_output_range(problem)
+    return problem
 
 
 def _route_facts(call: FIACall, layout: Layout, q4: torch.Tensor, plans_q: list[tuple[int, int, int]],

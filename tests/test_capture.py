@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import fia_kit
 from fia_kit.backends import lookalike
-from fia_kit.capture import CaptureFileError, capture, load_capture
+from fia_kit.capture import CaptureFileError, capture, load_capture, seal
 from fia_kit.case import Case
 from fia_kit.cli import main as cli_main
 from fia_kit.reference import npu_fused_infer_attention_score as early_v1  # imported before any capture
@@ -292,6 +292,7 @@ def _rewrite_index(path, edit):
     index = json.loads(meta["fia_kit.capture"])
     meta["fia_kit.capture"] = edit(index)
     save_file(tensors, str(path), metadata=meta)
+    seal(path)  # a well-formed file around the edited index: the index's own checks must find the problem
 
 
 @pytest.mark.parametrize("edit, problem", [

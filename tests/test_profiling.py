@@ -14,6 +14,7 @@ import pytest
 import torch
 from fake_npu import torch_npu as fake_torch_npu
 from fake_npu import torchair as fake_torchair
+from isolation import in_child
 
 from fia_kit.call import parse_call
 from fia_kit.environment import detect
@@ -54,6 +55,11 @@ def test_named_callables_give_seconds_and_ordered_quantiles():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
 def test_cpu_peak_memory_is_in_bytes():
+    """In a child process: the peak RSS it reads counts only this measurement (tests/isolation.py)."""
+    in_child(measure_64_mib_and_nothing)
+
+
+def measure_64_mib_and_nothing() -> None:
     size = 64 * 2**20
 
     def allocate():

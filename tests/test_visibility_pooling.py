@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from isolation import in_child
 
 from fia_kit import figures as F
 from fia_kit.masks import compressed_causal_mask
@@ -70,6 +71,11 @@ def test_tiled_pooling_equals_pooling_the_hand_written_map(name, max_cells, tile
 
 
 def test_8192_squared_map_is_pooled_in_bounded_memory():
+    """In a child process: the peak RSS it bounds counts only this measurement (tests/isolation.py)."""
+    in_child(pool_8192_squared_map_and_bound_its_memory)
+
+
+def pool_8192_squared_map_and_bound_its_memory() -> None:
     s = 8192
     q, k, v = _qkv(s, s, d=1)
     problem = explain("v1", q, k, v, num_heads=1, input_layout="BNSD", sparse_mode=3,
