@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from . import builders
+from . import builders, targets
 from .call import FIACall, parse_call
 from .errors import FIAArgumentError, describe_value
 from .layouts import from_canonical, parse_layout
 from .masks import INT_MAX, TREE_MODE, compressed_causal_mask
 from .quant import GRANULARITIES
+from .rules.routes import RouteFacts, decide
 from .shapes import key_axis_width
 from .signatures import canonical_name, is_torchair, spelled, version_of
 
@@ -328,11 +329,25 @@ class Case:
             options["pse_shift"] = builders.pse_tensor(self.batch, self.heads, self.s_q, self.kv_columns,
                                                        self.dtype, gen)
         if self.sinks:
-            sink_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.bfloat16
+            sink_dtype = self._sink_dtype(options.get("atten_mask") is not None)
             options["learnable_sink"] = builders.sink_tensor(self.heads, sink_dtype, gen)
         kwargs = {spelled(k, version): self._to_device(k, v, form) for k, v in options.items()}
         move = lambda t: t.to(self.device)  # noqa: E731
         return BuiltCall(form, move(query), move(key), move(value), kwargs)
+
+    def _sink_dtype(self, has_mask: bool) -> torch.dtype:
+        """The learnable_sink dtype of the host route this case takes (spec 13, docs/rules.md): bfloat16 on the FIA
+        route, the query's dtype on the split-fuse route; float32/float64 (the kit's extension) keep their own."""
+        if self.dtype in (torch.float32, torch.float64):
+            return self.dtype
+        facts = RouteFacts(
+            product=targets.current().product, query_dtype=self.dtype,
+            key_dtype=self.dtype if self.kv_quant == "none" else torch.int8, layout=self.layout,
+            query_s=max(self.q_lens), head_dim=self.head_dim, value_dim=self.v_dim, rope_dim=self.rope_dim,
+            num_heads=self.heads, num_kv_heads=self.kv_heads, paged=self.paged, cache_rank=self.cache_rank,
+            block_size=self.block_size, prefix=self.prefix_len > 0, sparse_mode=self.sparse_mode, mask=has_mask,
+            inner_precise=self.inner_precise, sink_dtype=torch.bfloat16)
+        return self.dtype if decide(facts) == "split-fuse" else torch.bfloat16
 
     @classmethod
     def from_call(cls, call: Any) -> Case:
