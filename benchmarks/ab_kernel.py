@@ -86,8 +86,8 @@ def compare(base: ModuleType, case: str, dtype: str, repeats: int) -> str:
             f"base/SDPA {spread(per['base'])}  new/SDPA {spread(per['new'])}")
     if case == "decode":
         bound = [br.kv_bytes(call) / (2 * COPY_BYTES / c) for c in times["copy"]]
-        line += (f" | bound {statistics.median(bound) * 1e3:.1f} ms: base {spread([a / b for a, b in zip(times['base'], bound, strict=True)])}"
-                 f"  new {spread([a / b for a, b in zip(times['new'], bound, strict=True)])}")
+        over = {name: spread([a / b for a, b in zip(times[name], bound, strict=True)]) for name in ("base", "new")}
+        line += f" | bound {statistics.median(bound) * 1e3:.1f} ms: base {over['base']}  new {over['new']}"
     return line + f" | max|new-base| {differs:.1e}"
 
 

@@ -281,10 +281,11 @@ class BatchKeys:
     dtype in place, as views of its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is
     copied), other float caches (bfloat16/float16) as the same views, each block converted into one reused
     block-sized buffer right before its product, so it is still in cache when multiplied (``KeyChunk.block``);
-    NZ caches and keys with key_rope are converted chunk by chunk (``fia_kit.paged.read_blocks``); each block is read once per row tile and kv-head group, and the sequence is never gathered whole
-    (a shared prefix is then its own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant
-    keeps them as integers (spec 16.2). ``serves``: the kv heads ever asked for (default all); dense float keys of
-    the others are never converted.
+    NZ caches and keys with key_rope are converted chunk by chunk (``fia_kit.paged.read_blocks``). Each block is
+    read once per row tile and kv-head group, and the sequence is never gathered whole (a shared prefix is then its
+    own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant keeps them as integers
+    (spec 16.2). ``serves``: the kv heads ever asked for (default all); dense float keys of the others are never
+    converted. ``value_dtype`` (``uses_half_pv``): float values already in that dtype are handed out as stored.
     """
 
     def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
