@@ -14,8 +14,8 @@ Cases (bf16 and fp16 inputs each):
 Timing: ``warmup`` untimed calls of each, then ``repeats`` rounds that time FIA and SDPA alternately
 (time.perf_counter around one call), so slow drifts of the machine hit both; the median of each is reported.
 Both run on the same input tensors; SDPA computes in the input dtype (bf16/fp16, its CPU flash kernel accumulates
-in float32), the reference upcasts to float32 (the op's high-precision path) and casts the output back (P·V stays in
-bf16/fp16 where the CPU multiplies it in hardware: the header says which ran; docs section 3.6).
+in float32), the reference upcasts to float32 (the op's high-precision path) and casts the output back (P·V in
+bf16/fp16 only with FIA_KIT_HALF_PV=on, or =auto where the CPU multiplies it in hardware; docs section 3.6).
 
 Peak memory: torch's CPU allocator hands large blocks straight to the OS and keeps no statistics, and tracemalloc
 does not see it, so each measurement runs in a fresh child process: the child builds the inputs, runs one warm-up
@@ -231,9 +231,8 @@ def header(repeats: int, warmup: int) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     half = [name for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
             if cpu_features.multiplies_in_hardware(dtype)]
-    forced = os.environ.get(HALF_PV_ENV)
-    pv = (f"forced {'on' if forced == '1' else 'off'} by {HALF_PV_ENV}" if forced in ("0", "1")
-          else f"in {'/'.join(half)}" if half else "float32 (no AMX / AVX-512 BF16/FP16)")
+    capable = f"this CPU multiplies {'/'.join(half)} in hardware" if half else "no AMX / AVX-512 BF16/FP16 here"
+    pv = f"{HALF_PV_ENV}={os.environ.get(HALF_PV_ENV, '')!r} (off by default; auto / on; {capable})"
     return (f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads on "
             f"{os.cpu_count()} CPUs, load average {load}; the reference's P·V of half inputs: {pv}; median of "
             f"{repeats} alternating runs after {warmup} warm-up; ratio = FIA / SDPA (lower is better)")

@@ -24,11 +24,11 @@ Where speed chose among float32 (float64) evaluations of the same formulas, and 
   relative, the LSE is converted back to natural log (``_exponentials``).
 - bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block right
   before each block's product (paged); scores are never rounded to them (spec 3.6).
-- P·V in the values' bfloat16/float16 (``uses_half_pv``), only where the CPU multiplies that dtype in hardware
-  (AMX or AVX-512 BF16/FP16, ``fia_kit.cpu_features``; elsewhere torch's half matmul is ~60x slower than
-  float32) or when forced (``half_precision_pv``, ``FIA_KIT_HALF_PV``): P rounded to that dtype, as the kernel
-  does, and each value chunk's product rounded to it once. Otherwise P stays float32 (spec 3.6 gives the
-  measured error of both).
+- P·V in the values' bfloat16/float16 (``uses_half_pv``), only when asked (``half_precision_pv``,
+  ``FIA_KIT_HALF_PV``; default off, so the numbers do not depend on the machine): "on", or "auto" where the CPU
+  multiplies that dtype in hardware (AMX or AVX-512 BF16/FP16, ``fia_kit.cpu_features``; elsewhere torch's half
+  matmul is ~60x slower than float32). P is rounded to that dtype, as the kernel does, and each value chunk's
+  product rounded to it once. Otherwise P stays float32 (spec 3.6 gives the measured error of both).
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ SCORE_BYTES = 2**21  # per torch thread: kv heads of a tile are computed togethe
 CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
 LOG2_E = 1.0 / math.log(2.0)  # the loop's scores are s * LOG2_E, exponentiated with exp2 (``_exponentials``)
 LN_2 = math.log(2.0)
-HALF_PV_ENV = "FIA_KIT_HALF_PV"  # "1" / "0": force the half-precision P·V on / off (``half_precision_pv``)
+HALF_PV_ENV = "FIA_KIT_HALF_PV"  # "off" (0), "auto", "on" (1): the half-precision P·V (``half_precision_pv``)
+HALF_PV_DEFAULT = "off"  # float32 P on every machine unless asked: the same numbers everywhere (spec 3.6)
+_HALF_PV_WORDS = {"0": "off", "off": "off", "auto": "auto", "1": "on", "on": "on"}
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
                                                                                    default=None)
-_half_pv: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fia_half_pv", default=None)
+_half_pv: contextvars.ContextVar[str | None] = contextvars.ContextVar("fia_half_pv", default=None)
 
 
 @contextlib.contextmanager
@@ -79,11 +81,14 @@ def compute_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def half_precision_pv(enabled: bool | None) -> Iterator[None]:
-    """Force the P·V product in the inputs' half dtype on (True) or off (False) inside the block; None: the CPU
-    decides (``uses_half_pv``). For tests and measurements of both evaluations on any machine; outside any block,
-    the environment variable ``FIA_KIT_HALF_PV`` = 1 or 0 forces it for the process (e.g. a whole test run)."""
-    token = _half_pv.set(enabled)
+def half_precision_pv(mode: str) -> Iterator[None]:
+    """Inside the block, P·V of bfloat16/float16 values is multiplied in that dtype: "on" (always), "auto" (where
+    the CPU multiplies it in hardware, else float32 P), or "off" (float32 P). Outside any block the environment
+    variable ``FIA_KIT_HALF_PV`` (off / 0, auto, on / 1) decides, else ``HALF_PV_DEFAULT`` ("off"): the same
+    numbers on every machine unless asked (``uses_half_pv``)."""
+    if mode not in ("off", "auto", "on"):
+        raise ValueError(f"half_precision_pv takes 'off', 'auto' or 'on', got {mode!r}")
+    token = _half_pv.set(mode)
     try:
         yield
     finally:
@@ -93,9 +98,9 @@ def half_precision_pv(enabled: bool | None) -> Iterator[None]:
 def uses_half_pv(problem: Plan, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype P·V is multiplied in when it is not the compute dtype: the values' bfloat16/float16, or None.
 
-    Only for float32 compute on bfloat16/float16 values without quantisation, and only where the CPU multiplies
-    that dtype in hardware (``fia_kit.cpu_features.multiplies_in_hardware``: AMX or AVX-512 BF16/FP16), unless
-    ``half_precision_pv`` forces the choice. P is then rounded to that dtype (as the kernel does), each value
+    Only for float32 compute on bfloat16/float16 values without quantisation, when asked (``half_precision_pv``:
+    "on"; "auto" only where the CPU multiplies that dtype in hardware, ``fia_kit.cpu_features``: AMX or AVX-512
+    BF16/FP16; an unknown ``FIA_KIT_HALF_PV`` value counts as the default, "off"). P is then rounded to that dtype (as the kernel does), each value
     chunk's product accumulates in float32 inside the matmul and is rounded to that dtype once, and the chunks'
     products are summed in float32 (spec 3.6 names the choice and its measured error).
     """
@@ -104,12 +109,11 @@ def uses_half_pv(problem: Plan, dtype: torch.dtype) -> torch.dtype | None:
         return None
     if problem.prefix_value is not None and problem.prefix_value.dtype != half:
         return None
-    forced = _half_pv.get()
-    if forced is None and os.environ.get(HALF_PV_ENV) in ("0", "1"):
-        forced = os.environ[HALF_PV_ENV] == "1"
-    if forced is not None:
-        return half if forced else None
-    return half if problem.value.device.type == "cpu" and cpu_features.multiplies_in_hardware(half) else None
+    mode = _half_pv.get() or _HALF_PV_WORDS.get(os.environ.get(HALF_PV_ENV, "").strip().lower(), HALF_PV_DEFAULT)
+    if mode == "auto":
+        capable = problem.value.device.type == "cpu" and cpu_features.multiplies_in_hardware(half)
+        return half if capable else None
+    return half if mode == "on" else None
 
 
 class RowStatus(IntEnum):

@@ -1,4 +1,4 @@
-"""The reference's half-precision P·V (issue 24): chosen by the CPU's capability, forced both ways here.
+"""The reference's half-precision P·V (issue 24): off by default, "auto" by the CPU's capability, forced both ways.
 
 Both evaluations must meet spec 21's tolerances against float64 goldens (``golden.attention``); the half one must
 also be exactly the documented formula (spec 3.6), written here independently in float64 with explicit roundings.
@@ -12,7 +12,7 @@ from golden import attention, causal, paged_cache
 
 from fia_kit import cpu_features
 from fia_kit.call import parse_call
-from fia_kit.kernel import HALF_PV_ENV, half_precision_pv, uses_half_pv
+from fia_kit.kernel import HALF_PV_DEFAULT, HALF_PV_ENV, half_precision_pv, uses_half_pv
 from fia_kit.planning import build_plan
 from fia_kit.reference import npu_fused_infer_attention_score as fia
 
@@ -42,26 +42,33 @@ def _plan(dtype: torch.dtype, **extra):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-def test_forced_either_way_and_cpu_decides_otherwise(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_off_by_default_forced_either_way_auto_by_the_cpu(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(HALF_PV_ENV, raising=False)
+    monkeypatch.setattr(cpu_features, "multiplies_in_hardware", lambda d: True)
     plan = _plan(dtype)
-    with half_precision_pv(True):
+    assert HALF_PV_DEFAULT == "off" and uses_half_pv(plan, torch.float32) is None  # even on a capable CPU
+    with half_precision_pv("on"):
         assert uses_half_pv(plan, torch.float32) == dtype
         assert uses_half_pv(plan, torch.float64) is None  # golden compute never rounds P
-    with half_precision_pv(False):
+    with half_precision_pv("off"):
         assert uses_half_pv(plan, torch.float32) is None
     for capable in (False, True):
         monkeypatch.setattr(cpu_features, "multiplies_in_hardware", lambda d, c=capable: c and d == dtype)
-        assert uses_half_pv(plan, torch.float32) == (dtype if capable else None)
+        with half_precision_pv("auto"):
+            assert uses_half_pv(plan, torch.float32) == (dtype if capable else None)
+    for value, expected in [("1", dtype), ("on", dtype), ("auto", dtype), ("0", None), ("bogus", None)]:
+        monkeypatch.setenv(HALF_PV_ENV, value)
+        assert uses_half_pv(plan, torch.float32) == expected, value
     monkeypatch.setenv(HALF_PV_ENV, "1")
-    monkeypatch.setattr(cpu_features, "multiplies_in_hardware", lambda d: False)
-    assert uses_half_pv(plan, torch.float32) == dtype
-    with half_precision_pv(False):  # the block outranks the environment
+    with half_precision_pv("off"):  # the block outranks the environment
         assert uses_half_pv(plan, torch.float32) is None
+    with pytest.raises(ValueError, match="half_precision_pv"):
+        with half_precision_pv("yes"):
+            pass
 
 
 def test_never_for_float32_values() -> None:
-    with half_precision_pv(True):
+    with half_precision_pv("on"):
         assert uses_half_pv(_plan(torch.float32), torch.float32) is None
 
 
@@ -79,12 +86,14 @@ def test_capability_needs_the_instructions_and_onednn(dtype: torch.dtype, monkey
 
 
 def test_this_cpu_without_the_instructions_falls_back() -> None:
-    """On an AVX2-only CPU (the dev container) the capability is False and the reference keeps float32 P·V."""
+    """On an AVX2-only CPU (the dev container) the capability is False: "auto" keeps float32 P·V."""
     flags = cpu_features.cpu_flags()
     cpu_features.multiplies_in_hardware.cache_clear()
     if not flags or any(f in flags for fs in cpu_features.HALF_MATMUL_FLAGS.values() for f in fs):
         pytest.skip("this CPU has half-precision matrix instructions (or no /proc/cpuinfo)")
     assert not any(cpu_features.multiplies_in_hardware(d) for d in HALVES)
+    with half_precision_pv("auto"):
+        assert uses_half_pv(_plan(torch.bfloat16), torch.float32) is None
 
 
 # ------------------------------------------------------------------------------------------------ numerics
@@ -95,7 +104,7 @@ def test_dense_causal_gqa_within_spec_tolerance(dtype: torch.dtype, half: bool, 
     n_q, n_kv, s, d = 4, 2, 40, 32
     q, k, v = rand(gen, 1, n_q, s, d, dtype=dtype), rand(gen, 1, n_kv, s, d, dtype=dtype), \
         rand(gen, 1, n_kv, s, d, dtype=dtype)
-    with half_precision_pv(half):
+    with half_precision_pv("on" if half else "off"):
         out, lse = fia(q, k, v, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD", scale=d ** -0.5,
                        sparse_mode=0, atten_mask=~causal(s, s), softmax_lse_flag=True)
     gold_out, gold_lse = attention(q[0], k[0], v[0], d ** -0.5, causal(s, s))
@@ -114,7 +123,7 @@ def test_paged_decode_within_spec_tolerance(dtype: torch.dtype, half: bool, rank
     k_cache, table = paged_cache(keys, bs, rank)
     v_cache, _ = paged_cache(values, bs, rank)
     q = rand(gen, len(lengths), n_q, 1, d, dtype=dtype)
-    with half_precision_pv(half):
+    with half_precision_pv("on" if half else "off"):
         out, _ = fia(q, k_cache, v_cache, num_heads=n_q, num_key_value_heads=n_kv, input_layout="BNSD",
                      scale=d ** -0.5, block_table=table, block_size=bs, actual_seq_lengths_kv=lengths)
     for b in range(len(lengths)):
@@ -131,7 +140,7 @@ def test_half_pv_is_the_documented_formula(dtype: torch.dtype, gen: torch.Genera
     """
     n, s, d = 2, 24, 16
     q, k, v = (rand(gen, 1, n, s, d, dtype=dtype) for _ in range(3))
-    with half_precision_pv(True):
+    with half_precision_pv("on"):
         out, _ = fia(q, k, v, num_heads=n, input_layout="BNSD", scale=0.5)
     scores = 0.5 * q[0].to(F64) @ k[0].to(F64).transpose(-1, -2)
     p = torch.exp(scores - scores.amax(-1, keepdim=True))
