@@ -14,7 +14,8 @@ Cases (bf16 and fp16 inputs each):
 Timing: ``warmup`` untimed calls of each, then ``repeats`` rounds that time FIA and SDPA alternately
 (time.perf_counter around one call), so slow drifts of the machine hit both; the median of each is reported.
 Both run on the same input tensors; SDPA computes in the input dtype (bf16/fp16, its CPU flash kernel accumulates
-in float32), the reference upcasts to float32 (the op's high-precision path) and casts the output back.
+in float32), the reference upcasts to float32 (the op's high-precision path) and casts the output back (P·V in
+bf16/fp16 only with FIA_KIT_HALF_PV=on, or =auto where the CPU multiplies it in hardware; docs section 3.6).
 
 Peak memory: torch's CPU allocator hands large blocks straight to the OS and keeps no statistics, and tracemalloc
 does not see it, so each measurement runs in a fresh child process: the child builds the inputs, runs one warm-up
@@ -44,7 +45,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fia_kit import cpu_features
 from fia_kit.call import FIACall, parse_call
+from fia_kit.kernel import HALF_PV_ENV
 from fia_kit.masks import compressed_causal_mask
 from fia_kit.profiling import atomic_write_json, peak_memory
 from fia_kit.reference import npu_fused_infer_attention_score
@@ -226,9 +229,13 @@ def cpu_description() -> str:
 def header(repeats: int, warmup: int) -> str:
     """What the numbers were measured with, including the machine's load (other processes skew CPU ratios)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    half = [name for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+            if cpu_features.multiplies_in_hardware(dtype)]
+    capable = f"this CPU multiplies {'/'.join(half)} in hardware" if half else "no AMX / AVX-512 BF16/FP16 here"
+    pv = f"{HALF_PV_ENV}={os.environ.get(HALF_PV_ENV, '')!r} (off by default; auto / on; {capable})"
     return (f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads on "
-            f"{os.cpu_count()} CPUs, load average {load}; median of {repeats} alternating runs after {warmup} "
-            "warm-up; ratio = FIA / SDPA (lower is better)")
+            f"{os.cpu_count()} CPUs, load average {load}; the reference's P·V of half inputs: {pv}; median of "
+            f"{repeats} alternating runs after {warmup} warm-up; ratio = FIA / SDPA (lower is better)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, method = run(tuple(args.cases), tuple(args.dtypes), args.warmup, args.repeats, not args.no_memory)
     print(header(args.repeats, args.warmup))
     print("SDPA computes in the input dtype (its CPU flash kernel accumulates in float32); "
-          "the reference computes in float32.")
+          "the reference computes Q K^T and the softmax in float32 (P·V as the header says).")
     print(table(rows))
     if method:
         print(f"peak = extra resident memory of one call: {method}.")

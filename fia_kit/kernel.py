@@ -22,8 +22,13 @@ Where speed chose among float32 (float64) evaluations of the same formulas, and 
   -1e12 * log2(e)), and exp(s - m) is exp2 of those scores minus their max: twice as fast as torch's exp here and
   without its 10-fold slowdown on subnormal or zero results; a numerator moves by at most about |s - m| * 1e-7
   relative, the LSE is converted back to natural log (``_exponentials``).
-- bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block as they are
-  read (paged); scores and P are never rounded to them (spec 3.6).
+- bfloat16/float16 inputs are converted to the compute dtype once per batch (dense) or block by block right
+  before each block's product (paged); scores are never rounded to them (spec 3.6).
+- P·V in the values' bfloat16/float16 (``uses_half_pv``), only when asked (``half_precision_pv``,
+  ``FIA_KIT_HALF_PV``; default off, so the numbers do not depend on the machine): "on", or "auto" where the CPU
+  multiplies that dtype in hardware (AMX or AVX-512 BF16/FP16, ``fia_kit.cpu_features``; elsewhere torch's half
+  matmul is ~60x slower than float32). P is rounded to that dtype, as the kernel does, and each value chunk's
+  product rounded to it once. Otherwise P stays float32 (spec 3.6 gives the measured error of both).
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ import contextlib
 import contextvars
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
 
-from . import paged, quant
+from . import cpu_features, paged, quant
 from .layouts import from_canonical
 from .lse import no_key_lse
 from .masks import MASK_FILL
@@ -50,9 +56,13 @@ SCORE_BYTES = 2**21  # per torch thread: kv heads of a tile are computed togethe
 CHUNK_KEYS = 1024  # keys of a paged cache read at once (rounded to whole blocks)
 LOG2_E = 1.0 / math.log(2.0)  # the loop's scores are s * LOG2_E, exponentiated with exp2 (``_exponentials``)
 LN_2 = math.log(2.0)
+HALF_PV_ENV = "FIA_KIT_HALF_PV"  # "off" (0), "auto", "on" (1): the half-precision P·V (``half_precision_pv``)
+HALF_PV_DEFAULT = "off"  # float32 P on every machine unless asked: the same numbers everywhere (spec 3.6)
+_HALF_PV_WORDS = {"0": "off", "off": "off", "auto": "auto", "1": "on", "on": "on"}
 
 _compute_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar("fia_compute_dtype",
                                                                                    default=None)
+_half_pv: contextvars.ContextVar[str | None] = contextvars.ContextVar("fia_half_pv", default=None)
 
 
 @contextlib.contextmanager
@@ -68,6 +78,42 @@ def compute_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         _compute_dtype.reset(token)
+
+
+@contextlib.contextmanager
+def half_precision_pv(mode: str) -> Iterator[None]:
+    """Inside the block, P·V of bfloat16/float16 values is multiplied in that dtype: "on" (always), "auto" (where
+    the CPU multiplies it in hardware, else float32 P), or "off" (float32 P). Outside any block the environment
+    variable ``FIA_KIT_HALF_PV`` (off / 0, auto, on / 1) decides, else ``HALF_PV_DEFAULT`` ("off"): the same
+    numbers on every machine unless asked (``uses_half_pv``)."""
+    if mode not in ("off", "auto", "on"):
+        raise ValueError(f"half_precision_pv takes 'off', 'auto' or 'on', got {mode!r}")
+    token = _half_pv.set(mode)
+    try:
+        yield
+    finally:
+        _half_pv.reset(token)
+
+
+def uses_half_pv(problem: Plan, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype P·V is multiplied in when it is not the compute dtype: the values' bfloat16/float16, or None.
+
+    Only for float32 compute on bfloat16/float16 values without quantisation, when asked (``half_precision_pv``:
+    "on"; "auto" only where the CPU multiplies that dtype in hardware, ``fia_kit.cpu_features``: AMX or AVX-512
+    BF16/FP16; an unknown ``FIA_KIT_HALF_PV`` value counts as the default, "off"). P is then rounded to that dtype (as the kernel does), each value
+    chunk's product accumulates in float32 inside the matmul and is rounded to that dtype once, and the chunks'
+    products are summed in float32 (spec 3.6 names the choice and its measured error).
+    """
+    half = problem.value.dtype
+    if dtype != torch.float32 or half not in (torch.bfloat16, torch.float16) or problem.quant is not None:
+        return None
+    if problem.prefix_value is not None and problem.prefix_value.dtype != half:
+        return None
+    mode = _half_pv.get() or _HALF_PV_WORDS.get(os.environ.get(HALF_PV_ENV, "").strip().lower(), HALF_PV_DEFAULT)
+    if mode == "auto":
+        capable = problem.value.device.type == "cpu" and cpu_features.multiplies_in_hardware(half)
+        return half if capable else None
+    return half if mode == "on" else None
 
 
 class RowStatus(IntEnum):
@@ -180,13 +226,16 @@ class KeyChunk:
     ``rows`` is head-major (N', hi - lo, D [+ 64 rope] or Dv) holding exactly those keys, or block-major
     (n_blocks, N', block_size, D') holding keys [start, start + n_blocks * block_size) of a paged cache as read,
     of which [lo, hi) are used (so the cache is not copied again into head-major order), or those blocks as a tuple
-    of n_blocks (N', block_size, D') views of the cache itself (nothing copied).
+    of n_blocks (N', block_size, D') views of the cache itself (nothing copied). ``into``: with a tuple of views
+    in another float dtype, one (N', block_size, D') buffer in the compute dtype that each block is converted into
+    just before its product (``block``): a block at a time stays in cache between the two.
     """
 
     start: int
     rows: torch.Tensor | tuple[torch.Tensor, ...]
     lo: int
     hi: int
+    into: torch.Tensor | None = None
 
     @staticmethod
     def dense(start: int, rows: torch.Tensor) -> KeyChunk:
@@ -204,21 +253,27 @@ class KeyChunk:
         if (lo, hi) == (self.lo, self.hi):
             return self
         if self.blocked:
-            return KeyChunk(self.start, self.rows, lo, hi)
+            return KeyChunk(self.start, self.rows, lo, hi, self.into)
         return KeyChunk.dense(lo, self.rows[:, lo - self.start:hi - self.start])
 
     def heads(self, span: slice) -> KeyChunk:
         """The chunk for kv heads ``span`` only (of a head-major chunk holding every kv head)."""
         return KeyChunk(self.start, self.rows[span], self.lo, self.hi)
 
+    def block(self, j: int) -> torch.Tensor:
+        """Block j of a block-major chunk, (N', block_size, D') in the compute dtype (valid until the next call)."""
+        return self.rows[j] if self.into is None else self.into.copy_(self.rows[j])
+
     def block_parts(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Of a block-major chunk: (a, e, rows) per block holding used keys: keys [a, e) and their (N', e - a, D')."""
+        """Of a block-major chunk: (a, e, rows) per block holding used keys: keys [a, e) and their (N', e - a, D')
+        (each valid until the next is drawn)."""
         size = self.rows[0].shape[-2]
         for j in range(len(self.rows)):
             k0 = self.start + j * size
             a, e = max(k0, self.lo), min(k0 + size, self.hi)
             if a < e:
-                yield a, e, self.rows[j] if (a, e) == (k0, k0 + size) else self.rows[j][:, a - k0:e - k0]
+                rows = self.block(j)
+                yield a, e, rows if (a, e) == (k0, k0 + size) else rows[:, a - k0:e - k0]
 
 
 class BatchKeys:
@@ -228,16 +283,20 @@ class BatchKeys:
     else one converted (dequantised) copy per batch. A paged cache is read ``CHUNK_KEYS`` keys (whole blocks) at
     a time through the batch's block_table row, for the kv heads asked for: a float cache already in the compute
     dtype in place, as views of its blocks (``fia_kit.paged.block_views``: the products read the cache, nothing is
-    copied), other float caches converted block by block into one reused buffer (``fia_kit.paged.read_blocks``:
-    one pass); each block is read once per row tile and kv-head group, and the sequence is never gathered whole
-    (a shared prefix is then its own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant
-    keeps them as integers (spec 16.2). ``serves``: the kv heads ever asked for (default all); dense float keys of
-    the others are never converted.
+    copied), other float caches (bfloat16/float16) as the same views, each block converted into one reused
+    block-sized buffer right before its product, so it is still in cache when multiplied (``KeyChunk.block``);
+    NZ caches and keys with key_rope are converted chunk by chunk (``fia_kit.paged.read_blocks``). Each block is
+    read once per row tile and kv-head group, and the sequence is never gathered whole (a shared prefix is then its
+    own chunk). int8/int4 K/V are dequantised per chunk (spec 16.3); v1 full quant keeps them as integers
+    (spec 16.2). ``serves``: the kv heads ever asked for (default all); dense float keys of the others are never
+    converted. ``value_dtype`` (``uses_half_pv``): float values already in that dtype are handed out as stored.
     """
 
     def __init__(self, problem: Plan, plan: BatchPlan, dtype: torch.dtype,
-                 staging: dict[str, torch.Tensor] | None = None, serves: slice = slice(None)) -> None:
+                 staging: dict[str, torch.Tensor] | None = None, serves: slice = slice(None),
+                 value_dtype: torch.dtype | None = None) -> None:
         self.problem, self.plan, self.dtype = problem, plan, dtype
+        self.value_dtype = dtype if value_dtype is None else value_dtype
         self.serves = slice(*serves.indices(problem.num_kv_heads)[:2])
         self.staging = {} if staging is None else staging  # reused buffers, by name (``_buffer``)
         self.key_dq, self.value_dq = (problem.quant.key, problem.quant.value) if problem.quant is not None \
@@ -250,14 +309,16 @@ class BatchKeys:
         if self.prefix_len:
             p = self.prefix_len
             keys.append(self._served_floats(problem.prefix_key[0, :, :p], self.key_dq, plan.kv_start))
-            values.append(self._served_floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start))
+            values.append(self._served_floats(problem.prefix_value[0, :, :p], self.value_dq, plan.kv_start,
+                                              self.value_dtype))
         if not problem.paged:
             span = slice(plan.kv_start, plan.kv_start + plan.kv_len)
             key = self._served_floats(problem.key[plan.kv_index, :, span], self.key_dq, plan.kv_start)
             if problem.key_rope is not None:
                 key = torch.cat([key, problem.key_rope[plan.kv_index, self.serves, span].to(dtype)], dim=-1)
             keys.append(key)
-            values.append(self._served_floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start))
+            values.append(self._served_floats(problem.value[plan.kv_index, :, span], self.value_dq, plan.kv_start,
+                                              self.value_dtype))
         # the dense part: one chunk of keys [0, P) (paged) or [0, P + L_kv) (dense), the kv heads served
         self._dense = [] if not keys else [
             (KeyChunk.dense(0, torch.cat(keys, 1) if len(keys) > 1 else keys[0]),
@@ -309,10 +370,12 @@ class BatchKeys:
                                                                  else [])
         n_kv = problem.num_kv_heads
         if blocked:
-            if len(caches) == 1 and caches[0].dtype == self.dtype:
-                views = paged.block_views(caches[0], ids, n_kv, heads)
-                if views is not None:  # read in place by the products: no copy
-                    return KeyChunk(first, views, first, first + count)
+            views = paged.block_views(caches[0], ids, n_kv, heads) if len(caches) == 1 else None
+            if views is not None and caches[0].dtype == (self.value_dtype if which else self.dtype):  # in place
+                return KeyChunk(first, views, first, first + count)
+            if views is not None:  # converted a block at a time, right before its product (``KeyChunk.block``)
+                into = self._buffer(f"block{which}", views[0].shape, self.dtype)
+                return KeyChunk(first, views, first, first + count, into)
             dims = [paged.cache_head_dim(cache, n_kv) for cache in caches]
             n_heads = len(range(n_kv)[heads])
             blocks = self._buffer(f"blocks{which}", (i1 - i0, n_heads, bs, sum(dims)), self.dtype)
@@ -337,11 +400,12 @@ class BatchKeys:
                                                       dtype=dtype, device=self.problem.query.device)
         return buffer[:size].view(shape)
 
-    def _served_floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int) -> torch.Tensor:
+    def _served_floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
         """``_floats`` of the served kv heads of (N_kv, n, D) rows: sliced before converting, unless dequantised
-        (the scales cover every head)."""
+        (the scales cover every head); ``dtype``: of the unquantised rows (default: the compute dtype)."""
         if dq is None:
-            return rows[self.serves].to(self.dtype)
+            return rows[self.serves].to(self.dtype if dtype is None else dtype)
         return self._floats(rows, dq, start)[self.serves]
 
     def _floats(self, rows: torch.Tensor, dq: quant.KVDequant | None, start: int,
@@ -463,8 +527,8 @@ def _block_scores(q2: torch.Tensor, chunk: KeyChunk, scale: float, target: torch
         per_block = torch.matmul(blocks, qt.unsqueeze(0))  # (n, N', bs, R)
     else:
         per_block = q2.new_empty(n, q2.shape[0], size, q2.shape[1])
-        for j, block in enumerate(blocks):
-            torch.bmm(block, qt, out=per_block[j])
+        for j in range(n):
+            torch.bmm(chunk.block(j), qt, out=per_block[j])
     keys = per_block.permute(1, 3, 0, 2)  # (N', R, n, bs)
     if (chunk.lo, chunk.hi) == (chunk.start, chunk.start + n * size):
         torch.mul(keys, scale, out=target.unflatten(-1, (n, size)))
@@ -501,18 +565,30 @@ def _exponentials(scores: torch.Tensor, row_max: torch.Tensor, total: torch.Tens
     return scores
 
 
-def _weighted_values(probs: torch.Tensor, values: Iterable[KeyChunk], c0: int, out: torch.Tensor) -> None:
+def _weighted_values(probs: torch.Tensor, values: Iterable[KeyChunk], c0: int, out: torch.Tensor,
+                     half: torch.dtype | None = None) -> None:
     """out (N', R, Dv) = probs (N', R, keys over [c0, ...)) times the value rows, chunk by chunk and, for a
-    block-major chunk, block by block (no copy of P or V)."""
+    block-major chunk, block by block (no copy of P or V).
+
+    ``half`` (``uses_half_pv``): P is rounded to it once and each part is multiplied in it (float32 accumulation
+    inside the matmul, the part's product rounded to ``half``), the parts summed into out in float32.
+    """
     first = True
+    p = probs if half is None else probs.to(half)
     for chunk in values:
         parts = chunk.block_parts() if chunk.blocked else [(chunk.lo, chunk.hi, chunk.rows)]
         for a, e, rows in parts:
-            if first:
-                torch.bmm(probs[..., a - c0:e - c0], rows, out=out)
-                first = False
+            if half is not None:
+                product = torch.bmm(p[..., a - c0:e - c0], rows.to(half))
+                if first:
+                    out.copy_(product)
+                else:
+                    out.add_(product)
+            elif first:
+                torch.bmm(p[..., a - c0:e - c0], rows, out=out)
             else:
-                out.baddbmm_(probs[..., a - c0:e - c0], rows)
+                out.baddbmm_(p[..., a - c0:e - c0], rows)
+            first = False
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -603,7 +679,8 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
     status = torch.full((q_len,), int(RowStatus.OUT_OF_BAND), dtype=torch.int8, device=device)
     offsets = torch.zeros((n_q, q_len), dtype=dtype, device=device)
     totals = torch.zeros((n_q, q_len), dtype=dtype, device=device)
-    keys = BatchKeys(problem, plan, dtype, staging, span)
+    half = uses_half_pv(problem, dtype) if values else None
+    keys = BatchKeys(problem, plan, dtype, staging, span, half)
     found = []
     for tile in tiles:
         index = tile.to(device) if isinstance(tile, torch.Tensor) else None
@@ -642,7 +719,8 @@ def _attend_rows(problem: Plan, b: int, dtype: torch.dtype, kv_heads: Iterable[i
             if values:
                 pv = probs if full is None else quant.quantize_probs(probs, full)  # P_i8 (spec 16.2)
                 pv_out = weighted[:n * group * t.rows * dv].view(n, group * t.rows, dv)
-                _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, pv_out)
+                _weighted_values(pv.view(n, group * t.rows, cols), keys.values(t.c0, t.c1, heads), t.c0, pv_out,
+                                 half)
                 out[q_group, t.where] = pv_out.view(-1, t.rows, dv)
             if progress is not None:
                 head_rows += t.rows * n
