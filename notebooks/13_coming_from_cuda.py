@@ -178,7 +178,7 @@ for finding in fia_kit.lint("v1", varlen.call.query, varlen.call.key, varlen.cal
 # ## FlashInfer: CSR page tables, sinks, and a base-2 LSE
 #
 # FlashInfer's paged cache is a CSR page table (`indptr`, `indices`, `last_page_len`); FIA's is a padded
-# `block_table` plus per-batch lengths. Its `sinks` are FIA v2's `learnable_sink` (TND only, bfloat16). Its LSE
+# `block_table` plus per-batch lengths. Its `sinks` are FIA v2's `learnable_sink` (TND only; bfloat16 on the FIA route, the query's dtype on split-fuse). Its LSE
 # is base 2, and with sinks it includes the sink, which FIA's leaves out (spec 8): `lse_to_source` adds the sink
 # back and multiplies by log2(e).
 
@@ -256,7 +256,7 @@ agreement({"flex (from to_flex) vs FIA reference, output": (flex_out, ref_out),
 # | additive bias | float `attn_mask` | additive `score_mod` | `alibi_slopes` | `pos_encoding_mode="ALIBI"` | `pse_shift` in the query's dtype, not with TND (spec 9) |
 # | lengths | none | a document mask | `cu_seqlens`, leading 0 | `qo_indptr`/`kv_indptr`, leading 0 | TND: cumulative ends, no leading 0; paged TND kv: per batch (spec 5.2) |
 # | paged cache | none | none | `block_table`, page a multiple of 256 | `indptr`/`indices`/`last_page_len` | padded `block_table` + per-batch lengths (spec 11) |
-# | sinks | none | none | none | `sinks` (float32), in the LSE | v2 `learnable_sink` (bfloat16, TND), not in the LSE (spec 13) |
+# | sinks | none | none | none | `sinks` (float32), in the LSE | v2 `learnable_sink` (TND; bfloat16 on the FIA route, the query's dtype on split-fuse), not in the LSE (spec 13) |
 # | LSE | none | (B, H, L), ln | (B, H, S) or (H, total), ln | (len, H), **log2** | (B, N, S, 1) or (T, N, 1), ln (spec 8) |
 # | softcap, dropout | dropout | non-additive `score_mod` | `softcap`, `dropout_p` | `logits_soft_cap` | none: refused by name |
 #
@@ -264,6 +264,6 @@ agreement({"flex (from to_flex) vs FIA reference, output": (flex_out, ref_out),
 # tolerance; details in [porting.md](../docs/porting.md)): ALiBi as `pse_shift` is rounded to the query's dtype,
 # which costs up to about 0.3 of the fp16 tolerance and 0.4 of the bf16 tolerance in the output at 16 heads and
 # 512 tokens (exact for power-of-two head counts in fp16, whose slopes are powers of two; bf16 at 8 heads and 2048
-# tokens: 0.07); FlashInfer's float32 sinks rounded to bfloat16 cost up to 0.15 of the fp16 tolerance; a per-head mask goes to `pse_shift` filled with
+# tokens: 0.07); FlashInfer's float32 sinks rounded to bfloat16 (the FIA route) cost up to 0.15 of the fp16 tolerance; a per-head mask goes to `pse_shift` filled with
 # the dtype's lowest value, exact except in rows a head hides entirely. Not carried over: flash-attn's attention
 # probabilities, `max_seqlen`, FlashInfer's `use_fp16_qk_reduction` and plan-time dtype hints.

@@ -280,9 +280,11 @@ def test_flashinfer_sinks_go_to_v2_learnable_sink():
     k, v = (t.half() for t in _pages())
     sinks = torch.tensor([0.5, -1.0, 2.0, 0.1])
     p = port.from_flashinfer_paged_prefill(q, (k, v), causal=True, sinks=sinks, return_lse=True, **PAGED)
-    assert p.form == "v2" and p.call.kwargs["learnable_sink"].dtype == torch.bfloat16
+    # a 3-D cache: the split-fuse route, whose sink takes the query's dtype (SF-SINK-001)
+    assert p.form == "v2" and fia_kit.plan(p.call).route == "split-fuse"
+    assert p.call.kwargs["learnable_sink"].dtype == torch.float16
     table = _agrees(p)
-    assert any("learnable_sink in bfloat16" in r.against for r in table.rows)
+    assert any("learnable_sink in float16" in r.against for r in table.rows)
     # FlashInfer's LSE includes the sink, FIA's does not: converting without it is off by the sink's share
     _, fia_lse = fia_v2(p.call.query, p.call.key, p.call.value, **p.call.kwargs)
     want = contracts_out(p)[1]

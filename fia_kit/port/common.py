@@ -18,7 +18,7 @@ import torch
 
 from ..errors import FIAArgumentError
 from ..masks import INT_MAX, compressed_causal_mask
-from ..planning import OP_FLOAT_DTYPES
+from ..planning import OP_FLOAT_DTYPES, plan
 
 Converter = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,9 +98,15 @@ def pse_dtype(query: torch.Tensor) -> torch.dtype:
     return query.dtype
 
 
-def sink_dtype(query: torch.Tensor) -> torch.dtype:
-    """learnable_sink's dtype: bfloat16 for the op's float16/bfloat16 queries (spec 13), else the query's."""
-    return torch.bfloat16 if query.dtype in OP_FLOAT_DTYPES else query.dtype
+def sink_dtype(query: torch.Tensor, keywords: Mapping[str, Any]) -> torch.dtype:
+    """learnable_sink's dtype on the host route of the call ``keywords`` (with "key" and "value") makes: the query's
+    on the split-fuse route, bfloat16 on the FIA route (spec 13; docs/rules.md SF-SINK-001, FIA-SINK-001); the
+    kit's float32/float64 queries keep their own."""
+    if query.dtype not in OP_FLOAT_DTYPES:
+        return query.dtype
+    rest = {k: v for k, v in keywords.items() if k not in ("key", "value")}
+    route = plan("v1", query, keywords["key"], keywords["value"], **rest).route
+    return query.dtype if route == "split-fuse" else torch.bfloat16
 
 
 def window_band(left: int, right: int, causal: bool, source: str, notes: list[str]) -> dict[str, Any]:

@@ -173,6 +173,18 @@ def _fia_cache(cache: Any, layout: str, notes: list[str]) -> tuple[torch.Tensor,
     return k.reshape(pages, page, heads * dim), v.reshape(pages, page, heads * v.shape[-1]), heads
 
 
+def _head_major(key: torch.Tensor, value: torch.Tensor, heads: int, notes: list[str],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3-D (P, page, H*D) cache as FIA's 4-D (P, H, page, D) view. A rope-less TND call on a 3-D cache takes the
+    split-fuse route on A2/A3, which refuses a free mask under sparse_mode 0 (SF-MASK-003, docs/rules.md); the
+    4-D cache takes the FIA route, which reads one."""
+    pages, page, width = key.shape
+    views = tuple(t.view(pages, page, heads, t.shape[-1] // heads).transpose(1, 2) for t in (key, value))
+    notes.append(f"custom_mask: the cache as FIA's 4-D (pages, {heads}, {page}, D) view, so the call takes the FIA "
+                 "route (a 3-D cache takes split-fuse, which refuses a free mask); on the NPU pass it .contiguous()")
+    return views[0], views[1]
+
+
 def _paged_table(a: dict[str, Any], indptr: str, indices: str, last: str, notes: list[str],
                  ) -> tuple[torch.Tensor, list[int]]:
     table, lengths = block_table_from_pages(a[indptr], a[indices], a[last], a["page_size"])
@@ -211,10 +223,11 @@ def _prefill_common(a: dict[str, Any], q: torch.Tensor, q_lens: list[int], kv_le
     form = "v1"
     sinks = a.get("sinks")
     if sinks is not None:
-        kw["learnable_sink"] = sinks.to(sink_dtype(q))
-        derived["learnable_sink"] = sink_dtype(q)
+        dtype = sink_dtype(q, kw)
+        kw["learnable_sink"] = sinks.to(dtype)
+        derived["learnable_sink"] = dtype
         form = "v2"
-        notes.append(f"sinks ({q.shape[1]},) -> v2 learnable_sink {str(sink_dtype(q)).removeprefix('torch.')} "
+        notes.append(f"sinks ({q.shape[1]},) -> v2 learnable_sink {str(dtype).removeprefix('torch.')} "
                      "(one unscaled logit per head in the denominator, spec 13)")
     lse = None
     if a["return_lse"]:
@@ -241,6 +254,8 @@ def translate_paged(a: dict[str, Any]) -> Translation:
     notes: list[str] = []
     derived: dict[str, torch.dtype] = {}
     key, value, heads = _fia_cache(a["paged_kv_cache"], a["kv_layout"], notes)
+    if a["custom_mask"] is not None and key.dim() == 3:
+        key, value = _head_major(key, value, heads, notes)
     table, kv_lens = _paged_table(a, "paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len", notes)
     q_cum = lengths_from_cumulative("qo_indptr", a["qo_indptr"], q.shape[0])
     notes.append(f"qo_indptr -> actual_seq_lengths {q_cum} (cumulative without the leading 0)")
