@@ -36,7 +36,7 @@ from .errors import FIAArgumentError, describe_value
 from .layouts import from_canonical, parse_layout
 from .masks import INT_MAX, TREE_MODE, compressed_causal_mask
 from .quant import GRANULARITIES
-from .rules.routes import RouteFacts, decide
+from .rules.routes import RouteFacts, decide, sink_dtype
 from .shapes import key_axis_width
 from .signatures import canonical_name, is_torchair, spelled, version_of
 
@@ -338,8 +338,6 @@ class Case:
     def _sink_dtype(self, has_mask: bool) -> torch.dtype:
         """The learnable_sink dtype of the host route this case takes (spec 13, docs/rules.md): bfloat16 on the FIA
         route, the query's dtype on the split-fuse route; float32/float64 (the kit's extension) keep their own."""
-        if self.dtype in (torch.float32, torch.float64):
-            return self.dtype
         facts = RouteFacts(
             product=targets.current().product, query_dtype=self.dtype,
             key_dtype=self.dtype if self.kv_quant == "none" else torch.int8, layout=self.layout,
@@ -347,7 +345,7 @@ class Case:
             num_heads=self.heads, num_kv_heads=self.kv_heads, paged=self.paged, cache_rank=self.cache_rank,
             block_size=self.block_size, prefix=self.prefix_len > 0, sparse_mode=self.sparse_mode, mask=has_mask,
             inner_precise=self.inner_precise, sink_dtype=torch.bfloat16)
-        return self.dtype if decide(facts) == "split-fuse" else torch.bfloat16
+        return sink_dtype(decide(facts), self.dtype)
 
     @classmethod
     def from_call(cls, call: Any) -> Case:

@@ -35,6 +35,11 @@ PFA_NO_KEY_LSE = float("inf")
 SENTINEL_FLOOR = -3.0e38  # an LSE at or below this is a no-key sentinel (either of the two above)
 
 
+def no_key_rows(lse: torch.Tensor) -> torch.Tensor:
+    """Where ``lse`` holds one of the op's no-key sentinels (+inf, or -3.4e38 / -3.40282e38): a bool tensor."""
+    return torch.isposinf(lse) | (lse <= SENTINEL_FLOOR)
+
+
 def no_key_lse(problem: Plan) -> float:
     """The LSE the op writes for a batch without keys on ``problem``'s route (see the module table)."""
     if problem.route == "legacy-ifa":

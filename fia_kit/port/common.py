@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from ..errors import FIAArgumentError
+from ..lse import no_key_rows
 from ..masks import INT_MAX, compressed_causal_mask
 from ..planning import OP_FLOAT_DTYPES, plan
+from ..rules.routes import sink_dtype as route_sink_dtype
 
 Converter = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,7 +53,7 @@ class Translation:
 def no_key_as(lse: torch.Tensor, value: float) -> torch.Tensor:
     """FIA's LSE with its no-key sentinels (+inf on the prefill path, -3.40282e38 on decode; spec 7, 25.1) replaced
     by the source's ``value`` for a row that sees no key."""
-    return lse.masked_fill(torch.isposinf(lse) | (lse <= -3.0e38), value)
+    return lse.masked_fill(no_key_rows(lse), value)
 
 
 def bind(signature: Callable[..., Any], api: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,8 +107,7 @@ def sink_dtype(query: torch.Tensor, keywords: Mapping[str, Any]) -> torch.dtype:
     if query.dtype not in OP_FLOAT_DTYPES:
         return query.dtype
     rest = {k: v for k, v in keywords.items() if k not in ("key", "value")}
-    route = plan("v1", query, keywords["key"], keywords["value"], **rest).route
-    return query.dtype if route == "split-fuse" else torch.bfloat16
+    return route_sink_dtype(plan("v1", query, keywords["key"], keywords["value"], **rest).route, query.dtype)
 
 
 def window_band(left: int, right: int, causal: bool, source: str, notes: list[str]) -> dict[str, Any]:

@@ -244,8 +244,7 @@ def _prefill_common(a: dict[str, Any], q: torch.Tensor, q_lens: list[int], kv_le
 def _with_sink(lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
     """(T, N) natural-log LSE with each head's sink logit added to the sum; FIA's no-key sentinels (+inf on the
     prefill path, -3.4e38 on decode) count as an empty sum, so such a row's LSE is the sink."""
-    empty = torch.isposinf(lse) | (lse <= -3.0e38)
-    return torch.logaddexp(lse.masked_fill(empty, float("-inf")), sinks.to(lse)[None, :])
+    return torch.logaddexp(no_key_as(lse, float("-inf")), sinks.to(lse)[None, :])
 
 
 def translate_paged(a: dict[str, Any]) -> Translation:

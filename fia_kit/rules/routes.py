@@ -171,3 +171,11 @@ def legacy_ifa_flag(f: RouteFacts) -> bool:
     """``FiaInfoParser::GetLegacyIfaFlag`` (info_parser.cpp:264): inside the FIA route, BSH/BSND/BNSD with S_q = 1,
     Q/K D = V D and no rope is treated as the old incremental op (its LSE sentinel, A2's forced sparse_mode 0)."""
     return f.layout in ("BSH", "BSND", "BNSD") and f.query_s == 1 and f.head_dim == f.value_dim and not f.rope
+
+
+def sink_dtype(route: str, query_dtype: torch.dtype) -> torch.dtype:
+    """learnable_sink's dtype on ``route`` (spec 13): the query's on split-fuse (SF-SINK-001), bfloat16 on the FIA
+    route (FIA-SINK-001); the kit's float32/float64 queries keep their own."""
+    if query_dtype in _KIT_FLOAT or route == "split-fuse":
+        return query_dtype
+    return torch.bfloat16
